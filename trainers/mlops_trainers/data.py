@@ -1,0 +1,278 @@
+"""Input pipeline: image folders or file lists at any fsspec URL, padded (never stretched).
+
+* ``list_images(url)``: a folder (every .png/.jpg/.jpeg below it, sorted), a ``.txt`` (one URL or
+  path a line) or ``.csv`` file (the ``url``/``path``/``file``/``image`` column, else the first;
+  relative entries are relative to the list's folder), or ``sample://<name>``
+  (:mod:`mlops_trainers.samples`).
+* ``pad_image``: an image larger than the target is scaled down keeping its aspect ratio, then
+  every image is centred on a black square canvas; the validity mask (1 = image, 0 = padding)
+  lets losses and metrics ignore the padding. Stretching would teach the model distorted shapes;
+  padding keeps every pixel's geometry.
+* :class:`EpochOrder`: the order of the examples in an epoch is a permutation drawn from
+  ``(seed, epoch)`` alone, so any process can rebuild batch ``k`` of epoch ``e`` and a resumed run
+  skips exactly the batches it already consumed (Keras' BackupAndRestore only restores the epoch).
+* :class:`ImageData`: tf.data with parallel decode and prefetch, or an in-memory cache of the
+  decoded images (``cache=True``, for small datasets).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlops_trainers import storage
+from mlops_trainers.errors import DataError
+from mlops_trainers.samples import is_sample_url, resolve_sample
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "EpochOrder",
+    "ImageData",
+    "list_images",
+    "load_images",
+    "pad_image",
+    "resolve_data_url",
+]
+
+log = logging.getLogger("mlops_trainers")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_LIST_COLUMNS = ("url", "path", "file", "image", "filename")
+
+
+def resolve_data_url(url: str) -> str:
+    """``sample://<name>`` -> its local folder; any other URL unchanged."""
+    return resolve_sample(url) if is_sample_url(url) else url
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _read_list(url: str) -> list[str]:
+    try:
+        text = storage.read_text(url)
+    except FileNotFoundError as err:
+        raise DataError(f"the file list {url} does not exist") from err
+    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    entries: list[str] = []
+    if url.lower().endswith(".csv"):
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            return []
+        header = [cell.strip().lower() for cell in rows[0]]
+        column = next((header.index(c) for c in _LIST_COLUMNS if c in header), None)
+        if column is None:
+            column = 0
+        else:
+            rows = rows[1:]
+        entries = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+    else:
+        entries = [line.strip() for line in text.splitlines()]
+        entries = [e for e in entries if e and not e.startswith("#")]
+    resolved = []
+    for entry in entries:
+        if "://" in entry or entry.startswith("/"):
+            resolved.append(entry)
+        else:
+            resolved.append(storage.join(base, entry))
+    return resolved
+
+
+def list_images(url: str) -> list[str]:
+    """Every image of a folder, list file or sample, as URLs/paths in a stable order."""
+    url = resolve_data_url(url)
+    if url.lower().endswith((".txt", ".csv")):
+        files = _read_list(url)
+    else:
+        fs, path = storage.filesystem(url)
+        fs.invalidate_cache()
+        if not fs.exists(path):
+            raise DataError(f"the data URL {url} does not exist")
+        if fs.isfile(path):
+            found = [path]
+        else:
+            found = sorted(str(p) for p in fs.find(path) if _is_image(str(p)))
+        protocol = storage.split_protocol(url)[0]
+        files = [p if protocol == "file" else f"{protocol}://{p}" for p in found]
+    files = [f for f in files if _is_image(posixpath.basename(f.split("?")[0]))]
+    if not files:
+        raise DataError(f"no .png/.jpg images found at {url}")
+    return files
+
+
+# === Decoding and padding (TensorFlow) ===
+
+
+def pad_image(image: Any, size: int) -> tuple[Any, Any]:
+    """(H, W, C) uint8 -> ((size, size, C) float32 in [0, 1], (size, size, 1) float32 mask).
+
+    Downscales (keeping the aspect ratio, antialiased) only if the image is larger than ``size``.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    longest = tf.cast(tf.maximum(height, width), tf.float32)
+    scale = tf.minimum(1.0, float(size) / longest)
+    new_h = tf.clip_by_value(
+        tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32), 1, size
+    )
+    new_w = tf.clip_by_value(
+        tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32), 1, size
+    )
+    pixels = tf.cast(image, tf.float32) / 255.0
+    pixels = tf.cond(
+        scale < 1.0,
+        lambda: tf.image.resize(pixels, tf.stack([new_h, new_w]), antialias=True),
+        lambda: pixels,
+    )
+    pixels = tf.clip_by_value(pixels, 0.0, 1.0)
+    top = (size - new_h) // 2
+    left = (size - new_w) // 2
+    padded = tf.image.pad_to_bounding_box(pixels, top, left, size, size)
+    mask = tf.image.pad_to_bounding_box(tf.ones([new_h, new_w, 1]), top, left, size, size)
+    channels = image.shape[-1]
+    padded = tf.ensure_shape(padded, [size, size, channels])
+    mask = tf.ensure_shape(mask, [size, size, 1])
+    return padded, mask
+
+
+def _read_file_op(path: Any) -> Any:
+    """A tf.string tensor with the bytes of ``path`` (local: TF reads; remote: fsspec)."""
+    import tensorflow as tf
+
+    def read(p: Any) -> bytes:
+        return storage.read_bytes(p.numpy().decode("utf-8"))
+
+    data = tf.py_function(read, [path], tf.string)
+    data.set_shape([])
+    return data
+
+
+def _decode_fn(size: int, channels: int, local: bool) -> Any:
+    import tensorflow as tf
+
+    def decode(path: Any) -> dict[str, Any]:
+        data = tf.io.read_file(path) if local else _read_file_op(path)
+        image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
+        image.set_shape([None, None, channels])
+        pixels, mask = pad_image(image, size)
+        return {"image": pixels, "mask": mask}
+
+    return decode
+
+
+def _file_dataset(files: Sequence[str], size: int, channels: int) -> Any:
+    import tensorflow as tf
+
+    local = all("://" not in f for f in files)
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=object).astype(str))
+    return ds.map(
+        _decode_fn(size, channels, local), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+def load_images(files: Sequence[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and pad ``files``: ((N, size, size, C) float32, (N, size, size, 1) float32)."""
+    import tensorflow as tf
+
+    images, masks = [], []
+    try:
+        for batch in _file_dataset(files, size, channels).batch(64).prefetch(tf.data.AUTOTUNE):
+            images.append(batch["image"].numpy())
+            masks.append(batch["mask"].numpy())
+    except tf.errors.OpError as err:
+        raise DataError(f"cannot read/decode the training images: {err.message}") from err
+    if not images:
+        raise DataError("no images to load")
+    return np.concatenate(images), np.concatenate(masks)
+
+
+# === Deterministic epochs ===
+
+
+@dataclass(frozen=True)
+class EpochOrder:
+    """Which examples batch ``k`` of epoch ``e`` holds: a function of ``(seed, e)`` only.
+
+    An epoch is ``steps_per_epoch * batch_size`` examples: permutations of all ``num_items``
+    drawn from ``(seed, epoch)`` and concatenated until long enough.
+    """
+
+    num_items: int
+    batch_size: int
+    steps_per_epoch: int
+    seed: int
+
+    def indices(self, epoch: int, start_step: int = 0) -> np.ndarray:
+        needed = self.steps_per_epoch * self.batch_size
+        rng = np.random.default_rng([self.seed, epoch])
+        parts = []
+        total = 0
+        while total < needed:
+            parts.append(rng.permutation(self.num_items))
+            total += self.num_items
+        order = np.concatenate(parts)[:needed]
+        return order[start_step * self.batch_size :]
+
+
+def default_steps(num_items: int, batch_size: int, steps_per_epoch: int | None) -> int:
+    """``steps_per_epoch``, or one pass over the data (at least one step)."""
+    if steps_per_epoch is not None:
+        return steps_per_epoch
+    return max(1, num_items // batch_size)
+
+
+@dataclass
+class ImageData:
+    """Padded images with masks, batched deterministically per (epoch, step)."""
+
+    files: Sequence[str]
+    image_size: int
+    channels: int
+    batch_size: int
+    seed: int
+    steps_per_epoch_config: int | None = None
+    cache: bool = False
+    _cached: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return default_steps(len(self.files), self.batch_size, self.steps_per_epoch_config)
+
+    @property
+    def order(self) -> EpochOrder:
+        return EpochOrder(len(self.files), self.batch_size, self.steps_per_epoch, self.seed)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images and masks decoded (cached after the first call)."""
+        if self._cached is None:
+            self._cached = load_images(self.files, self.image_size, self.channels)
+        return self._cached
+
+    def first(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``count`` images in file order (a fixed set for reconstructions)."""
+        if self._cached is not None:
+            images, masks = self._cached
+            return images[:count], masks[:count]
+        return load_images(self.files[:count], self.image_size, self.channels)
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterable[Any]:
+        import tensorflow as tf
+
+        index = self.order.indices(epoch, start_step)
+        if self.cache:
+            images, masks = self.arrays()
+            ds = tf.data.Dataset.from_tensor_slices({"image": images[index], "mask": masks[index]})
+        else:
+            files = np.asarray(self.files, dtype=object)[index].astype(str)
+            ds = _file_dataset(list(files), self.image_size, self.channels)
+        return ds.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

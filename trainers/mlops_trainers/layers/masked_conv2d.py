@@ -1,0 +1,87 @@
+"""Causally masked 2-D convolution for PixelCNN (van den Oord et al. 2016, arXiv:1601.06759)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+STACKS = ("full", "vertical", "horizontal")
+
+
+def causal_mask(kernel_size: tuple[int, int], mask_type: str, stack: str) -> np.ndarray:
+    """(kh, kw) 0/1 mask of the kernel taps a position may see.
+
+    * ``full``: rows above, and the left part of the centre row (the original PixelCNN);
+    * ``vertical``: rows above (type "A") or rows above and the whole centre row (type "B"); by
+      induction the centre row of the previous vertical stack depends on rows above only, so the
+      vertical stack never sees the current row's content;
+    * ``horizontal``: (1, k) kernels, the left part of the row.
+
+    Type "A" (first layer) excludes the centre tap, type "B" includes it.
+    """
+    kh, kw = kernel_size
+    ch, cw = kh // 2, kw // 2
+    mask = np.zeros((kh, kw), dtype="float32")
+    include_centre = mask_type == "B"
+    if stack == "vertical":
+        mask[:ch, :] = 1.0
+        if include_centre:
+            mask[ch, :] = 1.0
+    elif stack == "horizontal":
+        mask[ch, :cw] = 1.0
+        if include_centre:
+            mask[ch, cw] = 1.0
+    else:
+        mask[:ch, :] = 1.0
+        mask[ch, :cw] = 1.0
+        if include_centre:
+            mask[ch, cw] = 1.0
+    return mask
+
+
+@keras.saving.register_keras_serializable(package="mlops_trainers")
+class MaskedConv2D(keras.layers.Conv2D):
+    """A ``Conv2D`` ("same" padding, stride 1) whose kernel is multiplied by a causal mask.
+
+    The mask is applied in the convolution itself (not by overwriting the kernel), so the masked
+    taps get no gradient and the saved kernel is the trained one.
+
+    Args:
+        filters: output channels.
+        kernel_size: int or (kh, kw), odd.
+        mask_type: "A" (excludes the centre: first layer) or "B".
+        stack: "full", "vertical" or "horizontal" (see :func:`causal_mask`).
+        **kwargs: forwarded to ``keras.layers.Conv2D`` (``padding``/``strides`` are fixed).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        mask_type: str = "B",
+        stack: str = "full",
+        **kwargs: Any,
+    ) -> None:
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        if stack not in STACKS:
+            raise ValueError(f"stack must be one of {STACKS}, got {stack!r}")
+        kwargs.pop("padding", None)
+        kwargs.pop("strides", None)
+        super().__init__(filters, kernel_size, padding="same", **kwargs)
+        self.mask_type = mask_type
+        self.stack = stack
+        self._mask = causal_mask(tuple(self.kernel_size), mask_type, stack)[:, :, None, None]
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        mask = keras.ops.cast(self._mask, kernel.dtype)
+        return super().convolution_op(inputs, kernel * mask)
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update({"mask_type": self.mask_type, "stack": self.stack})
+        config.pop("padding", None)
+        config.pop("strides", None)
+        return config

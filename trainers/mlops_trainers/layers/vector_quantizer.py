@@ -1,0 +1,231 @@
+"""Vector quantizer of a VQ-VAE, with the fixes for codebook collapse.
+
+* Commitment loss ``beta * ||z - sg(e)||^2`` (van den Oord et al. 2017, arXiv:1711.00937).
+* EMA codebook (Razavi et al. 2019, arXiv:1906.00446, appendix; van den Oord et al. 2017, A.1):
+  each code is the running mean of the encoder outputs assigned to it, with Laplace smoothing of
+  the counts. The statistics start as "each code has seen itself once", so an unused code stays
+  where it is instead of drifting to 0 or blowing up.
+* Dead-code restart (as in Jukebox, Dhariwal et al. 2020, arXiv:2005.00341, and SoundStream): a
+  code whose EMA usage falls under ``dead_code_threshold`` (fraction of latents assigned to it)
+  is re-seeded from a random encoder output of the current batch.
+* Optional k-means initialisation from encoder outputs (:meth:`VectorQuantizer.kmeans_init`).
+
+Only *valid* latents (not padding) count for the losses, the EMA statistics and the restarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mlops_trainers")
+class VectorQuantizer(keras.layers.Layer):
+    """``z (B, H, W, D) -> (z_q (B, H, W, D), codes (B, H, W) int32)``.
+
+    ``z_q`` carries straight-through gradients to ``z``. The losses are added with ``add_loss``.
+
+    Args:
+        num_embeddings: codebook size K.
+        embedding_dim: dimension D of each code.
+        beta: commitment loss weight.
+        ema: update the codebook by exponential moving averages (no codebook loss, no gradient).
+        ema_decay: decay of the EMA statistics and of the usage estimate.
+        dead_code_restart: re-seed unused codes from encoder outputs.
+        dead_code_threshold: EMA fraction of latents under which a code counts as dead.
+        epsilon: Laplace smoothing of the EMA counts.
+        seed: seed of the restart sampling (its state is saved with the weights).
+        **kwargs: forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        beta: float = 0.25,
+        ema: bool = True,
+        ema_decay: float = 0.99,
+        dead_code_restart: bool = True,
+        dead_code_threshold: float = 1e-3,
+        epsilon: float = 1e-5,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.beta = beta
+        self.ema = ema
+        self.ema_decay = ema_decay
+        self.dead_code_restart = dead_code_restart
+        self.dead_code_threshold = dead_code_threshold
+        self.epsilon = epsilon
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="restart_seed")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        k, d = self.num_embeddings, self.embedding_dim
+        self.embeddings = self.add_weight(
+            shape=(k, d),
+            initializer=keras.initializers.VarianceScaling(scale=1.0, distribution="uniform"),
+            trainable=not self.ema,
+            name="embeddings",
+        )
+        if self.ema:
+            self.ema_count = self.add_weight(
+                shape=(k,), initializer="ones", trainable=False, name="ema_count"
+            )
+            self.ema_sum = self.add_weight(
+                shape=(k, d), initializer="zeros", trainable=False, name="ema_sum"
+            )
+            self.ema_sum.assign(self.embeddings)
+        # Usage starts at 0: a code no latent has chosen yet is dead, so the first training
+        # step re-seeds every code the first batch barely uses from that batch's encoder
+        # outputs (a data-dependent initialisation). Starting at 1/K instead, a randomly
+        # initialised codebook that collapsed onto one code would wait ~400 steps
+        # (log(1e-3 K) / log(0.99)) before its first restart. A restarted code gets 1/K.
+        self.usage = self.add_weight(
+            shape=(k,), initializer="zeros", trainable=False, name="usage"
+        )
+        self.built = True
+
+    # The restart RNG state is part of the training state: save it with the weights so that a
+    # resumed run draws the same restarts as an uninterrupted one.
+    def save_own_variables(self, store: Any) -> None:
+        super().save_own_variables(store)
+        store["seed_state"] = ops.convert_to_numpy(self.seed_generator.state.value)
+
+    def load_own_variables(self, store: Any) -> None:
+        keys = list(store.keys())
+        if "seed_state" in keys:
+            self.seed_generator.state.assign(ops.convert_to_tensor(store["seed_state"]))
+        super().load_own_variables({k: store[k] for k in keys if k != "seed_state"})
+
+    def distances(self, flat: Any, embeddings: Any) -> Any:
+        """Squared distances (N, K) between vectors (N, D) and codes (K, D)."""
+        return (
+            ops.sum(flat**2, axis=1, keepdims=True)
+            - 2.0 * ops.matmul(flat, ops.transpose(embeddings))
+            + ops.sum(embeddings**2, axis=1)[None, :]
+        )
+
+    def codes(self, inputs: Any) -> Any:
+        """Code indices (B, H, W) of encoder outputs, without any update."""
+        flat = ops.reshape(inputs, (-1, self.embedding_dim))
+        embeddings = ops.convert_to_tensor(self.embeddings)
+        indices = ops.argmin(self.distances(flat, embeddings), axis=1)
+        return ops.reshape(ops.cast(indices, "int32"), ops.shape(inputs)[:-1])
+
+    def lookup(self, codes: Any) -> Any:
+        """Code vectors (..., D) of indices (...)."""
+        return ops.take(ops.convert_to_tensor(self.embeddings), ops.cast(codes, "int32"), axis=0)
+
+    def call(self, inputs: Any, valid_mask: Any = None, training: bool | None = None) -> Any:
+        shape = ops.shape(inputs)
+        flat = ops.reshape(inputs, (-1, self.embedding_dim))
+        if valid_mask is None:
+            valid = ops.ones((ops.shape(flat)[0],), dtype=flat.dtype)
+        else:
+            valid = ops.reshape(ops.cast(valid_mask, flat.dtype), (-1,))
+        embeddings = ops.convert_to_tensor(self.embeddings)
+        indices = ops.cast(ops.argmin(self.distances(flat, embeddings), axis=1), "int32")
+        quantized = ops.take(embeddings, indices, axis=0)
+
+        # Losses over valid latents only: mean over vectors of the mean squared difference.
+        count = ops.maximum(ops.sum(valid), 1.0)
+
+        def masked_mse(a: Any, b: Any) -> Any:
+            return ops.sum(valid * ops.mean((a - b) ** 2, axis=1)) / count
+
+        self.add_loss(self.beta * masked_mse(flat, ops.stop_gradient(quantized)))
+        if not self.ema:
+            self.add_loss(masked_mse(ops.stop_gradient(flat), quantized))
+
+        if training:
+            self._update(flat, valid, indices, embeddings)
+
+        straight_through = flat + ops.stop_gradient(quantized - flat)
+        return ops.reshape(straight_through, shape), ops.reshape(indices, shape[:-1])
+
+    def _update(self, flat: Any, valid: Any, indices: Any, embeddings: Any) -> None:
+        k = self.num_embeddings
+        decay = self.ema_decay
+        flat = ops.stop_gradient(flat)
+        onehot = ops.one_hot(indices, k, dtype=flat.dtype) * valid[:, None]
+        counts = ops.sum(onehot, axis=0)
+        total = ops.maximum(ops.sum(counts), 1.0)
+        usage = decay * ops.convert_to_tensor(self.usage) + (1.0 - decay) * counts / total
+        if self.ema:
+            ema_count = decay * ops.convert_to_tensor(self.ema_count) + (1.0 - decay) * counts
+            ema_sum = decay * ops.convert_to_tensor(self.ema_sum) + (1.0 - decay) * ops.matmul(
+                ops.transpose(onehot), flat
+            )
+            n = ops.sum(ema_count)
+            smoothed = (ema_count + self.epsilon) / (n + k * self.epsilon) * n
+            embeddings = ema_sum / smoothed[:, None]
+        if self.dead_code_restart:
+            dead = usage < self.dead_code_threshold
+            # A random valid encoder output per code (log(0) -> never padding, unless all is).
+            logits = ops.log(valid + 1e-12)[None, :]
+            picks = keras.random.categorical(logits, k, seed=self.seed_generator)[0]
+            fresh = ops.take(flat, picks, axis=0)
+            embeddings = ops.where(dead[:, None], fresh, embeddings)
+            usage = ops.where(dead, ops.full_like(usage, 1.0 / k), usage)
+            if self.ema:
+                ema_count = ops.where(dead, ops.ones_like(ema_count), ema_count)
+                ema_sum = ops.where(dead[:, None], fresh, ema_sum)
+        self.usage.assign(usage)
+        if self.ema:
+            self.ema_count.assign(ema_count)
+            self.ema_sum.assign(ema_sum)
+        if self.ema or self.dead_code_restart:
+            self.embeddings.assign(embeddings)
+
+    def kmeans_init(self, vectors: Any, iterations: int = 10, seed: int = 0) -> None:
+        """Set the codebook to k-means centres of ``vectors`` (N, D) (eager, once, at start)."""
+        data = np.asarray(ops.convert_to_numpy(vectors), dtype="float32").reshape(
+            -1, self.embedding_dim
+        )
+        rng = np.random.default_rng(seed)
+        k = self.num_embeddings
+        centres = data[rng.choice(len(data), size=k, replace=len(data) < k)].copy()
+        for _ in range(iterations):
+            d = (
+                (data**2).sum(1, keepdims=True)
+                - 2.0 * data @ centres.T
+                + (centres**2).sum(1)[None, :]
+            )
+            assign = d.argmin(1)
+            for j in range(k):
+                members = data[assign == j]
+                if len(members):
+                    centres[j] = members.mean(0)
+                else:  # an empty cluster takes a random point
+                    centres[j] = data[rng.integers(len(data))]
+        self.embeddings.assign(centres)
+        if self.ema:
+            self.ema_sum.assign(centres)
+            self.ema_count.assign(np.ones((k,), dtype="float32"))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> Any:
+        return input_shape, input_shape[:-1]
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config.update(
+            {
+                "num_embeddings": self.num_embeddings,
+                "embedding_dim": self.embedding_dim,
+                "beta": self.beta,
+                "ema": self.ema,
+                "ema_decay": self.ema_decay,
+                "dead_code_restart": self.dead_code_restart,
+                "dead_code_threshold": self.dead_code_threshold,
+                "epsilon": self.epsilon,
+                "seed": self.seed,
+            }
+        )
+        return config

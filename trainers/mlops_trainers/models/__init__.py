@@ -1,0 +1,1 @@
+"""Keras 3 models, one public class per file."""

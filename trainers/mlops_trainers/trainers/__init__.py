@@ -1,0 +1,1 @@
+"""One module per trainer kind; each registers its :class:`~mlops_trainers.trainer.Trainer`."""

@@ -1,0 +1,279 @@
+"""Run → per-run ConfigMap + Argo Workflow (built with hera). Pure: builds, never submits.
+
+Everything a trainer reads is in the run file inside the ConfigMap; the container's command is a
+fixed argv with no shell, so no string from a manifest is ever interpreted by a shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from hera.workflows import Container, Workflow
+from hera.workflows import models as m
+from mlops_api.errors import FieldError, ManifestError
+from mlops_api.naming import (
+    ANNOTATION_SPEC_HASH,
+    CONFIG_FILE,
+    config_map_name,
+    run_labels,
+    spec_hash,
+    workflow_name,
+)
+from mlops_api.run import RunPlan, plan_run
+from mlops_api.spec import MLOps
+
+CONFIG_DIR = "/etc/mlops"
+GCS_KEY_DIR = "/var/run/secrets/gcs"
+SUMMARY_FILE = "/tmp/mlops/summary.json"
+CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
+
+# Messages Argo (and the kubelet) put on a node whose pod was lost to a spot preemption.
+PREEMPTION_MESSAGES = (
+    "imminent node shutdown",
+    "pod deleted",
+    "node is shutting down",
+    "NodeShutdown",
+)
+EXIT_PREEMPTED = 143  # the trainer checkpointed after SIGTERM (128 + 15)
+EXIT_APP_RETRYABLE = 1  # the trainer failed and its own error budget is not spent yet
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Cluster-wide settings (the chart's values), as opposed to per-run ones (the spec)."""
+
+    service_account: str = "mlops-trainer"
+    queue_config_map: str = "mlops-queues"
+    image_pull_policy: str = "IfNotPresent"
+    spot_node_selector: dict[str, str] = field(
+        default_factory=lambda: {"cloud.google.com/gke-spot": "true"}
+    )
+    spot_tolerations: tuple[dict[str, str], ...] = (
+        {
+            "key": "cloud.google.com/gke-spot",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoSchedule",
+        },
+    )
+    gpu_type_label: str = "cloud.google.com/gke-accelerator"
+    gpu_resource: str = "nvidia.com/gpu"
+    retry_backoff: str = "30s"
+    ttl_after_success_s: int = 7 * 24 * 3600
+    ttl_after_failure_s: int = 14 * 24 * 3600
+    # Argo's output parameter carries the trainer's final summary back; off where no executor
+    # can report it (kwok's fake pods).
+    report_summary: bool = True
+    # A Secret with a GCP key as key.json, for clusters without Workload Identity; never a ConfigMap.
+    gcs_secret: str | None = None
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RenderedRun:
+    """What a cluster gets for one run."""
+
+    plan: RunPlan
+    config_map: dict[str, Any]
+    workflow: dict[str, Any]
+
+
+def retry_expression() -> str:
+    """Argo expression: retry preemptions and retryable app errors, nothing else.
+
+    The trainer keeps the app-error budget itself (exit 1 while it lasts, then 2), so the
+    preemption budget and the app-error budget never eat into each other.
+    """
+    messages = "|".join(PREEMPTION_MESSAGES)
+    return (
+        f"lastRetry.message matches '{messages}'"
+        f" || lastRetry.exitCode == '{EXIT_PREEMPTED}'"
+        f" || lastRetry.exitCode == '{EXIT_APP_RETRYABLE}'"
+    )
+
+
+def render_config_map(
+    plan: RunPlan, labels: dict[str, str], annotations: dict[str, str]
+) -> dict[str, Any]:
+    run_file = yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=True)
+    cm: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(plan.run_id),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "data": {CONFIG_FILE: run_file},
+        # A run's config never changes: a new spec is a new run with a new ConfigMap.
+        "immutable": True,
+    }
+    if plan.namespace:
+        cm["metadata"]["namespace"] = plan.namespace
+    if len(run_file.encode()) > CONFIG_MAP_LIMIT - 4096:
+        raise ManifestError(
+            [
+                FieldError(
+                    "spec.trainer.config",
+                    f"the run's config is {len(run_file.encode())} bytes; a ConfigMap holds at most 1 MiB",
+                )
+            ]
+        )
+    return cm
+
+
+def _resources(obj: MLOps, settings: RenderSettings) -> m.ResourceRequirements:
+    res = obj.spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpu.count > 0:
+        limits[settings.gpu_resource] = str(res.gpu.count)
+    return m.ResourceRequirements(
+        requests={k: m.Quantity(v) for k, v in requests.items()},
+        limits={k: m.Quantity(v) for k, v in limits.items()},
+    )
+
+
+def _placement(obj: MLOps, settings: RenderSettings) -> tuple[dict[str, str], list[m.Toleration]]:
+    selector: dict[str, str] = {}
+    tolerations: list[m.Toleration] = []
+    if obj.spec.spot:
+        selector.update(settings.spot_node_selector)
+        tolerations.extend(m.Toleration(**t) for t in settings.spot_tolerations)
+    gpu = obj.spec.resources.gpu
+    if gpu.count > 0:
+        if gpu.type:
+            selector[settings.gpu_type_label] = gpu.type
+        # GKE taints GPU nodes so that only pods asking for GPUs land there.
+        tolerations.append(
+            m.Toleration(key=settings.gpu_resource, operator="Exists", effect="NoSchedule")
+        )
+    return selector, tolerations
+
+
+def render_workflow(
+    obj: MLOps,
+    plan: RunPlan,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    settings: RenderSettings,
+) -> dict[str, Any]:
+    spec = obj.spec
+    selector, tolerations = _placement(obj, settings)
+    env = {
+        "MLOPS_SUMMARY_FILE": SUMMARY_FILE,
+        "HOME": "/tmp",  # the root filesystem is read-only; Keras and TF write caches under HOME
+        "KERAS_BACKEND": "tensorflow",
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "1",
+        **dict(settings.extra_env),
+    }
+    mounts = [
+        m.VolumeMount(name="run-config", mount_path=CONFIG_DIR, read_only=True),
+        m.VolumeMount(name="tmp", mount_path="/tmp"),
+        m.VolumeMount(name="dshm", mount_path="/dev/shm"),
+    ]
+    volumes = [
+        m.Volume(
+            name="run-config", config_map=m.ConfigMapVolumeSource(name=config_map_name(plan.run_id))
+        ),
+        m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource()),
+        m.Volume(name="dshm", empty_dir=m.EmptyDirVolumeSource(medium="Memory")),
+    ]
+    if settings.gcs_secret:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = f"{GCS_KEY_DIR}/key.json"
+        mounts.append(m.VolumeMount(name="gcs-key", mount_path=GCS_KEY_DIR, read_only=True))
+        volumes.append(
+            m.Volume(name="gcs-key", secret=m.SecretVolumeSource(secret_name=settings.gcs_secret))
+        )
+    outputs = None
+    if settings.report_summary:
+        outputs = m.Outputs(
+            parameters=[
+                m.Parameter(name="summary", value_from=m.ValueFrom(path=SUMMARY_FILE, default="{}"))
+            ]
+        )
+    train = Container(
+        name="train",
+        image=spec.image,
+        image_pull_policy=settings.image_pull_policy,
+        command=["python", "-m", "mlops_trainers", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        env=[m.EnvVar(name=k, value=v) for k, v in sorted(env.items())],
+        resources=_resources(obj, settings),
+        volume_mounts=mounts,
+        security_context=m.SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            run_as_non_root=True,
+            capabilities=m.Capabilities(drop=["ALL"]),
+        ),
+        node_selector=selector or None,
+        tolerations=tolerations or None,
+        retry_strategy=m.RetryStrategy(
+            limit=m.IntOrString(
+                str(spec.retries.preemption + spec.retries.error)
+            ),  # the schema types it a string
+            retry_policy="Always",
+            expression=retry_expression(),
+            backoff=m.Backoff(duration=settings.retry_backoff),
+        ),
+        outputs=outputs,
+    )
+    synchronization = None
+    if spec.queue:
+        # One GPU → runs wait their turn; Argo grants a semaphore in creation order (FIFO).
+        synchronization = m.Synchronization(
+            semaphores=[
+                m.SemaphoreRef(
+                    config_map_key_ref=m.ConfigMapKeySelector(
+                        name=settings.queue_config_map, key=spec.queue
+                    )
+                )
+            ]
+        )
+    wf = Workflow(
+        api_version="argoproj.io/v1alpha1",
+        kind="Workflow",
+        name=workflow_name(plan.run_id),
+        namespace=plan.namespace,
+        labels=labels,
+        annotations=annotations,
+        entrypoint="train",
+        service_account_name=settings.service_account,
+        pod_metadata=m.Metadata(labels=labels),
+        security_context=m.PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=1000,
+            run_as_group=1000,
+            fs_group=1000,
+            seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
+        ),
+        volumes=volumes,
+        synchronization=synchronization,
+        pod_gc=m.PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=m.TTLStrategy(
+            seconds_after_success=settings.ttl_after_success_s,
+            seconds_after_failure=settings.ttl_after_failure_s,
+        ),
+        templates=[train],
+    )
+    out: dict[str, Any] = wf.to_dict()
+    return out
+
+
+def render(obj: MLOps, settings: RenderSettings | None = None) -> RenderedRun:
+    """The ConfigMap and Workflow for the object's current generation."""
+    settings = settings or RenderSettings()
+    plan = plan_run(obj)
+    labels = run_labels(plan.name, plan.run_id, plan.generation, obj.spec.trainer.kind)
+    annotations = {ANNOTATION_SPEC_HASH: spec_hash(obj.spec)}
+    config_map = render_config_map(plan, labels, annotations)
+    workflow = render_workflow(obj, plan, labels, annotations, settings)
+    return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)
+
+
+def to_yaml(rendered: RenderedRun) -> str:
+    """Both objects as one multi-document YAML stream (ConfigMap first: the Workflow mounts it)."""
+    return yaml.safe_dump_all([rendered.config_map, rendered.workflow], sort_keys=False)
