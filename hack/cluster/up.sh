@@ -205,7 +205,9 @@ start_kwok() {
 }
 
 start_argo() {
-  local crds="${BIN}/crds"
+  # BIN/crds is a symlink, which kubectl does not read as a folder: resolve it.
+  local crds
+  crds="$(readlink -f "${BIN}/crds")"
   # Argo's FULL CRDs: the API server validates every Workflow against the real schema, so a bad
   # Workflow fails at create time as it would on a cluster installed from Argo's full manifests.
   # Server-side apply: the CRDs are far over client-side apply's 256 KiB annotation limit.

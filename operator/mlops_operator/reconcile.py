@@ -142,6 +142,7 @@ def created_status(
         "phase": "Queued",
         "message": f"run {plan.run_id} submitted",
         "observedGeneration": plan.generation,
+        "conditions": conds,
         "runId": plan.run_id,
         "workflow": rendered.workflow["metadata"]["name"],
         "configMap": rendered.config_map["metadata"]["name"],

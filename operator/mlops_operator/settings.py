@@ -34,10 +34,12 @@ class OperatorSettings:
         spot_selector = _env_json("MLOPS_SPOT_NODE_SELECTOR", base.spot_node_selector)
         spot_tolerations = _env_json("MLOPS_SPOT_TOLERATIONS", list(base.spot_tolerations))
         extra_env = _env_json("MLOPS_TRAINER_ENV", {})
+        pod_annotations = _env_json("MLOPS_POD_ANNOTATIONS", {})
         assert (
             isinstance(spot_selector, dict)
             and isinstance(spot_tolerations, list)
             and isinstance(extra_env, dict)
+            and isinstance(pod_annotations, dict)
         )
         render = RenderSettings(
             service_account=os.environ.get("MLOPS_TRAINER_SERVICE_ACCOUNT", base.service_account),
@@ -51,6 +53,7 @@ class OperatorSettings:
             report_summary=_env_bool("MLOPS_REPORT_SUMMARY", base.report_summary),
             gcs_secret=os.environ.get("MLOPS_GCS_SECRET") or None,
             extra_env=tuple(sorted((str(k), str(v)) for k, v in extra_env.items())),
+            pod_annotations=tuple(sorted((str(k), str(v)) for k, v in pod_annotations.items())),
         )
         return cls(
             render=render,

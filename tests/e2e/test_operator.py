@@ -163,6 +163,10 @@ def test_killing_the_operator_mid_reconcile_never_duplicates(env: Env, operator:
     for name in names:
         assert len(env.workflows(name)) == 1, name
         assert len(env.config_maps(name)) == 1, name
+    # ...and each run is still followed to its end, even one whose Workflow Argo finished while
+    # no operator ran (its events went by before the status named the run).
+    for name in names:
+        wait_for(f"{name} Succeeded", lambda n=name: env.phase_is(n, "Succeeded"), timeout=120)
 
 
 def test_twenty_at_once_no_cross_talk(env: Env, operator: Operator) -> None:

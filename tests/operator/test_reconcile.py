@@ -73,6 +73,8 @@ def test_created_status_names_children() -> None:
     assert status["workflow"] == rendered.plan.run_id
     assert status["configMap"] == f"{rendered.plan.run_id}-config"
     assert status["observedGeneration"] == 3
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions == {"Validated": ("True", "SpecValid"), "Ready": ("False", "Queued")}
 
 
 def test_submitted_status_takes_the_state_of_a_workflow_made_earlier() -> None:

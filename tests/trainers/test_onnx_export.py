@@ -48,11 +48,12 @@ def test_onnx_matches_keras_on_tiles_of_any_size(trained: tuple[UNet, str]) -> N
         assert diff < TOLERANCE
 
 
-def test_onnx_predicts_a_whole_scene_like_keras(trained: tuple[UNet, str]) -> None:
+@pytest.mark.parametrize("overlap", [0, 8])
+def test_onnx_predicts_a_whole_scene_like_keras(trained: tuple[UNet, str], overlap: int) -> None:
     model, path = trained
     scene = np.random.default_rng(2).random((50, 70, 4)).astype(np.float32)
-    ours = predict_scene(onnx_predictor(load_session(path)), scene, tile_size=32)
-    theirs = model.predict_scene(scene, tile_size=32)
+    ours = predict_scene(onnx_predictor(load_session(path)), scene, 32, overlap=overlap)
+    theirs = model.predict_scene(scene, tile_size=32, overlap=overlap)
     assert ours.shape == (50, 70)
     np.testing.assert_allclose(ours, theirs, atol=TOLERANCE)
 

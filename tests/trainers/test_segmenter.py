@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 from mlops_trainers import cloud38
+from mlops_trainers.config import RunConfig, SegmenterConfig, TrainerSpec
 from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
 from mlops_trainers.layers.masked_segmentation_metric import MaskedSegmentationMetric
 from mlops_trainers.models.unet import UNet
@@ -46,6 +47,14 @@ def test_scene_tiles_are_deterministic_and_resumable() -> None:
     assert not np.array_equal(other[0], full[0][0])
 
 
+def test_overlap_must_leave_a_tile_centre() -> None:
+    from pydantic import ValidationError
+
+    assert SegmenterConfig(tile_size=32, depth=2, overlap=15).overlap == 15
+    with pytest.raises(ValidationError, match="2 \\* overlap must be less than tile_size"):
+        SegmenterConfig(tile_size=32, depth=2, overlap=16)
+
+
 def test_scores_of_empty_counts_are_perfect_not_nan() -> None:
     assert scores(np.zeros(3)) == {"iou": 1.0, "dice": 1.0, "precision": 1.0, "recall": 1.0}
     counts = confusion_counts(np.array([[0.9, 0.1]]), np.array([[0.0, 1.0]]), 0.5)
@@ -71,11 +80,137 @@ def test_unet_reaches_the_stated_iou_on_held_out_scenes(tmp_path: Path) -> None:
         for x, y in data.batches(epoch):
             losses.append(model.train_on_batch(x, y, return_dict=True)["loss"])
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
-    counts = np.zeros(3)
-    for scene, mask in _scenes(tmp_path / "held_out", "test"):
-        prob = model.predict_scene(scene, tile_size=32)
-        assert prob.shape == mask.shape and np.isfinite(prob).all()
-        counts += confusion_counts(prob, mask, 0.5)
-    result = scores(counts)
-    print(f"held-out {result}")
-    assert result["iou"] >= HELD_OUT_IOU
+    results = {}
+    for overlap in (0, 8):
+        counts = np.zeros(3)
+        for scene, mask in _scenes(tmp_path / "held_out", "test"):
+            prob = model.predict_scene(scene, tile_size=32, overlap=overlap)
+            assert prob.shape == mask.shape and np.isfinite(prob).all()
+            counts += confusion_counts(prob, mask, 0.5)
+        results[overlap] = scores(counts)
+        print(f"held-out, overlap {overlap}: {results[overlap]}")
+    assert results[0]["iou"] >= HELD_OUT_IOU
+    assert results[8]["iou"] >= HELD_OUT_IOU
+
+
+# === The trainer, through the shared runtime ===
+
+
+def _run_config(data: str, output: Path, epochs: int = 2, **config: object) -> RunConfig:
+    settings: dict[str, object] = {
+        "tile_size": 32,
+        "bands": 4,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "base_filters": 8,
+        "depth": 2,
+        "steps_per_epoch": 8,
+        "predictions": 2,
+        **config,
+    }
+    return RunConfig(
+        run_id=output.name,
+        name="seg",
+        trainer=TrainerSpec(kind="segmenter", config=SegmenterConfig.model_validate(settings)),
+        data=data,
+        output_prefix=str(output.parent),
+        output=str(output),
+        epochs=epochs,
+        checkpoint_every=100,
+    )
+
+
+def test_a_38cloud_folder_is_converted_into_the_run_scratch(tmp_path: Path) -> None:
+    import tifffile
+    from mlops_trainers.trainer import RunContext
+    from mlops_trainers.trainers.segmenter import SegmenterTrainer
+
+    source = tmp_path / "38-Cloud_training"
+    rng = np.random.default_rng(0)
+    names = [f"patch_{i}_1_by_{i}_LC08_L1TP_00205{i}_20160520_20170324_01_T1" for i in range(4)]
+    for name in names:
+        for band in (*cloud38.BANDS_38CLOUD, "gt"):
+            (source / f"train_{band}").mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(1, 60000, (20, 20)).astype(np.uint16)
+            tifffile.imwrite(source / f"train_{band}" / f"{band}_{name}.TIF", pixels)
+    run_config = _run_config(str(source), tmp_path / "runs" / "seg-38")
+    trainer = SegmenterTrainer(run_config, RunContext(run_config, tmp_path / "scratch"))
+    trainer.prepare()
+    assert trainer.root == str(tmp_path / "scratch" / "dataset")
+    assert sum(trainer.inputs["converted_38cloud"].values()) == 4
+    scenes = [s for split in cloud38.SPLITS for s in trainer.load_split(split)]
+    assert len(scenes) == 4 and all(s.shape == (20, 20, 4) for s, _ in scenes)
+
+
+def test_a_folder_of_neither_layout_is_a_data_error(tmp_path: Path) -> None:
+    from mlops_trainers.errors import DataError
+    from mlops_trainers.trainer import RunContext
+    from mlops_trainers.trainers.segmenter import SegmenterTrainer
+
+    (tmp_path / "data").mkdir()
+    run_config = _run_config(str(tmp_path / "data"), tmp_path / "runs" / "seg-x")
+    trainer = SegmenterTrainer(run_config, RunContext(run_config, tmp_path / "scratch"))
+    with pytest.raises(DataError, match=r"filelists/train\.csv"):
+        trainer.prepare()
+
+
+def test_export_without_the_onnx_packages_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from mlops_trainers.errors import ConfigError
+    from mlops_trainers.trainer import RunContext
+    from mlops_trainers.trainers.segmenter import SegmenterTrainer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a)
+    )
+    run_config = _run_config(str(tmp_path / "data"), tmp_path / "runs" / "seg-y")
+    trainer = SegmenterTrainer(run_config, RunContext(run_config, tmp_path / "scratch"))
+    with pytest.raises(ConfigError, match="tf2onnx is not installed"):
+        trainer.prepare()
+
+
+@pytest.mark.slow
+def test_segmenter_trains_through_the_runtime_on_gcs_and_exports_onnx(
+    gcs_emulator: str, tmp_path: Path
+) -> None:
+    """Data and output in a bucket of a real GCS emulator (gcsfs), as in a cluster."""
+    import csv
+    import io
+    import uuid
+
+    from mlops_trainers import storage
+    from mlops_trainers.runtime import run
+
+    prefix = f"gs://mlops-test/{uuid.uuid4().hex[:12]}"
+    data = f"{prefix}/data"
+    cloud38.write_synthetic_dataset(
+        data, {"train": 8, "val": 2, "test": 2}, seed=3, min_side=48, max_side=80
+    )
+    config = _run_config(data, tmp_path / "seg-1")
+    output = f"{prefix}/runs/seg-1"
+    config = config.model_copy(update={"output_prefix": f"{prefix}/runs", "output": output})
+    assert run(config) == 0
+
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{output}/metrics.csv"))))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+    record = storage.read_json(f"{output}/run.json")
+    metrics = record["final_metrics"]
+    print(f"final metrics {metrics}")
+    for split in ("val", "test"):
+        for name in ("iou", "dice", "precision", "recall"):
+            assert 0.0 <= metrics[f"{split}_{name}"] <= 1.0
+    assert metrics["val_iou"] >= 0.5  # 16 steps of a tiny U-Net; the held-out test asserts 0.9
+    assert storage.exists(f"{output}/predictions/epoch-0002.png")
+    # The ONNX model is exported next to model.keras and checked against Keras.
+    assert storage.exists(f"{output}/model.onnx")
+    assert record["inputs"]["onnx"]["max_abs_diff"] < 1e-4
+    storage.get_file(f"{output}/model.keras", tmp_path / "model.keras")
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(model, UNet)
+    scene, _ = cloud38.synthetic_cloud_scene(np.random.default_rng(5), 50, 70)
+    assert model.predict_scene(scene, tile_size=32).shape == (50, 70)

@@ -150,3 +150,14 @@ def test_webcam_sample_has_frames_and_the_known_sky(
     # Day, dusk and night in one sequence: the first frame is much brighter than the last.
     assert frames[0].mean() > 3 * frames[-1].mean()
     assert iou(sky_mask(frames), truth) >= 0.95
+
+
+def test_mlops_skymask_delegates_to_this_module(tmp_path: Path) -> None:
+    from mlops_cli.main import main as mlops
+
+    frames, truth = synthetic_webcam(frames=8, height=64, width=96, phase="dusk", seed=5)
+    _write_frames(tmp_path / "cam", frames)
+    out = tmp_path / "mask.png"
+    assert mlops(["skymask", str(tmp_path / "cam"), "--out", str(out)]) == 0
+    assert iou(skymask.read_mask_png(str(out)), truth) >= 0.9
+    assert mlops(["skymask", str(tmp_path / "cam")]) == 2  # --out is required

@@ -82,3 +82,36 @@ def test_untile_rejects_a_wrong_tile_count() -> None:
         untile(tiles[:-1], layout)
     with pytest.raises(ValueError, match="tile_size"):
         TileLayout.for_shape(5, 5, 0)
+
+
+def _box3(tiles: np.ndarray) -> np.ndarray:
+    """A 3x3 mean over the first band with zero padding: a 'model' with a 1-pixel reach."""
+    x = np.pad(tiles[..., 0], ((0, 0), (1, 1), (1, 1)))
+    h, w = tiles.shape[1:3]
+    out: np.ndarray = sum(x[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+    return out
+
+
+@pytest.mark.parametrize("shape", [(70, 45), (16, 16), (5, 90), (1, 1)])
+def test_overlap_tiles_join_without_seams(shape: tuple[int, int]) -> None:
+    scene = np.random.default_rng(4).random((*shape, 2)).astype(np.float32)
+    whole = _box3(scene[None])[0]  # the scene predicted in one piece: no tile borders
+    seams = predict_scene(_box3, scene, tile_size=16, batch_size=3)
+    joined = predict_scene(_box3, scene, tile_size=16, batch_size=3, overlap=1)
+    assert joined.shape == seams.shape == shape
+    # With context at least the predictor's reach, the tiles join exactly as the whole scene.
+    np.testing.assert_allclose(joined, whole, rtol=1e-6, atol=1e-7)
+    if max(shape) > 16:
+        # Without it, pixels next to an inner tile border miss their neighbours: seams.
+        assert np.abs(seams - whole).max() > 0.01
+    # Wider context changes nothing more for a local predictor.
+    np.testing.assert_allclose(
+        predict_scene(_box3, scene, 16, batch_size=5, overlap=7), whole, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_overlap_must_leave_a_centre() -> None:
+    with pytest.raises(ValueError, match="2 \\* overlap < tile_size"):
+        predict_scene(_box3, np.zeros((8, 8, 1)), tile_size=8, overlap=4)
+    with pytest.raises(ValueError, match="overlap must be >= 0"):
+        predict_scene(_box3, np.zeros((8, 8, 1)), tile_size=8, overlap=-1)

@@ -142,3 +142,101 @@ def test_trained_tokenizer_round_trips_tokens_and_reloads(
     assert isinstance(loaded, Tokenizer)
     np.testing.assert_array_equal(_np(loaded.encode(images, mask)), codes)
     np.testing.assert_allclose(_np(loaded.decode(codes)), decoded, atol=1e-6)
+
+
+# === The trainer, through the shared runtime ===
+
+
+def _write_camera(folder: Path, seed: int, phase: str) -> np.ndarray:
+    """A folder of 16 frames (48x64, real textures as the ground); returns the known sky."""
+    from PIL import Image
+
+    frames_, sky = synthetic_webcam(frames=16, height=48, width=64, phase=phase, seed=seed)
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames_):
+        Image.fromarray(frame).save(folder / f"frame-{i:04d}.png")
+    return sky
+
+
+def test_cameras_are_found_and_a_camera_folder_may_hold_its_own_mask(tmp_path: Path) -> None:
+    from mlops_trainers.config import SkyMaskConfig, TokenizerConfig
+    from mlops_trainers.skymask import MASK_NAME, mask_png
+    from mlops_trainers.trainers.tokenizer import camera_sky, find_cameras
+
+    sky_a = _write_camera(tmp_path / "cam-a", seed=0, phase="day")
+    _write_camera(tmp_path / "cam-b", seed=1, phase="night")
+    own = np.zeros_like(sky_a)
+    own[:10] = True
+    (tmp_path / "cam-b" / MASK_NAME).write_bytes(mask_png(own))
+    cameras = find_cameras(str(tmp_path))
+    assert [c.name for c in cameras] == ["cam-a", "cam-b"]
+    assert all(len(c.frames) == 16 for c in cameras)  # skymask.png is not a frame
+    assert find_cameras(str(tmp_path / "cam-a"))[0].frames == cameras[0].frames
+    # Small frames: the default clean-up sizes are for webcam-sized frames.
+    config = TokenizerConfig(sky_mask=SkyMaskConfig(min_hole=16, min_island=16, closing=2))
+    computed = camera_sky(cameras[0], config)
+    assert (computed & sky_a).sum() / (computed | sky_a).sum() >= 0.9
+    np.testing.assert_array_equal(camera_sky(cameras[1], config), own)
+    off = TokenizerConfig(sky_mask=SkyMaskConfig(enabled=False))
+    assert camera_sky(cameras[0], off).all()
+
+
+@pytest.mark.slow
+def test_tokenizer_trains_through_the_runtime_and_saves_its_token_api(tmp_path: Path) -> None:
+    import csv
+    import io
+    import json
+
+    from mlops_trainers.config import RunConfig, SkyMaskConfig, TokenizerConfig, TrainerSpec
+    from mlops_trainers.runtime import run
+
+    _write_camera(tmp_path / "data" / "cam-a", seed=0, phase="cycle")
+    _write_camera(tmp_path / "data" / "cam-b", seed=1, phase="day")
+    config = TokenizerConfig(
+        image_size=32,
+        batch_size=8,
+        learning_rate=3e-3,
+        **TINY,
+        sky_mask=SkyMaskConfig(min_hole=16, min_island=16, closing=2),
+        steps_per_epoch=8,
+        reconstructions=4,
+    )
+    output = tmp_path / "runs" / "tok-1"
+    run_config = RunConfig(
+        run_id="tok-1",
+        name="tok",
+        trainer=TrainerSpec(kind="tokenizer", config=config),
+        data=str(tmp_path / "data"),
+        output_prefix=str(tmp_path / "runs"),
+        output=str(output),
+        epochs=2,
+        checkpoint_every=100,
+    )
+    assert run(run_config) == 0
+
+    rows = list(csv.DictReader(io.StringIO((output / "metrics.csv").read_text())))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+    assert float(rows[1]["reconstruction_error"]) < float(rows[0]["reconstruction_error"])
+    record = json.loads((output / "run.json").read_text())
+    assert record["state"] == "succeeded"
+    assert record["inputs"]["cameras"] == {"cam-a": 16, "cam-b": 16}
+    for key in ("reconstruction_error", "perplexity", "codes_used", "token_stability"):
+        assert key in record["final_metrics"], key
+    assert (output / "reconstructions" / "epoch-0002.png").exists()
+    assert (output / "skymask" / "cam-a.png").exists() and (
+        output / "skymask" / "cam-b.png"
+    ).exists()
+
+    # The saved model is the tokenizer with its encode/decode API: images <-> token grids.
+    model = keras.saving.load_model(output / "model.keras")
+    assert isinstance(model, Tokenizer)
+    images, _ = synthetic_webcam(frames=4, height=32, width=32, phase="day", seed=3)
+    x = images.astype(np.float32) / 255.0
+    codes = _np(model.encode(x))
+    assert codes.shape == (4, 8, 8) and codes.min() >= 0 and codes.max() < TINY["num_embeddings"]
+    decoded = _np(model.decode(codes))
+    assert decoded.shape == x.shape
+    # Running it again finds the finished run's checkpoint and trains no further.
+    assert run(run_config) == 0
+    assert json.loads((output / "run.json").read_text())["global_step"] == 16

@@ -253,7 +253,7 @@ def resolve_model_reference(
     """A run name or a run/checkpoint URL -> its newest complete checkpoint, and provenance."""
     if "://" in reference or "/" in reference:
         checkpoint = resolve_checkpoint(reference)
-        provenance = {"reference": reference, "url": reference}
+        provenance: dict[str, Any] = {"reference": reference, "url": reference}
     else:
         run_url = find_run(output_prefix, reference, exclude=exclude)
         checkpoint = resolve_checkpoint(run_url)

@@ -9,12 +9,16 @@ locally; the trainer reads nothing else.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TrainerKind = Literal["vqvae", "pixelcnn", "tokenizer", "segmenter"]
 TRAINER_KINDS: tuple[str, ...] = ("vqvae", "pixelcnn", "tokenizer", "segmenter")
+
+
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f`$;|&<>\"'\\{}]")
 
 
 class _Config(BaseModel):
@@ -95,6 +99,17 @@ class PixelCNNConfig(_Config):
     )
     samples: int = Field(16, ge=0, le=256, description="Images sampled into each epoch's PNG grid.")
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+
+    @field_validator("vqvae")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        # The same rules as the spec's URLs (mlops_api.spec.check_url), kept here because this
+        # module must not import the API package: no shell/quote/control characters, no '..'.
+        if _UNSAFE.search(value):
+            raise ValueError("must not contain spaces, quotes, control or shell characters")
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..' path segments")
+        return value
 
 
 class SkyMaskConfig(_Config):
@@ -232,12 +247,23 @@ class SegmenterConfig(_Config):
     predictions: int = Field(
         4, ge=0, le=64, description="Validation scenes drawn in each epoch's prediction PNG."
     )
+    overlap: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Context pixels per tile side predicted and dropped when a whole scene is predicted (overlap-tile); 0 = plain tiles, with seams.",
+    )
 
     @model_validator(mode="after")
     def _tile_fits_depth(self) -> SegmenterConfig:
         if self.tile_size % 2**self.depth:
             raise ValueError(
                 f"tile_size {self.tile_size} must be a multiple of 2 ** depth = {2**self.depth}"
+            )
+        if 2 * self.overlap >= self.tile_size:
+            raise ValueError(
+                f"overlap {self.overlap} leaves no centre of a {self.tile_size} tile: "
+                "2 * overlap must be less than tile_size"
             )
         return self
 

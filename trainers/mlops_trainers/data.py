@@ -275,4 +275,7 @@ class ImageData:
         else:
             files = np.asarray(self.files, dtype=object)[index].astype(str)
             ds = _file_dataset(list(files), self.image_size, self.channels)
-        return ds.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        batched: Iterable[Any] = ds.batch(self.batch_size, drop_remainder=True).prefetch(
+            tf.data.AUTOTUNE
+        )
+        return batched

@@ -32,6 +32,7 @@ end and on preemption; the workflow returns it as an output parameter the operat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import logging
@@ -195,9 +196,9 @@ class _Progress:
     """``ARGO_PROGRESS_FILE``: Argo reads ``"N/M"`` from it and shows it on the node."""
 
     def __init__(self, total: int) -> None:
-        self.path = Path(os.environ["ARGO_PROGRESS_FILE"]) if os.environ.get(
-            "ARGO_PROGRESS_FILE"
-        ) else None
+        self.path = (
+            Path(os.environ["ARGO_PROGRESS_FILE"]) if os.environ.get("ARGO_PROGRESS_FILE") else None
+        )
         self.total = total
 
     def update(self, done: int) -> None:
@@ -276,7 +277,9 @@ class _TensorBoard:
         self.writer.flush()
         for path in sorted(self.local.rglob("*")):
             if path.is_file():
-                storage.put_file(path, storage.join(self.output, *path.relative_to(self.local).parts))
+                storage.put_file(
+                    path, storage.join(self.output, *path.relative_to(self.local).parts)
+                )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -301,6 +304,7 @@ class _Run:
         self.stop = stop
         self.scratch = Path(tempfile.mkdtemp(prefix=f"mlops-{config.run_id}-"))
         self.started = _now()
+        self.started_unix = time.time()
         self.record: dict[str, Any] = {}
         self.latest: CheckpointInfo | None = None
         self.state = RunState()
@@ -315,10 +319,8 @@ class _Run:
 
     def _begin_record(self, attempt: int) -> None:
         previous: dict[str, Any] = {}
-        try:
+        with contextlib.suppress(FileNotFoundError, ValueError):
             previous = dict(storage.read_json(storage.join(self.config.output, RUN_FILE)))
-        except (FileNotFoundError, ValueError):
-            pass
         import keras
 
         versions = {"mlops_trainers": __version__, "keras": keras.__version__}
@@ -341,8 +343,11 @@ class _Run:
             "python": platform.python_version(),
             "image": self.config.image,
             "host": socket.gethostname(),
-            "first_started": previous.get("first_started") or self.started,
-            "started": self.started,
+            # Unix times (find_run orders runs by them), and the same as text for people.
+            "first_started": previous.get("first_started") or self.started_unix,
+            "started": self.started_unix,
+            "first_started_at": previous.get("first_started_at") or self.started,
+            "started_at": self.started,
             "ended": None,
             "state": "running",
             "attempt": attempt,
@@ -446,7 +451,9 @@ class _Run:
             )
         self.trainer.init_from(model, source)
         self.record["parent"] = parent
-        log.info("new run started from %s (run %s, step %d)", source.url, source.run_id, source.step)
+        log.info(
+            "new run started from %s (run %s, step %d)", source.url, source.run_id, source.step
+        )
         return True
 
     # --- training ---
@@ -499,8 +506,8 @@ class _Run:
         last_line = time.monotonic()
         window_steps, window_start = 0, time.perf_counter()
         while state.epoch < config.epochs:
-            if state.step_in_epoch >= steps:  # a checkpoint of a changed steps_per_epoch
-                state.step_in_epoch = steps
+            # A checkpoint taken with a larger steps_per_epoch ends its epoch now.
+            state.step_in_epoch = min(steps, state.step_in_epoch)
             epoch_start = time.perf_counter()
             epoch_steps = 0
             for batch in data.batches(state.epoch, state.step_in_epoch):
@@ -564,7 +571,9 @@ class _Run:
             )
             # metrics.csv before the checkpoint: a kill in between redoes the epoch's tail and
             # replaces the row, never loses it.
-            rows = [r for r in _read_metrics_csv(metrics_url) if int(r["epoch"]) < state.epoch]
+            rows: list[dict[str, Any]] = [
+                r for r in _read_metrics_csv(metrics_url) if int(r["epoch"]) < state.epoch
+            ]
             rows.append(
                 {
                     "epoch": state.epoch,
@@ -637,9 +646,10 @@ def run(config: RunConfig) -> int:
         return code
     except (ConfigError, DataError, ValidationError) as err:
         log.error("%s: %s (not retried)", type(err).__name__, err)
-        _safe(lambda: current._status("failed", error=str(err), retry=False))
-        _safe(lambda: current._run_json(state="failed", ended=_now(), error=str(err)))
-        _write_summary({**current.summary("failed"), "error": str(err)})
+        fatal = str(err)  # `err` is unbound after the except block; the lambdas run inside it
+        _safe(lambda: current._status("failed", error=fatal, retry=False))
+        _safe(lambda: current._run_json(state="failed", ended=_now(), error=fatal))
+        _write_summary({**current.summary("failed"), "error": fatal})
         return EXIT_FATAL
     except Exception as err:
         # An application error: retryable while this run's app-error budget lasts. The count

@@ -302,7 +302,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--out", required=True, help="fsspec URL (or path) of the mask PNG to write"
     )
     parser.add_argument("--config", default=None, help="YAML of SkyMaskConfig fields")
-    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return int(exc.code or 0)
     try:
         config = _load_config(args.config)
         frames = load_frames(args.frames, max_frames=config.max_frames)

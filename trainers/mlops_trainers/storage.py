@@ -11,6 +11,7 @@ previous attempt of this run, may have written since.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -70,9 +71,9 @@ def join(url: str, *parts: str) -> str:
     """Join URL parts with exactly one ``/``."""
     out = url.rstrip("/")
     for part in parts:
-        part = part.strip("/")
-        if part:
-            out = f"{out}/{part}"
+        stripped = part.strip("/")
+        if stripped:
+            out = f"{out}/{stripped}"
     return out
 
 
@@ -153,7 +154,5 @@ def remove(url: str, *, recursive: bool = False) -> None:
     """Delete ``url`` (a folder with ``recursive``); a missing one is not an error."""
     fs, path = filesystem(url)
     fs.invalidate_cache()
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=recursive)
-    except FileNotFoundError:
-        pass

@@ -5,7 +5,8 @@ and resizing would change the ground sampling distance the model was trained at,
 *cut*, never stretched: it is padded at its bottom/right borders to a whole number of tiles, and a
 validity mask marks the padding so that losses and metrics ignore it. Tiles do not overlap, which
 makes :func:`untile` the exact inverse of :func:`tile` (a property test checks
-``untile(tile(x)) == x`` bit for bit over many shapes).
+``untile(tile(x)) == x`` bit for bit over many shapes). Prediction may add context around each
+tile (:func:`predict_scene`'s ``overlap``) and still puts the kept centres back with :func:`untile`.
 
 Pure NumPy: the data pipeline, the ONNX predictor and the tests use it without TensorFlow.
 """
@@ -123,16 +124,46 @@ def predict_scene(
     scene: np.ndarray,
     tile_size: int,
     batch_size: int = 8,
+    overlap: int = 0,
 ) -> np.ndarray:
     """Tile a scene, run ``predict_tiles`` on batches of tiles, and untile the result.
 
     ``predict_tiles`` maps an (n, t, t, C) float32 batch to (n, t, t[, K]); it may be a Keras
     model's ``predict_on_batch``, an ONNX Runtime session wrapper, or anything callable, so the same
     code serves training-time previews and the exported model.
+
+    ``overlap`` > 0 is the overlap-tile strategy of the U-Net paper (Ronneberger et al. 2015,
+    arXiv:1505.04597, Fig. 2): each tile is predicted with ``overlap`` pixels of context on every
+    side and only its centre, ``tile_size - 2 * overlap`` pixels a side, is kept. A convolution
+    near a tile border sees zero padding instead of the neighbouring pixels, which shows as seams
+    along the tile grid; with enough context the kept centres join without them. Context outside
+    the scene is zero, as the padding of the training tiles is. The centres are put together by
+    :func:`untile`, so the result is still exactly (H, W).
     """
-    tiles, _, layout = tile(scene.astype(np.float32, copy=False), tile_size)
-    outputs = [
-        np.asarray(predict_tiles(tiles[i : i + batch_size]))
-        for i in range(0, layout.count, batch_size)
-    ]
-    return untile(np.concatenate(outputs, axis=0), layout)
+    scene = scene.astype(np.float32, copy=False)
+    if overlap == 0:
+        tiles, _, layout = tile(scene, tile_size)
+        outputs = [
+            np.asarray(predict_tiles(tiles[i : i + batch_size]))
+            for i in range(0, layout.count, batch_size)
+        ]
+        return untile(np.concatenate(outputs, axis=0), layout)
+    core = tile_size - 2 * overlap
+    if overlap < 0 or core < 1:
+        raise ValueError(
+            f"overlap must be >= 0 and leave a centre: 2 * overlap < tile_size, got overlap "
+            f"{overlap} for tile_size {tile_size}"
+        )
+    layout = TileLayout.for_shape(scene.shape[0], scene.shape[1], core)
+    rows, cols = layout.padded_shape
+    window, _ = crop(scene, -overlap, -overlap, (rows + 2 * overlap, cols + 2 * overlap))
+    origins = [(r * core, c * core) for r in range(layout.rows) for c in range(layout.cols)]
+    centres = []
+    # Tiles are cut batch by batch: overlapping tiles of a large scene would not fit in memory.
+    for i in range(0, len(origins), batch_size):
+        batch = np.stack(
+            [window[y : y + tile_size, x : x + tile_size] for y, x in origins[i : i + batch_size]]
+        )
+        out = np.asarray(predict_tiles(batch))
+        centres.append(out[:, overlap : overlap + core, overlap : overlap + core])
+    return untile(np.concatenate(centres, axis=0), layout)

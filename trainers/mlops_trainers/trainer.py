@@ -141,7 +141,7 @@ class Trainer(abc.ABC, Generic[ConfigT]):
             raise ConfigError(f"trainer.config is not a valid {cls.kind} config: {err}") from err
         return config  # type: ignore[return-value]
 
-    def prepare(self) -> None:  # noqa: B027 - optional hook
+    def prepare(self) -> None:
         """Resolve inputs other than the data (called first); record them in ``self.inputs``."""
 
     @abc.abstractmethod
@@ -160,12 +160,10 @@ class Trainer(abc.ABC, Generic[ConfigT]):
             logs = model.train_on_batch(batch, return_dict=True)
         return {k: float(v) for k, v in logs.items()}
 
-    def on_train_begin(self, model: keras.Model, *, fresh: bool) -> None:  # noqa: B027
+    def on_train_begin(self, model: keras.Model, *, fresh: bool) -> None:
         """Called once before the first step; ``fresh`` when no checkpoint/parent was loaded."""
 
-    def on_epoch_end(  # noqa: B027 - optional hook
-        self, epoch: int, model: keras.Model, logs: Mapping[str, float]
-    ) -> None:
+    def on_epoch_end(self, epoch: int, model: keras.Model, logs: Mapping[str, float]) -> None:
         """Write this epoch's artifacts (``epoch`` is 1-based: the number of epochs done)."""
 
     def init_from(self, model: keras.Model, source: CheckpointInfo) -> None:

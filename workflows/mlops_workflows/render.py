@@ -69,6 +69,9 @@ class RenderSettings:
     # A Secret with a GCP key as key.json, for clusters without Workload Identity; never a ConfigMap.
     gcs_secret: str | None = None
     extra_env: tuple[tuple[str, str], ...] = ()
+    # Annotations on every trainer pod (e.g. cluster-autoscaler's safe-to-evict, or kwok's stage
+    # delays in the e2e tests); never anything from a manifest.
+    pod_annotations: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,7 @@ def render_workflow(
         annotations=annotations,
         entrypoint="train",
         service_account_name=settings.service_account,
-        pod_metadata=m.Metadata(labels=labels),
+        pod_metadata=m.Metadata(labels=labels, annotations=dict(settings.pod_annotations) or None),
         security_context=m.PodSecurityContext(
             run_as_non_root=True,
             run_as_user=1000,

@@ -18,7 +18,7 @@ def _gate(x: Any) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class GatedPixelCNNBlock(keras.layers.Layer):
+class GatedPixelCNNBlock(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
     """``(vertical, horizontal) -> (vertical, horizontal)``, both ``(B, H, W, filters)``.
 
     Args:

@@ -42,7 +42,7 @@ def causal_mask(kernel_size: tuple[int, int], mask_type: str, stack: str) -> np.
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class MaskedConv2D(keras.layers.Conv2D):
+class MaskedConv2D(keras.layers.Conv2D):  # type: ignore[misc,unused-ignore]
     """A ``Conv2D`` ("same" padding, stride 1) whose kernel is multiplied by a causal mask.
 
     The mask is applied in the convolution itself (not by overwriting the kernel), so the masked

@@ -9,7 +9,7 @@ from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class ResidualBlock(keras.layers.Layer):
+class ResidualBlock(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
     """``x + conv1x1(relu(conv3x3(relu(x))))``; keeps the number of channels.
 
     Args:

@@ -23,7 +23,7 @@ from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class VectorQuantizer(keras.layers.Layer):
+class VectorQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
     """``z (B, H, W, D) -> (z_q (B, H, W, D), codes (B, H, W) int32)``.
 
     ``z_q`` carries straight-through gradients to ``z``. The losses are added with ``add_loss``.
@@ -45,6 +45,7 @@ class VectorQuantizer(keras.layers.Layer):
         self,
         num_embeddings: int,
         embedding_dim: int,
+        *,
         beta: float = 0.25,
         ema: bool = True,
         ema_decay: float = 0.99,
@@ -87,9 +88,7 @@ class VectorQuantizer(keras.layers.Layer):
         # outputs (a data-dependent initialisation). Starting at 1/K instead, a randomly
         # initialised codebook that collapsed onto one code would wait ~400 steps
         # (log(1e-3 K) / log(0.99)) before its first restart. A restarted code gets 1/K.
-        self.usage = self.add_weight(
-            shape=(k,), initializer="zeros", trainable=False, name="usage"
-        )
+        self.usage = self.add_weight(shape=(k,), initializer="zeros", trainable=False, name="usage")
         self.built = True
 
     # The restart RNG state is part of the training state: save it with the weights so that a

@@ -45,7 +45,7 @@ def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class PixelCNN(keras.Model):
+class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
     """Autoregressive prior over ``(B, h, w)`` code grids; ``call`` returns ``(B, h, w, K)`` logits.
 
     Inputs: a code grid, or ``{"codes": (B, h, w), "valid": (B, h, w)}`` where ``valid`` marks the
@@ -86,12 +86,12 @@ class PixelCNN(keras.Model):
         ]
         self.hidden = keras.layers.Conv2D(filters, 1, activation="relu", name="hidden")
         self.logits = keras.layers.Conv2D(num_embeddings, 1, name="logits")
-        self.build((None, grid_size, grid_size))
 
         # === Metrics ===
         self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
         self.valid_bits_tracker = keras.metrics.Mean(name="bits_per_valid_code")
         self._sampler: Callable[..., Any] | None = None
+        self.build((None, grid_size, grid_size))
 
     def build(self, input_shape: Any) -> None:
         if isinstance(input_shape, dict):

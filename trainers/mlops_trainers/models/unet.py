@@ -71,8 +71,14 @@ class UNet(keras.Model):  # type: ignore[misc,unused-ignore]
         """Tile sides must be multiples of this."""
         return int(2**self.depth)
 
-    def predict_scene(self, scene: np.ndarray, tile_size: int, batch_size: int = 8) -> np.ndarray:
-        """Cloud probability (H, W) of a whole (H, W, bands) scene: tile, predict, untile."""
+    def predict_scene(
+        self, scene: np.ndarray, tile_size: int, batch_size: int = 8, overlap: int = 0
+    ) -> np.ndarray:
+        """Cloud probability (H, W) of a whole (H, W, bands) scene: tile, predict, untile.
+
+        ``overlap``: context pixels per tile side that are predicted and dropped (overlap-tile,
+        see :func:`mlops_trainers.tiling.predict_scene`).
+        """
         if tile_size % self.multiple:
             raise ValueError(
                 f"tile_size {tile_size} must be a multiple of 2 ** depth = {self.multiple}"
@@ -81,7 +87,7 @@ class UNet(keras.Model):  # type: ignore[misc,unused-ignore]
         def run(tiles: np.ndarray) -> np.ndarray:
             return np.asarray(self.predict_on_batch(tiles))[..., 0]
 
-        return _predict_tiles(run, scene, tile_size, batch_size)
+        return _predict_tiles(run, scene, tile_size, batch_size, overlap)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,7 @@ from mlops_trainers.layers.vector_quantizer import VectorQuantizer
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class VQVAE(keras.Model):
+class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
     """VQ-VAE over ``{"image": (B, S, S, C) in [0, 1], "mask": (B, S, S, 1)}`` (or an image).
 
     ``call`` returns ``{"reconstruction": (B, S, S, C), "codes": (B, S/2^d, S/2^d) int32}``.
@@ -44,6 +44,7 @@ class VQVAE(keras.Model):
 
     def __init__(
         self,
+        *,
         image_size: int = 64,
         channels: int = 3,
         base_filters: int = 32,

@@ -7,11 +7,13 @@ Data: a dataset in the layout of :mod:`mlops_trainers.cloud38` (``filelists/``, 
 and, with ``augment``, flipped/rotated by a draw from ``(seed, epoch, step)``: a resumed run sees
 exactly the batches an uninterrupted one would.
 
-Each epoch predicts the whole validation scenes (tile -> predict -> untile, as in production) and
-writes ``predictions/epoch-NNNN.png`` (rows: false-colour scene, truth, prediction) and the
-validation IoU/Dice/precision/recall, counted exactly over all pixels. The last epoch also scores
+Each epoch predicts the whole validation scenes as in production (tiles with ``overlap`` pixels of
+context -> predict -> keep the centres -> untile) and writes ``predictions/epoch-NNNN.png`` (rows:
+false-colour scene, truth, prediction) and the validation IoU/Dice/precision/recall, counted
+exactly over all pixels. The last epoch also scores
 the test split. The final model is saved as ``model.keras`` and, with ``export_onnx``, as
-``model.onnx``, checked against Keras with ONNX Runtime (``onnx_max_abs_diff`` in run.json).
+``model.onnx``, checked against Keras with ONNX Runtime (``inputs.onnx.max_abs_diff`` in
+run.json).
 """
 
 from __future__ import annotations
@@ -124,6 +126,20 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
     config_class = SegmenterConfig
 
     def prepare(self) -> None:
+        if self.config.export_onnx:
+            # Fail before training, not after it: the export runs at the very end.
+            import importlib.util
+
+            from mlops_trainers.onnx_export import INSTALL_HINT
+
+            missing = [
+                m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None
+            ]
+            if missing:
+                raise ConfigError(
+                    f"trainer.config.export_onnx is true but {', '.join(missing)} is not "
+                    f"installed: {INSTALL_HINT} (the `export` extra), or set export_onnx: false"
+                )
         root = resolve_data_url(self.run.data)
         if cloud38.is_dataset(root):
             self.root = root
@@ -206,7 +222,9 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
         counts = np.zeros(3)
         probs = []
         for scene, mask in scenes:
-            prob = model.predict_scene(scene, self.config.tile_size, self.config.batch_size)
+            prob = model.predict_scene(
+                scene, self.config.tile_size, self.config.batch_size, self.config.overlap
+            )
             counts += confusion_counts(prob, mask, self.config.threshold)
             probs.append(prob)
         return scores(counts), probs
@@ -265,7 +283,9 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
             rng = np.random.default_rng(self.run.seed)
             probe = rng.random((2, t, t, self.config.bands)).astype(np.float32)
             self.onnx_diff = max_abs_diff(model, load_session(onnx_url), probe)
-            self.inputs["onnx"] = onnx_url
+            # The runtime asks for final_metrics() before save_final(), so the check is recorded
+            # here too: run.json's "inputs" are written after save_final().
+            self.inputs["onnx"] = {"url": onnx_url, "max_abs_diff": self.onnx_diff}
             self.context.log.info(
                 "exported %s (max |keras - onnx| = %.2e)", onnx_url, self.onnx_diff
             )

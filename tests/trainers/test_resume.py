@@ -1,0 +1,195 @@
+"""Preemption: a training process killed mid-epoch (SIGTERM, then SIGKILL) resumes from its last
+checkpoint, loses at most one checkpoint interval, and ends with the weights of an uninterrupted
+run; on a local folder and on the GCS emulator.
+
+The trainers run as real subprocesses (``python -m mlops_trainers --config FILE``), as in a pod.
+Progress is read from ``ARGO_PROGRESS_FILE``, which the runtime rewrites after every step.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import yaml
+from mlops_trainers import storage
+from mlops_trainers.models.vqvae import VQVAE  # registers the class for load_model
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "image_size": 16,
+    "channels": 3,
+    "batch_size": 8,
+    "learning_rate": 2e-3,
+    "base_filters": 8,
+    "downsample": 2,
+    "residual_blocks": 1,
+    "latent_dim": 4,
+    "num_embeddings": 16,
+    "steps_per_epoch": 12,
+    "reconstructions": 2,
+}
+EPOCHS = 3
+EVERY = 5
+TOTAL = EPOCHS * CONFIG["steps_per_epoch"]  # type: ignore[operator]
+DEADLINE_S = 240.0
+
+
+class Trainer:
+    """One trainer process on a run file, with its progress and summary files."""
+
+    def __init__(self, run_file: Path, workdir: Path, env: dict[str, str], tag: str) -> None:
+        self.progress = workdir / f"progress-{tag}"
+        self.summary = workdir / "summary" / f"{tag}.json"  # its folder does not exist yet
+        self.log = workdir / f"trainer-{tag}.log"
+        env = {
+            **env,
+            "ARGO_PROGRESS_FILE": str(self.progress),
+            "MLOPS_SUMMARY_FILE": str(self.summary),
+        }
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlops_trainers", "--config", str(run_file)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def step(self) -> int:
+        try:
+            return int(self.progress.read_text().split("/")[0])
+        except (FileNotFoundError, ValueError):
+            return -1
+
+    def wait_for_step(self, target: int) -> int:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            done = self.step()
+            if done >= target:
+                return done
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"trainer exited {self.process.returncode} early:\n{self.log.read_text()}"
+                )
+            time.sleep(0.01)
+        self.process.kill()
+        pytest.fail(f"no step {target} within {DEADLINE_S}s:\n{self.log.read_text()}")
+
+    def wait(self) -> int:
+        try:
+            return self.process.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"trainer did not finish in {DEADLINE_S}s:\n{self.log.read_text()}")
+
+
+def _run_file(tmp_path: Path, make_run_file: Any, prefix: str, run_id: str) -> Path:
+    config = make_run_file(
+        prefix,
+        run_id,
+        "vqvae",
+        CONFIG,
+        data="sample://skimage",
+        epochs=EPOCHS,
+        checkpoint_every=EVERY,
+        seed=7,
+    )
+    path = tmp_path / f"{run_id}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _final_weights(output: str, scratch: Path) -> list[np.ndarray]:
+    local = scratch / f"{abs(hash(output))}.keras"
+    storage.get_file(storage.join(output, "model.keras"), local)
+    model = keras.saving.load_model(local)
+    assert isinstance(model, VQVAE)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(
+    tmp_path_factory: pytest.TempPathFactory, make_run_file: Any, subprocess_env: Any
+) -> tuple[list[np.ndarray], str]:
+    """The weights and metrics.csv of the same run trained without interruption."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    path = _run_file(tmp, make_run_file, str(tmp / "runs"), "straight-g1-0123abcd")
+    trainer = Trainer(path, tmp, subprocess_env(), "straight")
+    assert trainer.wait() == 0, trainer.log.read_text()
+    output = str(tmp / "runs" / "straight-g1-0123abcd")
+    return _final_weights(output, tmp), storage.read_text(storage.join(output, "metrics.csv"))
+
+
+def test_killed_runs_resume_and_match_an_uninterrupted_run(
+    tmp_path: Path,
+    storage_root: str,
+    make_run_file: Any,
+    subprocess_env: Any,
+    uninterrupted: tuple[list[np.ndarray], str],
+) -> None:
+    from mlops_trainers.checkpoints import latest_checkpoint
+
+    run_id = "killed-g1-0123abcd"
+    output = storage.join(storage_root, run_id)
+    path = _run_file(tmp_path, make_run_file, storage_root, run_id)
+    env = subprocess_env()
+
+    # 1. SIGTERM mid-epoch (a spot preemption): checkpoint at that very step, exit 143.
+    first = Trainer(path, tmp_path, env, "sigterm")
+    seen = first.wait_for_step(EVERY + 3)
+    first.process.send_signal(signal.SIGTERM)
+    assert first.wait() == 143, first.log.read_text()
+    summary = json.loads(first.summary.read_text())
+    assert summary["state"] == "preempted"
+    checkpoint = latest_checkpoint(output)
+    assert checkpoint is not None
+    assert checkpoint.step >= seen > EVERY  # nothing lost: the step it stopped at was saved
+    assert summary["latest_checkpoint"] == checkpoint.url
+    assert summary["step"] == checkpoint.step
+    assert storage.read_json(storage.join(output, "status.json"))["state"] == "preempted"
+
+    # 2. Restarted, it resumes there; SIGKILL (no chance to checkpoint) a few steps past the
+    #    next periodic checkpoint.
+    second = Trainer(path, tmp_path, env, "sigkill")
+    target = (checkpoint.step // EVERY + 2) * EVERY + 2
+    assert target < TOTAL
+    killed_at = second.wait_for_step(target)
+    second.process.send_signal(signal.SIGKILL)
+    assert second.wait() == -signal.SIGKILL
+    record = storage.read_json(storage.join(output, "run.json"))
+    assert record["resumed_from"]["step"] == checkpoint.step
+
+    # 3. Restarted again, it finishes from the last complete checkpoint.
+    third = Trainer(path, tmp_path, env, "final")
+    assert third.wait() == 0, third.log.read_text()
+    record = storage.read_json(storage.join(output, "run.json"))
+    resumed = int(record["resumed_from"]["step"])
+    assert killed_at - resumed <= EVERY, (killed_at, resumed)
+    assert record["state"] == "succeeded"
+    assert record["attempt"] == 3
+    assert record["global_step"] == TOTAL
+    assert json.loads(third.summary.read_text())["state"] == "succeeded"
+    assert third.progress.read_text().strip() == f"{TOTAL}/{TOTAL}"
+
+    # Same batches, same optimizer state, same quantizer RNG: the same model and epoch metrics.
+    weights, metrics = uninterrupted
+    ours = _final_weights(output, tmp_path)
+    assert len(ours) == len(weights)
+    for a, b in zip(ours, weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    ours_rows = storage.read_text(storage.join(output, "metrics.csv")).splitlines()
+    theirs_rows = metrics.splitlines()
+    assert ours_rows[0] == theirs_rows[0]
+    for mine, straight in zip(ours_rows[1:], theirs_rows[1:], strict=True):
+        a = [float(v) for v in mine.split(",")[3:]]
+        b = [float(v) for v in straight.split(",")[3:]]
+        np.testing.assert_allclose(a, b, rtol=1e-3)
