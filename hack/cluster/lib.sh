@@ -90,7 +90,16 @@ our_pid() {
   pid="$(<"${f}")"
   [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
   # A recycled PID must not pass for ours: all our processes name the state dir in their args.
-  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "${STATE}" || return 1
+  # A process in the middle of exec (setsid -> env -> the program) briefly shows an empty
+  # cmdline, so an empty one is read again before the process counts as gone.
+  local cmdline i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    [[ -d "/proc/${pid}" ]] || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
+    [[ -n "${cmdline}" ]] && break
+    sleep 0.1
+  done
+  [[ "${cmdline}" == *"${STATE}"* ]] || return 1
   echo "${pid}"
 }
 pid_alive() { our_pid "$1" >/dev/null; }

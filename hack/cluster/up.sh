@@ -137,6 +137,9 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # --endpoint-reconciler-type=none: the API server listens on loopback only, which the
+  # `kubernetes` Service's Endpoints may not hold (it would log an error every 10 s); no pod
+  # really runs here to reach it in-cluster anyway.
   start kube-apiserver "${BIN}/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:${MLOPS_ETCD_PORT}" \
     --bind-address=127.0.0.1 \
@@ -153,6 +156,7 @@ start_apiserver() {
     --service-account-signing-key-file="${PKI}/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
     --allow-privileged=true \
+    --endpoint-reconciler-type=none \
     --profiling=false \
     --cert-dir="${PKI}"
   wait_for "kube-apiserver /readyz" 180 kube-apiserver apiserver_ready
@@ -204,6 +208,16 @@ start_kwok() {
     kubectl wait --for=condition=Ready node --selector=type=kwok --timeout=2s
 }
 
+# argo_crds_served: the API server's discovery lists every Argo resource up.sh relies on.
+argo_crds_served() {
+  local doc r
+  doc="$(kubectl get --raw /apis/argoproj.io/v1alpha1)" || return 1
+  for r in workflows workflowtemplates clusterworkflowtemplates cronworkflows workflowtaskresults \
+    workflowtasksets workflowartifactgctasks workfloweventbindings; do
+    grep -q "\"name\":\"${r}\"" <<<"${doc}" || return 1
+  done
+}
+
 start_argo() {
   # BIN/crds is a symlink, which kubectl does not read as a folder: resolve it.
   local crds
@@ -213,12 +227,9 @@ start_argo() {
   # Server-side apply: the CRDs are far over client-side apply's 256 KiB annotation limit.
   kubectl apply --server-side --force-conflicts --field-manager=mlops-cluster-up \
     -f "${crds}" >/dev/null
-  wait_for "Argo CRDs Established" 120 kube-apiserver \
-    kubectl wait --for=condition=Established --timeout=2s \
-    crd/workflows.argoproj.io crd/workflowtemplates.argoproj.io \
-    crd/clusterworkflowtemplates.argoproj.io crd/cronworkflows.argoproj.io \
-    crd/workflowtaskresults.argoproj.io crd/workflowtasksets.argoproj.io \
-    crd/workflowartifactgctasks.argoproj.io crd/workfloweventbindings.argoproj.io
+  # Served = listed by discovery. Not `kubectl wait --for=condition=Established`: it watches the
+  # CRDs, and encoding these multi-MB objects into a watch on 2 busy cores outlasts its timeout.
+  wait_for "Argo CRDs served" 120 kube-apiserver argo_crds_served
   kubectl apply -f "${CLUSTER_HACK_DIR}/manifests/argo.yaml" >/dev/null
   # Leader election off: one controller, nothing to elect; --namespaced=false: all namespaces.
   start workflow-controller env LEADER_ELECTION_DISABLE=true "${BIN}/workflow-controller" \

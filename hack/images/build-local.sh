@@ -88,7 +88,7 @@ make_base() {
   # proxy in front of PyPI) go into the local base, and pip is told to use the system store (its
   # own certifi bundle lacks them). Only in this local base; an official base needs neither.
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
-    log "adding this machine's extra CAs to the base: $(ls /usr/local/share/ca-certificates | tr "\n" " ")"
+    log "adding this machine's extra CAs to the base:" /usr/local/share/ca-certificates/*.crt
     cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
     chroot "$rootfs" update-ca-certificates >/dev/null
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"
@@ -187,9 +187,15 @@ smoke_trainer_gpu() {
   local image="mlops-trainer:$TAG-gpu"
   log "smoke: $image (no GPU on this machine: import and build info only)"
   "${RUN_SAFE[@]}" --tmpfs /tmp --entrypoint python "$image" -c '
-import os, keras, tensorflow as tf
+import importlib.metadata, os, keras, tensorflow as tf
 assert os.getuid() == 1000
 info = tf.sysconfig.get_build_info()
+assert tf.test.is_built_with_cuda(), "tensorflow without CUDA (tensorflow-cpu over it?)"
+try:
+    importlib.metadata.version("tensorflow-cpu")
+    raise SystemExit("tensorflow-cpu is installed next to tensorflow[and-cuda]")
+except importlib.metadata.PackageNotFoundError:
+    pass
 print("trainer gpu image: uid", os.getuid(), "| keras", keras.__version__, "| tensorflow", tf.__version__,
       "| built with CUDA", tf.test.is_built_with_cuda(), info.get("cuda_version"), "cuDNN",
       info.get("cudnn_version"), "| GPUs visible:", tf.config.list_physical_devices("GPU"))'

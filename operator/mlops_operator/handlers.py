@@ -41,6 +41,8 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.reporting_component = "mlops-operator"
     settings.posting.level = 20
+    # Off: the namespaces given on the command line and the CRDs present at startup are used.
+    settings.scanning.disabled = not SETTINGS.resource_scanning
     kube.load_config()
     metrics.serve(SETTINGS.metrics_port)
     logger.info("mlops-operator started (metrics port %s)", SETTINGS.metrics_port or "off")

@@ -27,6 +27,10 @@ class OperatorSettings:
     # How long a deletion waits for a stopped Workflow to finish before letting go.
     stop_timeout_s: float = 120.0
     requeue_delay_s: float = 15.0
+    # kopf's discovery of namespaces and CRDs appearing at runtime. It needs cluster-wide list/watch
+    # of namespaces and CRDs; with namespaced RBAC kopf retries the 403s for about a minute before
+    # it starts watching at all, so the chart turns it off there (MLOPS_RESOURCE_SCANNING=false).
+    resource_scanning: bool = True
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -61,4 +65,5 @@ class OperatorSettings:
             metrics_port=int(os.environ.get("MLOPS_METRICS_PORT", "0")),
             stop_timeout_s=float(os.environ.get("MLOPS_STOP_TIMEOUT_S", "120")),
             requeue_delay_s=float(os.environ.get("MLOPS_REQUEUE_DELAY_S", "15")),
+            resource_scanning=_env_bool("MLOPS_RESOURCE_SCANNING", True),
         )

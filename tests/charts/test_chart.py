@@ -143,6 +143,18 @@ def test_namespaced_rbac_has_no_cluster_roles_for_the_operator(helm: str) -> Non
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ml-team-a" in args and "--all-namespaces" not in args
+    # No cluster-wide list/watch of namespaces and CRDs: kopf must not try (tests/e2e measures it).
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MLOPS_RESOURCE_SCANNING"] == "false"
+    default = next(d for d in _template(helm) if d["kind"] == "Deployment")
+    default_env = {
+        e["name"]: e.get("value")
+        for e in default["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert default_env["MLOPS_RESOURCE_SCANNING"] == "true"
 
 
 def test_gcs_secret_is_passed_by_name_only(helm: str) -> None:

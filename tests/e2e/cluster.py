@@ -362,10 +362,12 @@ def _server_and_ca(kubeconfig: Path) -> tuple[str, bytes]:
 def build(log: Callable[[str], None]) -> None:
     """Build (or find in the cache) every binary: ``hack/cluster/build.sh``. Raises on failure
     with the end of its output."""
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        subprocess.Popen(
             [str(HACK / "build.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        ) as proc,
+    ):
         assert proc.stderr is not None
         deadline = time.monotonic() + BUILD_TIMEOUT_S
         for line in proc.stderr:  # progress lines, every 30 s at most while compiling

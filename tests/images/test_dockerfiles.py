@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,15 @@ def test_operator_image_has_no_tensorflow() -> None:
     run_lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert all("tensorflow" not in line.lower() for line in run_lines)
     assert ".[operator]" in text and "COPY trainers trainers" not in text
+
+
+def test_trainer_image_installs_one_tensorflow_wheel() -> None:
+    # tensorflow-cpu and tensorflow[and-cuda] both write the `tensorflow` package: the project is
+    # installed with the TensorFlow-free trainer-core extra, after the variant's own wheel.
+    text = (ROOT / "images" / "trainer" / "Dockerfile").read_text()
+    assert '".[trainer-core]"' in text and '".[trainer]"' not in text
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert not any("tensorflow" in req for req in extras["trainer-core"])
+    assert "mlops-operator[trainer-core]" in extras["trainer"]

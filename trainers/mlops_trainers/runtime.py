@@ -561,7 +561,11 @@ class _Run:
             elapsed = time.perf_counter() - epoch_start
             state.epoch += 1
             state.step_in_epoch = 0
-            trainer.on_epoch_end(state.epoch, model, epoch_logs)
+            extra = trainer.on_epoch_end(state.epoch, model, epoch_logs)
+            if extra:
+                # Validation scores and the like join the epoch's row (metrics.csv, TensorBoard,
+                # the checkpoint), so a finished run re-read later still reports them.
+                epoch_logs = {**epoch_logs, **{k: float(v) for k, v in extra.items()}}
             log.info(
                 "epoch %d/%d done: %s  (%.2f steps/s)",
                 state.epoch,
@@ -593,8 +597,9 @@ class _Run:
 
     def _finish(self, model: keras.Model, tb: _TensorBoard) -> int:
         assert self.trainer is not None
-        metrics = self.trainer.final_metrics(self.state.last_logs)
+        # save_final first: what it checks (e.g. the segmenter's ONNX export) can be a metric.
         model_url = self.trainer.save_final(model)
+        metrics = self.trainer.final_metrics(self.state.last_logs)
         tb.upload()
         self._run_json(
             state="succeeded",

@@ -17,7 +17,7 @@ How to add a trainer
 
            def datasets(self) -> TrainData: ...       # deterministic batches per (epoch, step)
            def build_model(self) -> keras.Model: ...  # built, compiled, optimizer built
-           def on_epoch_end(self, epoch, model, logs) -> None:  # optional: artifacts
+           def on_epoch_end(self, epoch, model, logs):  # optional: artifacts, extra metrics
                self.context.write_png(f"predictions/epoch-{epoch:04d}.png", grid)
 
    (or put it elsewhere and add ``kind -> module`` to :data:`TRAINER_MODULES`; the module is
@@ -163,8 +163,12 @@ class Trainer(abc.ABC, Generic[ConfigT]):
     def on_train_begin(self, model: keras.Model, *, fresh: bool) -> None:
         """Called once before the first step; ``fresh`` when no checkpoint/parent was loaded."""
 
-    def on_epoch_end(self, epoch: int, model: keras.Model, logs: Mapping[str, float]) -> None:
-        """Write this epoch's artifacts (``epoch`` is 1-based: the number of epochs done)."""
+    def on_epoch_end(
+        self, epoch: int, model: keras.Model, logs: Mapping[str, float]
+    ) -> Mapping[str, float] | None:
+        """Write this epoch's artifacts (``epoch`` is 1-based: the number of epochs done); may
+        return extra metrics (validation scores...) that join the epoch's logs."""
+        return None
 
     def init_from(self, model: keras.Model, source: CheckpointInfo) -> None:
         """Start a new run from another run's checkpoint (``resume``): weights, and the

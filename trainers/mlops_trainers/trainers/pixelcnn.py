@@ -150,7 +150,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         model.optimizer.build(model.trainable_variables)
         return model
 
-    def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> dict[str, float]:
         from keras import ops
 
         uniform = math.log2(self.vqvae.num_embeddings)
@@ -162,7 +162,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
             uniform,
         )
         if not self.config.samples:
-            return
+            return dict(self.sample_metrics)
         # The same noise every epoch, so successive grids show how the same draws improve.
         codes = model.sample(
             self.config.samples, temperature=self.config.temperature, seed=self.run.seed + 1
@@ -172,6 +172,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
             len(np.unique(ops.convert_to_numpy(codes)))
         )
         self.context.write_png(f"samples/epoch-{epoch:04d}.png", image_grid(images))
+        return dict(self.sample_metrics)
 
     def final_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
         return {**logs, **self.sample_metrics}

@@ -229,7 +229,7 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
             probs.append(prob)
         return scores(counts), probs
 
-    def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> dict[str, float]:
         val = self.load_split("val")
         if val:
             metrics, probs = self.evaluate_scenes(model, val)
@@ -245,6 +245,7 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
                 metrics, _ = self.evaluate_scenes(model, test)
                 self.val_metrics.update({f"test_{k}": v for k, v in metrics.items()})
                 self.context.log.info("test: %s", _fmt(metrics))
+        return dict(self.val_metrics)
 
     def _panel(
         self, scenes: Sequence[tuple[np.ndarray, np.ndarray]], probs: Sequence[np.ndarray]
@@ -283,8 +284,7 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
             rng = np.random.default_rng(self.run.seed)
             probe = rng.random((2, t, t, self.config.bands)).astype(np.float32)
             self.onnx_diff = max_abs_diff(model, load_session(onnx_url), probe)
-            # The runtime asks for final_metrics() before save_final(), so the check is recorded
-            # here too: run.json's "inputs" are written after save_final().
+            # A metric (final_metrics runs after save_final) and provenance of model.onnx.
             self.inputs["onnx"] = {"url": onnx_url, "max_abs_diff": self.onnx_diff}
             self.context.log.info(
                 "exported %s (max |keras - onnx| = %.2e)", onnx_url, self.onnx_diff

@@ -195,7 +195,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         idx = np.linspace(0, len(self.images) - 1, count).round().astype(int)
         return self.images[idx], self.masks[idx]
 
-    def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> dict[str, float]:
         from keras import ops
 
         images, masks = self.preview_set()
@@ -203,7 +203,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         self.token_metrics = {"token_stability": stability, "codes_used_preview": float(used)}
         self.context.log.info("epoch %d: token stability %.3f, %d codes", epoch, stability, used)
         if not self.config.reconstructions:
-            return
+            return dict(self.token_metrics)
         codes = ops.convert_to_numpy(model.encode(images, masks))
         recon = ops.convert_to_numpy(model.decode(codes))
         pasted = masks * recon + (1.0 - masks) * images * 0.5  # ground dimmed: not modelled
@@ -215,6 +215,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
             images, pasted = np.repeat(images, 3, -1), np.repeat(pasted, 3, -1)
         grid = image_grid(np.concatenate([images, pasted, tokens]), columns=len(images))
         self.context.write_png(f"reconstructions/epoch-{epoch:04d}.png", grid)
+        return dict(self.token_metrics)
 
     def final_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
         return {**logs, **self.token_metrics}

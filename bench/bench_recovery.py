@@ -1,0 +1,211 @@
+"""Recovery: seconds from a trainer kill to the restarted trainer's first training step, and the
+steps lost, against a cold start of the same run.
+
+A trainer is a real process (``python -m mlops_trainers --config FILE``, as in a pod) training the
+VQ-VAE of ``examples/vqvae.yaml`` on a local output folder. Each round:
+
+1. **cold start**: a fresh run, from the process start to its first finished step (Python and
+   TensorFlow import, data, model build, first step's tracing): the reference;
+2. it trains to the middle of a checkpoint interval, gets **SIGTERM** (a spot preemption: it
+   finishes the step, checkpoints, exits 143) and is restarted at once: kill -> first step of
+   the restarted process, which resumed from the newest complete checkpoint;
+3. the same with **SIGKILL** (no chance to checkpoint: it resumes from the last periodic one).
+
+Steps come from ``ARGO_PROGRESS_FILE`` (rewritten after every step; polled every 5 ms). Lost steps
+= the killed process's last finished step - the step the restart resumed from (its log line).
+Rows: recovery / cold start (< 1: recovering is cheaper than starting over; about 1: restarting
+is all process start and tracing), and steps lost / checkpoint interval. The medians of
+``--rounds`` rounds.
+
+    python bench/bench_recovery.py [--rounds 2] [--every 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also when imported
+
+from common import BENCH, Row, write_rows
+
+EXAMPLE = BENCH.parent / "examples" / "vqvae.yaml"
+DEADLINE_S = 300.0
+RESUMED = re.compile(r"resumed from \S+: .*\(global step (\d+)\)")
+
+
+class Trainer:
+    """One trainer process with its own progress file and log."""
+
+    def __init__(self, run_file: Path, workdir: Path, tag: str) -> None:
+        self.progress = workdir / f"progress-{tag}"
+        self.log = workdir / f"trainer-{tag}.log"
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+            "KERAS_BACKEND": "tensorflow",
+            "ARGO_PROGRESS_FILE": str(self.progress),
+        }
+        self.started = time.perf_counter()
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlops_trainers", "--config", str(run_file)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def step(self) -> int | None:
+        try:
+            return int(self.progress.read_text().split("/")[0])
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def resumed_from(self) -> int:
+        match = RESUMED.search(self.log.read_text(errors="replace"))
+        return int(match.group(1)) if match else 0
+
+    def wait_for_step(self, target: int) -> float:
+        """perf_counter() when the progress file first shows a step >= ``target``."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            step = self.step()
+            if step is not None and step >= target:
+                return time.perf_counter()
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the trainer exited {self.process.returncode} before step {target}:\n"
+                    + self.log.read_text(errors="replace")[-3000:]
+                )
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"no step {target} within {DEADLINE_S}s")
+            time.sleep(0.005)
+
+    def first_step_after_resume(self) -> tuple[float, int]:
+        """(perf_counter() at its first finished step, the step it resumed from)."""
+        deadline = time.monotonic() + DEADLINE_S
+        while self.step() is None:  # written once the run has resumed, before training
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(self.log.read_text(errors="replace")[-3000:])
+            time.sleep(0.005)
+        resumed = self.resumed_from()
+        return self.wait_for_step(resumed + 1), resumed
+
+    def kill(self, signum: int) -> tuple[int, int]:
+        """Send ``signum``; (exit code, last finished step) once it has exited."""
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=DEADLINE_S)
+        return code, self.step() or 0
+
+
+def run_file(workdir: Path, output_prefix: Path, run_id: str, every: int, epochs: int) -> Path:
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    spec = manifest["spec"]
+    config = {
+        "version": 1,
+        "run_id": run_id,
+        "name": manifest["metadata"]["name"],
+        "trainer": spec["trainer"],
+        "data": spec["data"],
+        "output_prefix": str(output_prefix),
+        "output": str(output_prefix / run_id),
+        "epochs": epochs,
+        "checkpoint_every": every,
+        "seed": spec.get("seed", 0),
+    }
+    path = workdir / f"{run_id}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
+    run_id = f"recovery-g1-{index:08x}"
+    path = run_file(workdir, workdir / "runs", run_id, every, epochs=50)
+    result: dict[str, Any] = {}
+
+    cold = Trainer(path, workdir, f"{index}-cold")
+    result["cold_s"] = cold.wait_for_step(1) - cold.started
+    current, after = cold, every + every // 2
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        name = signal.Signals(signum).name
+        current.wait_for_step(after)
+        killed = time.perf_counter()
+        code, died_at = current.kill(signum)
+        exited = time.perf_counter()
+        restarted = Trainer(path, workdir, f"{index}-{name}")
+        first, resumed = restarted.first_step_after_resume()
+        result[name] = {
+            "recovery_s": first - killed,
+            "exit_s": exited - killed,
+            "restart_to_first_step_s": first - restarted.started,
+            "exit_code": code,
+            "died_at": died_at,
+            "resumed_from": resumed,
+            "lost": died_at - resumed,
+        }
+        print(f"round {index} {name}: {result[name]}", flush=True)
+        current, after = restarted, resumed + every + every // 2
+    current.process.kill()
+    current.process.wait()
+    print(f"round {index} cold start: {result['cold_s']:.2f} s", flush=True)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--every", type=int, default=20, help="checkpoint_every (steps)")
+    args = parser.parse_args(None if argv is None else list(argv))
+
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
+        rounds = [one_round(Path(tmp), i, args.every) for i in range(args.rounds)]
+    cold = statistics.median(r["cold_s"] for r in rounds)
+    rows = []
+    for name, what in (
+        ("SIGTERM", "checkpoints on the signal, exits 143"),
+        ("SIGKILL", "no checkpoint: back to the last periodic one"),
+    ):
+        recovery = statistics.median(r[name]["recovery_s"] for r in rounds)
+        lost = statistics.median(r[name]["lost"] for r in rounds)
+        exit_s = statistics.median(r[name]["exit_s"] for r in rounds)
+        rows.append(
+            Row(
+                f"trainer recovery after {name} (VQ-VAE demo, kill -> first step after restart)",
+                recovery,
+                cold,
+                "s",
+                "cold start of the same run to its first step",
+                f"{what}; dying took {exit_s:.2f} s; steps lost {lost:g}; "
+                f"median of {args.rounds} rounds",
+            )
+        )
+        rows.append(
+            Row(
+                f"steps lost to a {name} (checkpoint every {args.every}, killed mid-interval)",
+                lost,
+                float(args.every),
+                "steps",
+                "one checkpoint interval (the bound)",
+                f"median of {args.rounds} rounds",
+            )
+        )
+    write_rows("recovery", rows, extra={"detail": {"rounds": rounds, "every": args.every}})
+    return {"rounds": rounds}
+
+
+if __name__ == "__main__":
+    main()
