@@ -46,7 +46,7 @@ def keras_io_pixelcnn(grid: int, filters: int, layers_: int, num_embeddings: int
     import keras
     from keras import layers
 
-    class PixelConvLayer(layers.Layer):
+    class PixelConvLayer(layers.Layer):  # type: ignore[misc,unused-ignore]
         def __init__(self, mask_type: str, **kwargs: Any) -> None:
             super().__init__()
             self.mask_type = mask_type
@@ -67,7 +67,7 @@ def keras_io_pixelcnn(grid: int, filters: int, layers_: int, num_embeddings: int
             self.conv.kernel.assign(self.conv.kernel * self.mask)
             return self.conv(inputs)
 
-    class ResidualBlock(layers.Layer):
+    class ResidualBlock(layers.Layer):  # type: ignore[misc,unused-ignore]
         def __init__(self, filters: int, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.conv1 = layers.Conv2D(filters=filters, kernel_size=1, activation="relu")
@@ -163,7 +163,7 @@ def bench_sampling(args: argparse.Namespace) -> list[Row]:
     )
     for predict, name in ((True, "model.predict"), (False, "eager model(x)")):
         part = best_of(
-            lambda p=predict: naive_sample(model, args.batch, subset, predict=p),  # type: ignore[misc]
+            lambda p=predict: naive_sample(model, args.batch, subset, predict=p),
             args.naive_repeats,
         )
         naive_s = part * positions / subset / args.batch
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sample-layers", type=int, default=2)
     parser.add_argument("--naive-positions", type=int, default=120, help="timed, extrapolated")
     parser.add_argument("--repeats", type=int, default=2, help="compiled sampler timings")
-    parser.add_argument("--naive-repeats", type=int, default=1)
+    parser.add_argument("--naive-repeats", type=int, default=2)
     parser.add_argument("--num-embeddings", type=int, default=64, help="codebook size K")
     parser.add_argument("--kernel", type=int, default=5, help="our masked kernel size")
     parser.add_argument("--train-grid", type=int, default=16)

@@ -6,7 +6,7 @@ VQ-VAE of ``examples/vqvae.yaml`` on a local output folder. Each round:
 
 1. **cold start**: a fresh run, from the process start to its first finished step (Python and
    TensorFlow import, data, model build, first step's tracing): the reference;
-2. it trains to the middle of a checkpoint interval, gets **SIGTERM** (a spot preemption: it
+2. it trains to the middle of the next full checkpoint interval, gets **SIGTERM** (a spot preemption: it
    finishes the step, checkpoints, exits 143) and is restarted at once: kill -> first step of
    the restarted process, which resumed from the newest complete checkpoint;
 3. the same with **SIGKILL** (no chance to checkpoint: it resumes from the last periodic one).
@@ -17,7 +17,7 @@ Rows: recovery / cold start (< 1: recovering is cheaper than starting over; abou
 is all process start and tracing), and steps lost / checkpoint interval. The medians of
 ``--rounds`` rounds.
 
-    python bench/bench_recovery.py [--rounds 2] [--every 20]
+    python bench/bench_recovery.py [--rounds 3] [--every 20]
 """
 
 from __future__ import annotations
@@ -132,6 +132,11 @@ def run_file(workdir: Path, output_prefix: Path, run_id: str, every: int, epochs
     return path
 
 
+def _mid_interval(resumed: int, every: int) -> int:
+    """The step halfway between the first two periodic checkpoints after ``resumed``."""
+    return (resumed // every + 1) * every + every // 2
+
+
 def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
     run_id = f"recovery-g1-{index:08x}"
     path = run_file(workdir, workdir / "runs", run_id, every, epochs=50)
@@ -139,7 +144,7 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
 
     cold = Trainer(path, workdir, f"{index}-cold")
     result["cold_s"] = cold.wait_for_step(1) - cold.started
-    current, after = cold, every + every // 2
+    current, after = cold, _mid_interval(0, every)
     for signum in (signal.SIGTERM, signal.SIGKILL):
         name = signal.Signals(signum).name
         current.wait_for_step(after)
@@ -158,7 +163,7 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
             "lost": died_at - resumed,
         }
         print(f"round {index} {name}: {result[name]}", flush=True)
-        current, after = restarted, resumed + every + every // 2
+        current, after = restarted, _mid_interval(resumed, every)
     current.process.kill()
     current.process.wait()
     print(f"round {index} cold start: {result['cold_s']:.2f} s", flush=True)
@@ -167,7 +172,7 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--every", type=int, default=20, help="checkpoint_every (steps)")
     args = parser.parse_args(None if argv is None else list(argv))
 
@@ -180,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("SIGKILL", "no checkpoint: back to the last periodic one"),
     ):
         recovery = statistics.median(r[name]["recovery_s"] for r in rounds)
+        # Each round's recovery over its own cold start: the machine's drift cancels.
+        paired = statistics.median(r[name]["recovery_s"] / r["cold_s"] for r in rounds)
         lost = statistics.median(r[name]["lost"] for r in rounds)
         exit_s = statistics.median(r[name]["exit_s"] for r in rounds)
         rows.append(
@@ -190,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "s",
                 "cold start of the same run to its first step",
                 f"{what}; dying took {exit_s:.2f} s; steps lost {lost:g}; "
-                f"median of {args.rounds} rounds",
+                f"medians of {args.rounds} rounds; median per-round ratio {paired:.2f}",
             )
         )
         rows.append(

@@ -40,8 +40,16 @@ start() {
   # In a non-interactive shell a background job is not a process-group leader, so setsid
   # execs in place and $! is the component's own PID.
   setsid "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null &
-  echo $! >"${PIDS}/${name}.pid"
-  log "started ${name} (pid $!)"
+  local pid=$! i
+  echo "${pid}" >"${PIDS}/${name}.pid"
+  # Until it execs, the child is a copy of this shell, whose arguments do not name the state
+  # dir, so our_pid would not own it yet (and a loaded machine may take a while to get there).
+  for ((i = 0; i < 300; i++)); do
+    pid_alive "${name}" && break
+    kill -0 "${pid}" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "started ${name} (pid ${pid})"
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -224,9 +232,9 @@ start_argo() {
   crds="$(readlink -f "${BIN}/crds")"
   # Argo's FULL CRDs: the API server validates every Workflow against the real schema, so a bad
   # Workflow fails at create time as it would on a cluster installed from Argo's full manifests.
-  # Server-side apply: the CRDs are far over client-side apply's 256 KiB annotation limit.
-  kubectl apply --server-side --force-conflicts --field-manager=mlops-cluster-up \
-    -f "${crds}" >/dev/null
+  # `create`, not `apply`: etcd is always fresh here, and the CRDs are far over client-side
+  # apply's 256 KiB annotation limit. (Server-side apply works too; it is no faster.)
+  kubectl create -f "${crds}" >/dev/null
   # Served = listed by discovery. Not `kubectl wait --for=condition=Established`: it watches the
   # CRDs, and encoding these multi-MB objects into a watch on 2 busy cores outlasts its timeout.
   wait_for "Argo CRDs served" 120 kube-apiserver argo_crds_served

@@ -97,6 +97,7 @@ def test_invalid_config_is_marked_failed_and_creates_nothing(env: Env, operator:
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Validated"]["reason"] == "SpecInvalid"
     assert env.workflows("bad-config") == [] and env.config_maps("bad-config") == []
+    wait_for("the SpecInvalid Warning event", lambda: "SpecInvalid" in env.events("bad-config"))
 
 
 def test_schema_violation_is_rejected_by_the_api_server(env: Env, operator: Operator) -> None:

@@ -51,9 +51,10 @@ def test_trainer_image_installs_one_tensorflow_wheel() -> None:
     # tensorflow-cpu and tensorflow[and-cuda] both write the `tensorflow` package: the project is
     # installed with the TensorFlow-free trainer-core extra, after the variant's own wheel.
     text = (ROOT / "images" / "trainer" / "Dockerfile").read_text()
-    assert '".[trainer-core]"' in text and '".[trainer]"' not in text
+    # (export: the segmenter's ONNX export, on by default, needs tf2onnx/onnx/onnxruntime.)
+    assert '".[trainer-core,export,render]"' in text and '".[trainer]"' not in text
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert not any("tensorflow" in req for req in extras["trainer-core"])
+    assert not any("tensorflow" in req for req in extras["trainer-core"] + extras["export"] + extras["render"])
     assert "mlops-operator[trainer-core]" in extras["trainer"]

@@ -1,5 +1,10 @@
 """e2e fixtures: the local Kubernetes + kwok + Argo cluster of ``hack/cluster``.
 
+They live here, at the top of ``tests/``, so that every suite can use them (``tests/e2e`` and the
+e2e tests of ``tests/reliability``), and ``tests/e2e`` (``cluster.py``, ``operator_harness.py``) is
+on ``sys.path`` for all of them. The collection hook below does nothing unless a selected test
+uses ``cluster``, so unit-test runs neither build nor start anything.
+
 ``cluster`` (session scope) starts the cluster with ``hack/cluster/up.sh`` unless it is already
 up, and stops it with ``hack/cluster/down.sh`` at the end only if it started it (so a cluster
 started by ``make cluster-up`` outlives the test run; ``MLOPS_CLUSTER_KEEP=1`` keeps one the
@@ -17,10 +22,25 @@ instead (``make e2e-kind``): nothing is built, started or stopped; see ``cluster
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from cluster import CRD_PATH, Cluster, build, down, external_kubeconfig, is_up, up, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
+
+# Imported after the sys.path entry above (ruff does not flag this one).
+from cluster import (
+    CRD_PATH,
+    Cluster,
+    build,
+    down,
+    external_kubeconfig,
+    is_up,
+    up,
+    wait_for,
+)
 
 _BUILD_ERROR = pytest.StashKey[str]()
 
