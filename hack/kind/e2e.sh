@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make e2e-kind`: create a kind cluster, install Argo (pinned release) and kwok into it, then run
-# the same `pytest -m e2e` against it through MLOPS_E2E_KUBECONFIG (tests/e2e/conftest.py points
+# the same `pytest -m e2e` against it through MLOPS_E2E_KUBECONFIG (tests/conftest.py points
 # its `cluster` fixture at an existing cluster when that is set: nothing is built or started).
 #
 # Needs docker, kind, kubectl, helm and internet access (release manifests, images). It cannot run

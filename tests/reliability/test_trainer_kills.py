@@ -21,7 +21,9 @@ the steps lost (the dead process's last finished step, from ``ARGO_PROGRESS_FILE
 newest complete checkpoint) must be 0 after a SIGTERM (it checkpoints on the signal) and at most
 ``checkpoint_every`` after a SIGKILL; and the restarted process must log that it resumed from
 exactly that newest complete checkpoint. Finally the run is let finish: ``run.json`` says
-succeeded at the last step, 21 attempts, no application error.
+succeeded at the last step; ``attempts.json`` counts every process that got past its imports
+(21, less the start-up kills that landed earlier) and no application error; ``metrics.csv`` has
+one row per epoch.
 """
 
 from __future__ import annotations
