@@ -10,7 +10,27 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # How long each process gets to exit after SIGTERM before SIGKILL.
 GRACE_S="${MLOPS_CLUSTER_STOP_GRACE_S:-20}"
 
-# stop NAME...: SIGTERM to each, wait for all with a deadline, SIGKILL the rest.
+# running PID: the process exists and is not a zombie. A component that a test restarted as its
+# own child (tests/reliability) stays a zombie after it exits until that parent reaps it; it
+# holds no port and no file any more, so it counts as stopped.
+running() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }" # the fields after "(comm)"; the first is the state
+  [[ -n "${stat}" && "${stat:0:1}" != Z ]]
+}
+
+# still_running PID...: prints those of PID... that still run.
+still_running() {
+  local pid
+  for pid in "$@"; do
+    running "${pid}" && echo "${pid}"
+  done
+  return 0
+}
+
+# stop NAME...: SIGTERM to each, wait for all with a deadline, SIGKILL the rest. Returns 1 when
+# one survives SIGKILL (it is reported; the caller goes on stopping the others).
 stop() {
   local name pid pids=() names=()
   for name in "$@"; do
@@ -24,24 +44,19 @@ stop() {
   log "stopping ${names[*]}"
   local deadline=$((SECONDS + GRACE_S)) alive
   while :; do
-    alive=()
-    for pid in "${pids[@]}"; do
-      kill -0 "${pid}" 2>/dev/null && alive+=("${pid}")
-    done
+    mapfile -t alive < <(still_running "${pids[@]}")
     ((${#alive[@]} == 0)) && return 0
     if ((SECONDS >= deadline)); then
       log "still running after ${GRACE_S} s, sending SIGKILL: ${alive[*]}"
       kill -KILL "${alive[@]}" 2>/dev/null || true
       deadline=$((SECONDS + 10))
       while ((SECONDS < deadline)); do
-        alive=()
-        for pid in "${pids[@]}"; do
-          kill -0 "${pid}" 2>/dev/null && alive+=("${pid}")
-        done
+        mapfile -t alive < <(still_running "${pids[@]}")
         ((${#alive[@]} == 0)) && return 0
         sleep 0.2
       done
-      die "processes ${alive[*]} did not exit after SIGKILL; leaving ${STATE} in place"
+      log "ERROR: processes ${alive[*]} did not exit after SIGKILL"
+      return 1
     fi
     sleep 0.2
   done
@@ -54,9 +69,11 @@ main() {
   fi
   # Clients of the API server first, so that none of them logs a storm of connection errors;
   # then the API server, then etcd, which must outlive the API server's last writes.
-  stop workflow-controller kwok kube-scheduler kube-controller-manager
-  stop kube-apiserver
-  stop etcd
+  local failed=0
+  stop workflow-controller kwok kube-scheduler kube-controller-manager || failed=1
+  stop kube-apiserver || failed=1
+  stop etcd || failed=1
+  ((failed == 0)) || die "some processes did not stop; leaving ${STATE} in place (pids/ names them)"
   rm -rf "${STATE}"
   log "cluster down (${STATE} removed)"
 }

@@ -17,6 +17,7 @@ from mlops_operator.reconcile import (
     FINAL_WORKFLOW_PHASES,
     active_runs,
     change_action,
+    compact_essence,
     desired_children,
     invalid_status,
     runs_to_prune,
@@ -30,6 +31,15 @@ from mlops_operator.settings import OperatorSettings
 SETTINGS = OperatorSettings.from_env()
 
 
+class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled-configuration annotation, kept small (see ``compact_essence``): a spec
+    of a few hundred KiB must still get its Failed status instead of a rejected patch."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        return cast(kopf.BodyEssence, compact_essence(cast(Any, essence)))
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     # Without server/client timeouts a watch can hang silently on a broken connection.
@@ -38,7 +48,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.watching.connect_timeout = 30
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=GROUP)
     settings.posting.reporting_component = "mlops-operator"
     settings.posting.level = 20
     # Off: the namespaces given on the command line and the CRDs present at startup are used.

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -356,3 +357,28 @@ def runs_to_prune(workflows: Sequence[Mapping[str, Any]], keep: int, current_run
     finished.sort(key=generation, reverse=True)
     # The current run counts towards `keep` too.
     return [wf["metadata"]["name"] for wf in finished[max(keep - 1, 0) :]]
+
+
+# === kopf's diff base ===
+
+# kopf keeps the last handled spec in an annotation; all of an object's annotations together may
+# not exceed 256 KiB, and a patch that would is rejected whole, status included.
+DIFFBASE_LIMIT_BYTES = 64 * 1024
+
+
+def compact_essence(
+    essence: Mapping[str, Any], limit: int = DIFFBASE_LIMIT_BYTES
+) -> dict[str, Any]:
+    """kopf's "essence" of an object, or, when it is over ``limit`` bytes of JSON, each top-level
+    part (``spec``, ``metadata``) as its SHA-256: a changed part still differs from the stored one
+    (so update handlers fire), an unchanged one does not, and the annotation stays small."""
+    if len(json.dumps(essence, separators=(",", ":")).encode()) <= limit:
+        return dict(essence)
+    return {
+        key: {
+            "sha256": hashlib.sha256(
+                json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+            ).hexdigest()
+        }
+        for key, value in essence.items()
+    }

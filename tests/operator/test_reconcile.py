@@ -8,6 +8,7 @@ from typing import Any
 from mlops_operator.reconcile import (
     active_runs,
     change_action,
+    compact_essence,
     created_status,
     desired_children,
     invalid_status,
@@ -204,3 +205,17 @@ def test_prune_keeps_newest_finished_runs() -> None:
     pruned = runs_to_prune(workflows, keep=3, current_run="demo-g8-x")
     assert pruned == ["demo-g5-x", "demo-g4-x", "demo-g3-x", "demo-g2-x", "demo-g1-x"]
     assert runs_to_prune(workflows, keep=100, current_run="demo-g8-x") == []
+
+
+def test_compact_essence_keeps_small_and_hashes_big_specs() -> None:
+    small = {"spec": {"data": "gs://b/d"}, "metadata": {"labels": {"a": "b"}}}
+    assert compact_essence(small) == small
+    big = {"spec": {"data": "gs://b/" + "a" * 300_000}, "metadata": {"labels": {"a": "b"}}}
+    compact = compact_essence(big)
+    assert set(compact) == {"spec", "metadata"}
+    assert len(json.dumps(compact)) < 300
+    # Same spec, same essence (no spurious update); a changed spec differs.
+    assert compact_essence(json.loads(json.dumps(big))) == compact
+    changed = {**big, "spec": {"data": big["spec"]["data"] + "b"}}
+    assert compact_essence(changed)["spec"] != compact["spec"]
+    assert compact_essence(changed)["metadata"] == compact["metadata"]
