@@ -36,6 +36,8 @@ REMOTE_SCHEMES = ("gs", "gcs", "s3", "az", "abfs", "http", "https")
 DATA_SCHEMES = (*REMOTE_SCHEMES, "file", "sample")
 OUTPUT_SCHEMES = (*REMOTE_SCHEMES, "file")
 
+# Also the CRD's maxLength, so the API server refuses a huge URL before the operator sees it.
+URL_MAX = 2048
 _URL_RE = re.compile(r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<rest>.*)$")
 # Characters a shell or a YAML/JSON re-parse could misread; no URL we accept needs them.
 _FORBIDDEN_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f`$;|&<>\"'\\{}]")
@@ -54,8 +56,8 @@ def check_url(value: str, schemes: tuple[str, ...], *, allow_local: bool = True)
     """Validate an fsspec URL or local path; the message says what is allowed."""
     if not value:
         raise ValueError("must not be empty")
-    if len(value) > 2048:
-        raise ValueError("must be at most 2048 characters")
+    if len(value) > URL_MAX:
+        raise ValueError(f"must be at most {URL_MAX} characters")
     if _FORBIDDEN_URL_CHARS.search(value):
         raise ValueError("must not contain spaces, quotes, control or shell characters")
     match = _URL_RE.match(value)
@@ -137,10 +139,12 @@ class Resume(_Model):
     from_: str | None = Field(
         None,
         alias="from",
+        max_length=URL_MAX,
         description="A checkpoint URL, or a run's output URL (its newest complete checkpoint).",
     )
     run: str | None = Field(
         None,
+        max_length=253,
         description="A parent MLOps run by name; its newest run under the same output prefix.",
     )
 
@@ -220,10 +224,11 @@ class MLOpsSpec(_Model):
     )
     data: str = Field(
         ...,
+        max_length=URL_MAX,
         description="Training images: an fsspec URL (gs://bucket/path/, s3://…) or sample://<name> for a bundled dataset.",
     )
     output: str = Field(
-        ..., description="URL prefix for artifacts; each run writes to <output>/<runId>/."
+        ..., max_length=URL_MAX, description="URL prefix for artifacts; each run writes to <output>/<runId>/."
     )
     resume: Resume | None = Field(
         None, description="Start from an earlier checkpoint or parent run."

@@ -18,7 +18,7 @@ import pytest
 from hostile_corpus import cases
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_harness import CRD, Env, Operator, wait_for
+from operator_harness import CRD, GROUP, PLURAL, VERSION, Env, Operator, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +63,10 @@ def test_hostile_manifests_rejected_or_failed_naming_the_field(
                     "metadata": {"name": f"h{i:03d}-{case.id[:40]}".rstrip("-.").lower()},
                 }
             try:
-                env.apply(manifest)
+                # Strict, as `kubectl apply` does: an unknown field is an error, not dropped.
+                env.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, env.ns, PLURAL, manifest, field_validation="Strict"
+                )
             except ApiException as exc:
                 assert case.expect is not None, (
                     f"{case.id}: a valid manifest was refused: {exc.body}"

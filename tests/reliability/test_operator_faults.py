@@ -138,20 +138,25 @@ def _restart(cluster: Any, component: str) -> None:
     same command line, as a crashed and restarted control-plane process would be."""
     pid_file = cluster.state_dir / "pids" / f"{component}.pid"
     pid = int(pid_file.read_text())
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    argv = [
+        a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    ]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    log = (cluster.state_dir / "logs" / f"{component}.log").open("ab")
-    proc = subprocess.Popen(
-        [a.decode() for a in argv],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # like up.sh's setsid: outlives this test process
+    # Started the way up.sh starts it (setsid, in the background of a shell that then exits),
+    # so it is nobody's child here: no zombie when down.sh stops it later. The argv is passed
+    # as positional arguments ("$@"), never interpreted by the shell.
+    started = subprocess.run(
+        ["bash", "-c", 'setsid "$@" >>"$MLOPS_LOG" 2>&1 </dev/null & echo $!', component, *argv],
+        env={**os.environ, "MLOPS_LOG": str(cluster.state_dir / "logs" / f"{component}.log")},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
-    pid_file.write_text(f"{proc.pid}\n")
+    pid_file.write_text(started.stdout.strip() + "\n")
 
 
 def test_api_server_restart_operator_catches_up(
