@@ -8,6 +8,7 @@
 # go.mod/go.sum and link flags (see lib.sh): a version bump builds a new folder, an unchanged
 # checkout finds the old one and this script returns in well under a second.
 # Usage: hack/cluster/build.sh            (prints the bin folder on stdout when done)
+#        hack/cluster/build.sh --tools    (only kubectl and helm, seconds: the chart tests)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -189,6 +190,13 @@ link_all() {
 
 main() {
   mkdir -p "${MLOPS_CACHE}/bin"
+  if [[ "${1:-}" == "--tools" ]]; then
+    exec 9>"${MLOPS_CACHE}/tools.lock"
+    flock 9
+    fetch_kubectl
+    echo "${KUBECTL_BIN_DIR}"
+    return 0
+  fi
   # Fast path: everything is there (up.sh calls us every time).
   if [[ -x "${CLUSTER_BIN_DIR}/kube-apiserver" && -x "${CLUSTER_BIN_DIR}/workflow-controller" &&
     -x "${CLUSTER_BIN_DIR}/kubectl" && -d "${CLUSTER_BIN_DIR}/crds" ]]; then
