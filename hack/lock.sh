@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 {
-  echo "# Exact versions tested (pip freeze of .venv); install with: pip install -c constraints.txt -e '.[operator,trainer,dev]'"
+  echo "# Exact versions tested (pip freeze of .venv); install with: pip install -c constraints.txt -e '.[operator,trainer,export,dev]'"
   "$py" -m pip freeze --exclude-editable | grep -v -i '^mlops-operator'
 } > constraints.txt
 report="$(mktemp)"
