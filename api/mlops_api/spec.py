@@ -228,7 +228,9 @@ class MLOpsSpec(_Model):
         description="Training images: an fsspec URL (gs://bucket/path/, s3://…) or sample://<name> for a bundled dataset.",
     )
     output: str = Field(
-        ..., max_length=URL_MAX, description="URL prefix for artifacts; each run writes to <output>/<runId>/."
+        ...,
+        max_length=URL_MAX,
+        description="URL prefix for artifacts; each run writes to <output>/<runId>/.",
     )
     resume: Resume | None = Field(
         None, description="Start from an earlier checkpoint or parent run."

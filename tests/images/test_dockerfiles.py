@@ -56,5 +56,7 @@ def test_trainer_image_installs_one_tensorflow_wheel() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert not any("tensorflow" in req for req in extras["trainer-core"] + extras["export"] + extras["render"])
+    assert not any(
+        "tensorflow" in req for req in extras["trainer-core"] + extras["export"] + extras["render"]
+    )
     assert "mlops-operator[trainer-core]" in extras["trainer"]
