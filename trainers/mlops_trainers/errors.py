@@ -10,10 +10,8 @@ from __future__ import annotations
 
 __all__ = ["EXIT_APP_ERROR", "EXIT_FATAL", "EXIT_OK", "EXIT_PREEMPTED", "ConfigError", "DataError"]
 
-EXIT_OK = 0
-EXIT_APP_ERROR = 1  # may be retried
-EXIT_FATAL = 2  # config/data error, or app-error budget exhausted: never retry
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was written, restart resumes from it
+# The exit codes are part of the contract with the operator, defined once there.
+from mlops_trainers.contract import EXIT_APP_ERROR, EXIT_FATAL, EXIT_OK, EXIT_PREEMPTED
 
 
 class ConfigError(ValueError):
