@@ -137,6 +137,12 @@ def build_crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {
+                            "name": "Reason",
+                            "type": "string",
+                            "jsonPath": ".status.reason",
+                            "priority": 1,
+                        },
                         {"name": "Trainer", "type": "string", "jsonPath": ".spec.trainer.kind"},
                         {
                             "name": "Run",

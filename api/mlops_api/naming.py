@@ -1,4 +1,13 @@
-"""Deterministic names from a run: (name, generation, spec hash). Repeating any step is harmless."""
+"""Names of runs and of the objects made for them. Pure and deterministic: repeating a step is harmless.
+
+A run id is ``<stem>-g<generation>-<digest>`` (:mod:`mlops_trainers.contract`). The stem is the
+object's name made a DNS label and shortened, for people; the digest is what makes a run unique:
+it hashes the object's identity (namespace, full name, uid), its generation, the spec with every
+default filled in and the rerun token. So two objects never share a run id or an output folder
+(names that differ only by '.' and '-', or only after the first 50 characters, in another
+namespace, or deleted and applied again), while the same generation of the same object always
+gets the same id — which is how an operator that crashed after creating a Workflow finds it again.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +15,25 @@ import hashlib
 import json
 from typing import Any
 
+from mlops_trainers.contract import format_run_id
+
 from mlops_api.spec import GROUP, MLOpsSpec
 
 # Labels and annotations linking every child back to its MLOps object.
-LABEL_NAME = f"{GROUP}/name"
+LABEL_NAME = f"{GROUP}/name"  # for people and `-l` filters; shortened to a valid label value
+LABEL_OWNER_UID = f"{GROUP}/owner-uid"  # exact: how the operator finds an object's children
 LABEL_RUN_ID = f"{GROUP}/run-id"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_TRAINER = f"{GROUP}/trainer"
+ANNOTATION_NAME = f"{GROUP}/name"  # the full object name (a label value holds at most 63)
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+# Set by a user to start the current spec again as a new run: any new value is a new run.
+ANNOTATION_RERUN = f"{GROUP}/rerun"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mlops-operator"
 
-RUN_ID_MAX = 63  # a label value and a DNS label: the run id is used as both.
 CONFIG_FILE = "run.yaml"
+LABEL_VALUE_MAX = 63
 
 
 def canonical_json(value: Any) -> str:
@@ -29,18 +44,47 @@ def canonical_json(value: Any) -> str:
 def spec_hash(spec: MLOpsSpec) -> str:
     """First 8 hex digits of the SHA-256 of the spec with every default filled in.
 
-    Defaults are included so that writing a default explicitly does not start a new run.
+    Two specs that mean the same (one writes a default out) hash the same; the operator keeps the
+    current run when a new generation has the same hash.
     """
     data = spec.model_dump(mode="json", by_alias=True, exclude_none=False)
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:8]
 
 
-def run_id(name: str, generation: int, spec: MLOpsSpec) -> str:
-    """``<name>-g<generation>-<hash8>``, the name shortened so the whole fits a DNS label."""
-    suffix = f"-g{generation}-{spec_hash(spec)}"
-    # Object names may contain dots; a DNS label may not.
-    stem = name.replace(".", "-")[: RUN_ID_MAX - len(suffix)].rstrip("-")
-    return f"{stem}{suffix}"
+def run_digest(
+    *,
+    name: str,
+    namespace: str | None,
+    uid: str | None,
+    generation: int,
+    spec: MLOpsSpec,
+    rerun: str = "",
+) -> str:
+    identity = {
+        "namespace": namespace,
+        "name": name,
+        "uid": uid,
+        "generation": generation,
+        "spec": spec_hash(spec),
+        "rerun": rerun,
+    }
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:8]
+
+
+def run_id(
+    name: str,
+    generation: int,
+    spec: MLOpsSpec,
+    *,
+    namespace: str | None = None,
+    uid: str | None = None,
+    rerun: str = "",
+) -> str:
+    """The run id of one generation (and rerun) of one object; see the module docstring."""
+    digest = run_digest(
+        name=name, namespace=namespace, uid=uid, generation=generation, spec=spec, rerun=rerun
+    )
+    return format_run_id(name, generation, digest)
 
 
 def config_map_name(run: str) -> str:
@@ -51,11 +95,21 @@ def workflow_name(run: str) -> str:
     return run
 
 
-def run_labels(name: str, run: str, generation: int, trainer: str) -> dict[str, str]:
-    return {
+def label_value(value: str) -> str:
+    """``value`` shortened to a valid label value (63 characters, alphanumeric at both ends)."""
+    return value[:LABEL_VALUE_MAX].rstrip("-._")
+
+
+def run_labels(
+    name: str, run: str, generation: int, trainer: str, owner_uid: str | None = None
+) -> dict[str, str]:
+    labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_NAME: name[:63].rstrip("-.") if len(name) > 63 else name,
+        LABEL_NAME: label_value(name),
         LABEL_RUN_ID: run,
         LABEL_GENERATION: str(generation),
         LABEL_TRAINER: trainer,
     }
+    if owner_uid:
+        labels[LABEL_OWNER_UID] = owner_uid
+    return labels

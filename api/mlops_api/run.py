@@ -29,11 +29,27 @@ def join_url(prefix: str, *parts: str) -> str:
     return out
 
 
-def plan_run(obj: MLOps, *, output: str | None = None, data: str | None = None) -> RunPlan:
-    """Build the run: its id and config. ``output``/``data`` override the spec (local runs)."""
+def plan_run(
+    obj: MLOps,
+    *,
+    output: str | None = None,
+    data: str | None = None,
+    rerun: str = "",
+    run_id: str | None = None,
+) -> RunPlan:
+    """Build the run: its id and config. ``output``/``data`` override the spec (local runs);
+    ``rerun`` is the object's rerun token (a new token is a new run of the same generation);
+    ``run_id`` keeps a run id decided earlier (the operator stores it in status)."""
     spec = obj.spec
     generation = obj.metadata.generation or 1
-    run = make_run_id(obj.metadata.name, generation, spec)
+    run = run_id or make_run_id(
+        obj.metadata.name,
+        generation,
+        spec,
+        namespace=obj.metadata.namespace,
+        uid=obj.metadata.uid,
+        rerun=rerun,
+    )
     prefix = output if output is not None else spec.output
     resume = ResumeConfig(
         from_url=spec.resume.from_ if spec.resume else None,

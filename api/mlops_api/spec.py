@@ -334,24 +334,36 @@ class Condition(_Model):
 
 
 class MLOpsStatus(_Model):
-    """What the operator observed; written only by the operator."""
+    """What the operator observed; written only by the operator (one writer, optimistic
+    concurrency). Describes the run of ``observedGeneration``: which run it is, where it is."""
 
     model_config = ConfigDict(
         extra="allow", frozen=True, alias_generator=to_camel, populate_by_name=True
     )
 
     phase: Phase = "Pending"
+    reason: str = Field("", description="Why the phase is what it is (CamelCase).")
     message: str = ""
     conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
-    run_id: str | None = None
+    observed_generation: int | None = Field(
+        None, description="The generation this status describes; its run is decided once."
+    )
+    run_id: str | None = Field(
+        None, description="The run of observedGeneration; never recomputed from newer defaults."
+    )
+    rerun: str | None = Field(
+        None, description="The mlops.dev/rerun annotation value this run was started for."
+    )
+    spec_hash: str | None = Field(None, description="Hash of the run's spec, defaults filled in.")
     workflow: str | None = None
     config_map: str | None = None
+    submitted: bool = Field(False, description="The run's Workflow was created.")
     output: str | None = Field(None, description="This run's output URL.")
     latest_checkpoint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     progress: str | None = Field(None, description="Steps done/total, as the trainer reports it.")
-    preemptions: int = 0
+    preemptions: int = Field(0, description="Attempts lost to a spot preemption.")
+    app_errors: int = Field(0, description="Attempts that failed in the trainer itself.")
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

@@ -1,34 +1,35 @@
-"""kopf handlers, thin: parse → reconcile (pure builders) → status.
+"""kopf handlers, thin: which event calls :func:`mlops_operator.service.sync`, with what data.
 
-Every step is repeatable: children have deterministic names and are created only if absent, so an
-operator killed anywhere and restarted converges on exactly one ConfigMap and one Workflow per run.
+- A change of an MLOps object (create, spec or annotation update, operator start): sync it.
+- An event of one of our Workflows: sync the MLOps object that owns it.
+- Every object not yet finished, every ``MLOPS_RESYNC_S``: sync it (repairs what events missed).
+- Deletion: stop its running Workflows, wait for them (bounded), then let go.
+
+Two kopf indexes keep the operator's view of the cluster in memory: Workflows by owner uid and
+MLOps objects by uid, so a sync reads nothing from the API server unless it is about to act.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, cast
 
 import kopf
-from mlops_api.naming import LABEL_MANAGED_BY, MANAGED_BY
-from mlops_api.spec import GROUP, KIND, PLURAL, VERSION
+from mlops_api.naming import ANNOTATION_RERUN, LABEL_MANAGED_BY, MANAGED_BY
+from mlops_api.spec import GROUP, PLURAL, VERSION, MLOpsSpec
 
-from mlops_operator import kube, metrics
-from mlops_operator.reconcile import (
-    FINAL_WORKFLOW_PHASES,
-    active_runs,
-    change_action,
-    compact_essence,
-    desired_children,
-    invalid_status,
-    runs_to_prune,
-    set_condition,
-    status_changed,
-    submitted_status,
-    workflow_status,
-)
+from mlops_operator import kube, metrics, service
+from mlops_operator.reconcile import FINAL_PHASES, Event, compact_essence, now, parse_status
 from mlops_operator.settings import OperatorSettings
+from mlops_operator.views import WorkflowView, owner_uid, view_workflow
 
 SETTINGS = OperatorSettings.from_env()
+ARGO = ("argoproj.io", "v1alpha1", "workflows")
+OURS = {LABEL_MANAGED_BY: MANAGED_BY}
+log = logging.getLogger("mlops_operator")
 
 
 class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -42,165 +43,214 @@ class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
-    # Without server/client timeouts a watch can hang silently on a broken connection.
-    settings.watching.server_timeout = 270
-    settings.watching.client_timeout = 300
-    settings.watching.connect_timeout = 30
+    # Watches end server-side every 45 s and client-side after 60 s at most: a connection that
+    # the API server (or a proxy) stops answering is dropped and re-made within a minute.
+    settings.watching.server_timeout = 45
+    settings.watching.client_timeout = 60
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = SETTINGS.api_timeout_s
+    settings.networking.connect_timeout = 10
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=GROUP)
     settings.posting.reporting_component = "mlops-operator"
-    settings.posting.level = 20
+    # kopf would also post every handler log line of level >= this as an Event; ours are posted
+    # explicitly, once per transition, so a run waiting its turn does not spam Events.
+    settings.posting.level = logging.CRITICAL
     # Off: the namespaces given on the command line and the CRDs present at startup are used.
     settings.scanning.disabled = not SETTINGS.resource_scanning
-    kube.load_config()
+    kube.load_config(SETTINGS.api_timeout_s)
     metrics.serve(SETTINGS.metrics_port)
     logger.info("mlops-operator started (metrics port %s)", SETTINGS.metrics_port or "off")
 
 
-def _with_default_image(body: kopf.Body) -> dict[str, Any]:
-    data: dict[str, Any] = dict(body)
-    spec = data.get("spec")
-    if SETTINGS.default_image and isinstance(spec, dict) and "image" not in spec:
-        data["spec"] = {**spec, "image": SETTINGS.default_image}
-    return data
+# === Indexes ===
+
+
+@kopf.index(*ARGO, labels=OURS)
+def workflows_by_owner(body: kopf.Body, **_: Any) -> dict[str, WorkflowView] | None:
+    uid = owner_uid(body)
+    return {uid: view_workflow(body)} if uid else None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def mlops_by_uid(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]] | None:
+    return {uid: copy.deepcopy(dict(body))} if uid else None
+
+
+# kopf passes each index as a keyword argument named after its function; the defaults only keep
+# the handlers' signatures compatible with kopf's callback protocols.
+Owned = Mapping[str, Iterable[WorkflowView]]
+NO_INDEX: Mapping[str, Any] = {}
+
+
+def _owned(index: Owned, uid: str | None) -> list[WorkflowView]:
+    return list(index.get(uid, [])) if uid else []
+
+
+def _post(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(cast(Any, dict(body)), type=event.type, reason=event.reason, message=event.message)
+
+
+def _backoff(retry: int) -> float:
+    return float(min(15 * 2**retry, 600))
+
+
+# === Handlers ===
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def reconcile(
-    *,
     body: kopf.Body,
-    meta: kopf.Meta,
-    spec: kopf.Spec,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
+    uid: str,
+    retry: int,
+    workflows_by_owner: Owned = NO_INDEX,
     **_: Any,
 ) -> None:
-    namespace, name = meta["namespace"], meta["name"]
-    generation = meta.get("generation")
-    conditions = status.get("conditions") or []
-    desired = desired_children(_with_default_image(body), SETTINGS.render)
-    if desired.error is not None:
-        # A bad spec is the user's to fix: say where, create nothing, never retry.
-        patch.status.update(invalid_status(desired.error, generation, conditions))
-        kopf.warn(body, reason="SpecInvalid", message=str(desired.error)[:1000])
-        metrics.RECONCILES.labels(outcome="invalid").inc()
-        metrics.observe_phase(f"{namespace}/{name}", "Failed")
-        logger.warning("spec invalid: %s", desired.error)
-        return
-    rendered = desired.rendered
-    assert rendered is not None
-    run_id = rendered.plan.run_id
-
-    workflows = kube.list_workflows(namespace, name)
-    decision = change_action(spec.get("onChange", "queue"), active_runs(workflows, run_id))
-    if decision.action == "reject":
-        message = f"spec change rejected: run(s) {', '.join(decision.active)} still active (onChange: reject)"
-        patch.status["conditions"] = set_condition(
-            conditions, "Accepted", "False", "ChangeRejected", message, generation=generation
-        )
-        kopf.warn(body, reason="ChangeRejected", message=message)
-        metrics.RECONCILES.labels(outcome="rejected").inc()
-        return
-    if decision.action == "wait":
-        message = f"waiting for run(s) {', '.join(decision.active)} to finish (onChange: queue)"
-        patch.status.update({"phase": "Queued", "message": message})
-        patch.status["conditions"] = set_condition(
-            conditions, "Ready", "False", "WaitingForPreviousRun", message, generation=generation
-        )
-        metrics.RECONCILES.labels(outcome="waiting").inc()
-        raise kopf.TemporaryError(message, delay=SETTINGS.requeue_delay_s)
-    if decision.action == "stop-then-create":
-        for workflow in decision.active:
-            kube.stop_workflow(namespace, workflow)
-        kopf.info(
+    try:
+        service.sync(
             body,
-            reason="Replaced",
-            message=f"stopped {', '.join(decision.active)} for run {run_id}",
+            _owned(workflows_by_owner, uid),
+            SETTINGS,
+            fresh=True,
+            handler="reconcile",
+            post=_post,
         )
+    except kube.ApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
 
-    children = [rendered.config_map, rendered.workflow]  # ConfigMap first: the Workflow mounts it
-    kopf.adopt(children, owner=body)
-    outcomes = [kube.create_if_absent(child) for child in children]
 
-    already_current = (
-        status.get("runId") == run_id and status.get("observedGeneration") == generation
-    )
-    if not already_current:
-        workflow_name = rendered.workflow["metadata"]["name"]
-        live = kube.get_workflow(namespace, workflow_name) if outcomes[1] == "exists" else None
-        submitted = submitted_status(rendered, conditions, live)
-        patch.status.update(submitted)
-        kopf.info(
+def _undecided(body: Mapping[str, Any]) -> bool:
+    """The object's generation or rerun token has no decision in its status yet."""
+    meta = body.get("metadata") or {}
+    status = parse_status(body.get("status"))
+    rerun = (meta.get("annotations") or {}).get(ANNOTATION_RERUN) or None
+    return status.observed_generation != meta.get("generation") or status.rerun != rerun
+
+
+def _needs_resync(body: kopf.Body, **_: Any) -> bool:
+    return _undecided(body) or parse_status(body.get("status")).phase not in FINAL_PHASES
+
+
+def _rerun_asked(body: kopf.Body, **_: Any) -> bool:
+    return not body.metadata.get("deletionTimestamp") and _undecided(body)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=SETTINGS.resync_s,
+    initial_delay=SETTINGS.resync_s,
+    when=_needs_resync,
+)
+def resync(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_: Any) -> None:
+    try:
+        service.sync(
             body,
-            reason="RunSubmitted",
-            message=f"run {run_id}: Workflow {workflow_name}",
+            _owned(workflows_by_owner, uid),
+            SETTINGS,
+            fresh=False,
+            handler="resync",
+            post=_post,
         )
-        metrics.observe_phase(f"{namespace}/{name}", submitted["phase"])
-    metrics.RECONCILES.labels(outcome="created" if "created" in outcomes else "unchanged").inc()
-
-    for old in runs_to_prune(workflows, spec.get("keepRuns", 5), run_id):
-        kube.delete_run(namespace, old, f"{old}-config")
-        logger.info("pruned old run %s", old)
+    except kube.ApiError as exc:
+        log.warning("resync of %s failed (retried at the next one): %s", body.metadata.name, exc)
 
 
-def _parent_name(workflow: kopf.Body) -> str | None:
-    for ref in workflow.metadata.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return str(ref["name"])
-    return None
-
-
-@kopf.on.event("argoproj.io", "v1alpha1", "workflows", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def follow_workflow(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
-    """Map the current run's Workflow onto its MLOps status; older runs' events are ignored."""
-    if type == "DELETED":
-        return
-    parent_name = _parent_name(body)
-    namespace = body.metadata.namespace
-    if parent_name is None or namespace is None:
-        return
-    parent = kube.get_mlops(namespace, parent_name)
-    if parent is None:
-        return
-    current = parent.get("status") or {}
-    if current.get("workflow") != body.metadata.name:
-        return
-    update = workflow_status(body, current.get("conditions") or [])
-    if not status_changed(current, update):
-        return
-    kube.patch_mlops_status(namespace, parent_name, update)
-    metrics.STATUS_UPDATES.inc()
-    metrics.observe_phase(f"{namespace}/{parent_name}", update["phase"])
-    if update["phase"] != current.get("phase"):
-        level = kopf.warn if update["phase"] in ("Failed", "Stopped") else kopf.info
-        level(
-            kopf.Body(cast(Any, parent)), reason=update["phase"], message=update["message"][:1000]
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_rerun_asked)
+def rerun(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_: Any) -> None:
+    """A new ``mlops.dev/rerun`` value. kopf's update handlers never see it: kopf leaves the
+    annotations under its own storage prefix (``mlops.dev/``) out of what it compares."""
+    try:
+        service.sync(
+            body,
+            _owned(workflows_by_owner, uid),
+            SETTINGS,
+            fresh=False,
+            handler="rerun",
+            post=_post,
         )
-        logger.info(
-            "%s/%s: %s -> %s", namespace, parent_name, current.get("phase"), update["phase"]
+    except kube.ApiError as exc:
+        log.warning("rerun of %s failed (the resync retries): %s", body.metadata.name, exc)
+
+
+@kopf.on.event(*ARGO, labels=OURS)
+def follow_workflow(
+    body: kopf.Body,
+    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]] = NO_INDEX,
+    workflows_by_owner: Owned = NO_INDEX,
+    **_: Any,
+) -> None:
+    """A Workflow changed: sync its owner (its status follows the run)."""
+    uid = owner_uid(body)
+    parents = list(mlops_by_uid.get(uid, [])) if uid else []
+    if not parents:
+        return  # not an MLOps object's (or it is gone: garbage collection follows)
+    try:
+        service.sync(
+            parents[0],
+            _owned(workflows_by_owner, uid),
+            SETTINGS,
+            fresh=False,
+            handler="follow",
+            post=_post,
         )
+    except kube.ApiError as exc:
+        log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, **_: bool(spec.get("stopOnDelete", True)))
-def stop_on_delete(meta: kopf.Meta, logger: kopf.Logger, retry: int, **_: Any) -> None:
-    """Stop running Workflows (the trainer checkpoints on SIGTERM) before garbage collection."""
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def stop_on_delete(
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    uid: str,
+    logger: kopf.Logger,
+    workflows_by_owner: Owned = NO_INDEX,
+    **_: Any,
+) -> None:
+    """Stop running Workflows (the trainer checkpoints on SIGTERM) before garbage collection
+    deletes them, for at most ``MLOPS_STOP_TIMEOUT_S`` after the deletion was asked for."""
     namespace, name = meta["namespace"], meta["name"]
     metrics.observe_phase(f"{namespace}/{name}", None)
-    running = [
-        wf["metadata"]["name"]
-        for wf in kube.list_workflows(namespace, name)
-        if ((wf.get("status") or {}).get("phase") or "") not in FINAL_WORKFLOW_PHASES
-    ]
-    if not running:
+    service.forget(uid)
+    if not _stop_on_delete(spec):
         return
-    for workflow in running:
-        kube.stop_workflow(namespace, workflow)
-    if retry * SETTINGS.requeue_delay_s < SETTINGS.stop_timeout_s:
-        raise kopf.TemporaryError(
-            f"stopping {', '.join(running)}", delay=min(5.0, SETTINGS.requeue_delay_s)
-        )
-    logger.warning("gave up waiting for %s to stop; garbage collection will delete them", running)
+    running = [w for w in _owned(workflows_by_owner, uid) if not w.finished]
+    try:
+        for workflow in running:
+            if not workflow.shutdown:
+                kube.stop_workflow(namespace, workflow.name, "Stop")
+        pods = kube.live_pods(namespace, uid)
+    except kube.ApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from None
+    if not running and not pods:
+        return
+    asked = str(meta.get("deletionTimestamp") or now().isoformat())
+    waited = (now() - datetime.fromisoformat(asked.replace("Z", "+00:00"))).total_seconds()
+    what = ", ".join([w.name for w in running] + pods)
+    if waited < SETTINGS.stop_timeout_s:
+        raise kopf.TemporaryError(f"waiting for {what} to stop ({waited:.0f} s)", delay=5)
+    logger.warning(
+        "gave up waiting %.0f s for %s to stop; garbage collection deletes them", waited, what
+    )
+
+
+def _stop_on_delete(spec: Mapping[str, Any]) -> bool:
+    try:
+        return MLOpsSpec.model_validate(dict(spec)).stop_on_delete
+    except ValueError:  # an invalid spec made no run to stop
+        return False
+
+
+@kopf.on.probe(id="api")
+def api_reachable(**_: Any) -> str:
+    """Liveness: fails when the API server has not answered for ``MLOPS_API_STALE_S``."""
+    if kube.HEALTH.age() > SETTINGS.api_stale_s:
+        try:
+            kube.ping()
+        except kube.ApiError as exc:
+            raise kopf.PermanentError(f"the API server does not answer: {exc}") from None
+    return f"last API answer {kube.HEALTH.age():.0f} s ago"

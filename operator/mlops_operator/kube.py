@@ -1,115 +1,427 @@
-"""The few Kubernetes calls the handlers make (kubernetes client, synchronous: kopf threads them)."""
+"""The Kubernetes calls the handlers make: one shared client, a timeout on every call.
+
+kopf runs synchronous handlers in threads; a call without a timeout on a wedged connection
+would hold its thread forever while liveness stays green. So every call here passes
+``_request_timeout``, every success refreshes :data:`HEALTH` (liveness fails when nothing has
+succeeded for a while), and every failure becomes an :class:`ApiError` that says whether waiting
+can cure it.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from mlops_api.naming import LABEL_NAME
+from mlops_api.naming import LABEL_MANAGED_BY, LABEL_OWNER_UID, MANAGED_BY
 from mlops_api.spec import GROUP, PLURAL, VERSION
+from urllib3.exceptions import HTTPError
+
+from mlops_operator import metrics
 
 ARGO_GROUP, ARGO_VERSION, WORKFLOWS = "argoproj.io", "v1alpha1", "workflows"
+T = TypeVar("T")
 
 
-def load_config() -> None:
+@dataclass
+class _Health:
+    """When an API call last succeeded (liveness reads it)."""
+
+    last_ok: float = 0.0
+    last_error: str = ""
+
+    def ok(self) -> None:
+        self.last_ok = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.last_ok if self.last_ok else float("inf")
+
+
+HEALTH = _Health()
+
+
+@dataclass
+class _Client:
+    """The one shared API client (urllib3 pools are thread-safe) and the default timeout."""
+
+    api: client.ApiClient | None = None
+    timeout: tuple[float, float] = (10.0, 30.0)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_CLIENT = _Client()
+
+
+class ApiError(Exception):
+    """A failed API call, classified: ``transient`` ones are retried with backoff; the others
+    (the request itself is refused: 400/422, an admission webhook) are not."""
+
+    def __init__(self, what: str, status: int | None, reason: str, message: str) -> None:
+        super().__init__(f"{what}: {message}")
+        self.what, self.status, self.reason, self.message = what, status, reason, message
+
+    @property
+    def transient(self) -> bool:
+        # 403 is often a quota (exceeded quota: it frees up) or RBAC being rolled out; 404 a
+        # namespace or CRD appearing; 409 a race; 429 and 5xx load. 400/422 will not change.
+        return self.status not in (400, 422)
+
+
+def load_config(timeout_s: float = 30.0) -> None:
+    """Load in-cluster (else local kubeconfig) credentials; make the one shared client."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
+    with _CLIENT.lock:
+        _CLIENT.timeout = (min(10.0, timeout_s), timeout_s)
+        _CLIENT.api = client.ApiClient()
+
+
+def api() -> client.ApiClient:
+    with _CLIENT.lock:
+        if _CLIENT.api is None:
+            _CLIENT.api = client.ApiClient()
+        return _CLIENT.api
+
+
+def call(
+    what: str,
+    fn: Callable[..., T],
+    *args: Any,
+    timeout: tuple[float, float] | None = None,
+    **kwargs: Any,
+) -> T:
+    """``fn(*args, **kwargs)`` with the timeout; errors become :class:`ApiError`."""
+    try:
+        result = fn(*args, _request_timeout=timeout or _CLIENT.timeout, **kwargs)
+    except ApiException as exc:
+        HEALTH.ok()  # the server answered: the connection is fine
+        reason, message = _explain(exc)
+        error = ApiError(what, exc.status, reason, message)
+        metrics.API_ERRORS.labels(code=str(exc.status)).inc()
+        raise error from None
+    except (HTTPError, OSError) as exc:
+        HEALTH.last_error = f"{what}: {exc}"
+        metrics.API_ERRORS.labels(code="network").inc()
+        raise ApiError(what, None, type(exc).__name__, str(exc)) from None
+    HEALTH.ok()
+    return result
+
+
+def _explain(exc: ApiException) -> tuple[str, str]:
+    """(reason, message) of a failed call: the API server's Status object says both, e.g.
+    ("Forbidden", "... exceeded quota: ..."), ("Invalid", "... denied by policy ...")."""
+    import json
+
+    fallback = (str(exc.reason or "Error").replace(" ", ""), f"{exc.status} {exc.reason}")
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return fallback
+    if not isinstance(body, dict):
+        return fallback
+    reason = str(body.get("reason") or fallback[0])
+    return reason, str(body.get("message") or fallback[1])[:2000]
 
 
 def _core() -> client.CoreV1Api:
-    return client.CoreV1Api()
+    return client.CoreV1Api(api())
 
 
 def _custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
+    return client.CustomObjectsApi(api())
 
 
-def create_if_absent(obj: dict[str, Any]) -> Literal["created", "exists"]:
-    """Create a ConfigMap or Workflow; an existing one of the same name is left alone.
+def _rbac() -> client.RbacAuthorizationV1Api:
+    return client.RbacAuthorizationV1Api(api())
 
-    Names are deterministic from the run, so "exists" means an earlier attempt (maybe by an
-    operator that died mid-reconcile) already did this step.
+
+def ping() -> None:
+    """A cheap authenticated call (the server's version), to prove the connection works."""
+    call("GET /version", client.VersionApi(api()).get_code, timeout=(3.0, 5.0))
+
+
+# === Children ===
+
+
+class ChildConflictError(Exception):
+    """A child's name is taken by an object that is not this MLOps object's."""
+
+    def __init__(self, kind: str, namespace: str, name: str, owner: str) -> None:
+        super().__init__(
+            f"{kind} {namespace}/{name} already exists and belongs to {owner}, not to this "
+            "object: it is left alone (rename or delete one of them)"
+        )
+        self.kind, self.name = kind, name
+
+
+def _owners(obj: Mapping[str, Any]) -> list[str]:
+    return [
+        str(ref.get("uid"))
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+        if ref.get("uid")
+    ]
+
+
+def _describe_owner(obj: Mapping[str, Any]) -> str:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    if not refs:
+        return "no MLOps object (it has no owner)"
+    return ", ".join(f"{r.get('kind')} {r.get('name')} (uid {r.get('uid')})" for r in refs)
+
+
+def create_child(obj: dict[str, Any], owner_uid: str) -> Literal["created", "exists"]:
+    """Create a ConfigMap or Workflow owned by ``owner_uid``.
+
+    An existing object of that name is "exists" only when it is ours (an earlier attempt, maybe
+    by an operator that died mid-reconcile); anybody else's raises :class:`ChildConflictError` and is
+    never adopted — e.g. a Workflow of a deleted object that garbage collection has not removed.
     """
-    namespace = obj["metadata"]["namespace"]
+    kind = obj["kind"]
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     try:
-        if obj["kind"] == "ConfigMap":
-            _core().create_namespaced_config_map(namespace, cast(Any, obj))  # a dict is sent as-is
-        elif obj["kind"] == "Workflow":
-            _custom().create_namespaced_custom_object(
-                ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, obj
+        if kind == "ConfigMap":
+            call(f"create ConfigMap {name}", _core().create_namespaced_config_map, namespace, obj)
+        elif kind == "Workflow":
+            call(
+                f"create Workflow {name}",
+                _custom().create_namespaced_custom_object,
+                ARGO_GROUP,
+                ARGO_VERSION,
+                namespace,
+                WORKFLOWS,
+                obj,
             )
         else:
-            raise ValueError(f"unexpected kind {obj['kind']}")
-    except ApiException as exc:
-        if exc.status == 409:
-            return "exists"
-        raise
+            raise ValueError(f"unexpected kind {kind}")
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        live = get_child(kind, namespace, name)
+        if live is None:
+            raise  # gone again between the two calls: retried
+        if owner_uid not in _owners(live):
+            raise ChildConflictError(kind, namespace, name, _describe_owner(live)) from None
+        return "exists"
     return "created"
 
 
-def list_workflows(namespace: str, name: str) -> list[dict[str, Any]]:
-    result = _custom().list_namespaced_custom_object(
-        ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, label_selector=f"{LABEL_NAME}={name[:63]}"
-    )
-    items: list[dict[str, Any]] = cast(dict[str, Any], result).get("items", [])
-    return items
-
-
-def get_workflow(namespace: str, name: str) -> dict[str, Any] | None:
+def get_child(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        obj = _custom().get_namespaced_custom_object(
-            ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, name
+        if kind == "ConfigMap":
+            cm = call(f"get ConfigMap {name}", _core().read_namespaced_config_map, name, namespace)
+            return cast(dict[str, Any], api().sanitize_for_serialization(cm))  # type: ignore[no-untyped-call]
+        return cast(
+            dict[str, Any],
+            call(
+                f"get Workflow {name}",
+                _custom().get_namespaced_custom_object,
+                ARGO_GROUP,
+                ARGO_VERSION,
+                namespace,
+                WORKFLOWS,
+                name,
+            ),
         )
-    except ApiException as exc:
+    except ApiError as exc:
         if exc.status == 404:
             return None
         raise
-    return cast(dict[str, Any], obj)
 
 
-def stop_workflow(namespace: str, name: str) -> None:
+def stop_workflow(namespace: str, name: str, mode: str = "Stop") -> None:
     """Ask Argo to stop a Workflow: its pods get SIGTERM, so the trainer checkpoints first."""
     try:
-        _custom().patch_namespaced_custom_object(
-            ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, name, {"spec": {"shutdown": "Stop"}}
+        call(
+            f"stop Workflow {name}",
+            _custom().patch_namespaced_custom_object,
+            ARGO_GROUP,
+            ARGO_VERSION,
+            namespace,
+            WORKFLOWS,
+            name,
+            {"spec": {"shutdown": mode}},
         )
-    except ApiException as exc:
+    except ApiError as exc:
         if exc.status != 404:
             raise
+
+
+def live_pods(namespace: str, owner_uid: str) -> list[str]:
+    """Trainer pods of an MLOps object that have not ended yet. A stopped Workflow is marked
+    finished at once; its trainer is still checkpointing until its pod has ended."""
+    pods = call(
+        f"list pods of {owner_uid}",
+        _core().list_namespaced_pod,
+        namespace,
+        label_selector=f"{LABEL_OWNER_UID}={owner_uid}",
+    )
+    return sorted(
+        str(p.metadata.name if p.metadata else "")
+        for p in pods.items
+        if (p.status.phase if p.status else None) not in ("Succeeded", "Failed")
+    )
 
 
 def delete_run(namespace: str, workflow: str, config_map: str) -> None:
-    try:
-        _custom().delete_namespaced_custom_object(
-            ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, workflow
-        )
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    try:
-        _core().delete_namespaced_config_map(config_map, namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    for what, fn, args in (
+        (
+            f"delete Workflow {workflow}",
+            _custom().delete_namespaced_custom_object,
+            (ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, workflow),
+        ),
+        (
+            f"delete ConfigMap {config_map}",
+            _core().delete_namespaced_config_map,
+            (config_map, namespace),
+        ),
+    ):
+        try:
+            call(what, fn, *args)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+
+# === The MLOps object ===
 
 
 def get_mlops(namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        obj = cast(
+        return cast(
             dict[str, Any],
-            _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+            call(
+                f"get MLOps {name}",
+                _custom().get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+            ),
         )
-    except ApiException as exc:
+    except ApiError as exc:
         if exc.status == 404:
             return None
         raise
-    return obj
 
 
-def patch_mlops_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    _custom().patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+class StaleObjectError(Exception):
+    """The object changed since it was read (409 on a resourceVersion precondition)."""
+
+
+def replace_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the whole status, only if the object is still at ``body``'s resourceVersion.
+
+    The operator is the status' one writer and decides from what it read; a newer object means
+    its decision may be stale, so it re-reads and decides again (:class:`StaleObjectError`).
+    """
+    meta = body["metadata"]
+    obj = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": body.get("kind", "MLOps"),
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "resourceVersion": meta["resourceVersion"],
+        },
+        "spec": body.get("spec"),
+        "status": dict(status),
+    }
+    try:
+        return cast(
+            dict[str, Any],
+            call(
+                f"update MLOps {meta['name']} status",
+                _custom().replace_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                obj,
+            ),
+        )
+    except ApiError as exc:
+        if exc.status == 409:
+            raise StaleObjectError(str(exc)) from None
+        raise
+
+
+# === What a run namespace needs ===
+
+# Argo's executor (emissary) reports a pod's outputs as WorkflowTaskResults (Argo >= 3.4).
+EXECUTOR_RULES = [
+    {
+        "apiGroups": ["argoproj.io"],
+        "resources": ["workflowtaskresults"],
+        "verbs": ["create", "patch"],
+    }
+]
+
+
+def _create_if_absent(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        call(what, fn, *args)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+
+
+def provision_namespace(
+    namespace: str, service_account: str, sa_annotations: Mapping[str, str]
+) -> None:
+    """The trainer ServiceAccount and the executor's Role + RoleBinding in ``namespace`` (named as
+    the chart names them where it makes them itself)."""
+    labels = {LABEL_MANAGED_BY: MANAGED_BY}
+    role = f"{service_account}-executor"
+    _create_if_absent(
+        f"create ServiceAccount {namespace}/{service_account}",
+        _core().create_namespaced_service_account,
+        namespace,
+        {
+            "metadata": {
+                "name": service_account,
+                "labels": labels,
+                "annotations": dict(sa_annotations),
+            }
+        },
     )
+    _create_if_absent(
+        f"create Role {namespace}/{role}",
+        _rbac().create_namespaced_role,
+        namespace,
+        {"metadata": {"name": role, "labels": labels}, "rules": EXECUTOR_RULES},
+    )
+    _create_if_absent(
+        f"create RoleBinding {namespace}/{role}",
+        _rbac().create_namespaced_role_binding,
+        namespace,
+        {
+            "metadata": {"name": role, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        },
+    )
+
+
+def service_account_exists(namespace: str, name: str) -> bool:
+    try:
+        call(
+            f"get ServiceAccount {namespace}/{name}",
+            _core().read_namespaced_service_account,
+            name,
+            namespace,
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True

@@ -1,4 +1,4 @@
-"""Prometheus metrics: reconciles, errors, and runs by phase."""
+"""Prometheus metrics: reconciles, errors, API errors, and runs by phase."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ from prometheus_client import Counter, Gauge, start_http_server
 RECONCILES = Counter(
     "mlops_reconciles_total", "Reconciles of MLOps objects, by outcome.", ["outcome"]
 )
-ERRORS = Counter("mlops_reconcile_errors_total", "Reconciles that raised, by handler.", ["handler"])
+ERRORS = Counter(
+    "mlops_reconcile_errors_total",
+    "Reconciles that failed (and were retried, or reported in status), by handler and reason.",
+    ["handler", "reason"],
+)
+API_ERRORS = Counter(
+    "mlops_api_errors_total", "Failed Kubernetes API calls, by HTTP code (or 'network').", ["code"]
+)
 RUNS = Gauge("mlops_runs", "MLOps objects by phase, as this operator last wrote them.", ["phase"])
-STATUS_UPDATES = Counter("mlops_status_updates_total", "Status patches made from Workflow events.")
+STATUS_UPDATES = Counter("mlops_status_updates_total", "Status writes.")
 
 _phases: dict[str, str] = {}
 _lock = threading.Lock()

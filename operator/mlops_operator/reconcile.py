@@ -1,31 +1,48 @@
-"""Pure reconcile logic: data in, data out. The handlers do the I/O around these functions.
+"""Pure reconcile logic: an MLOps object and its Workflows in, a :class:`Decision` out.
 
-- :func:`desired_children` — an MLOps body → the ConfigMap and Workflow to create (or the errors).
-- :func:`workflow_status` — an Argo Workflow → the MLOps status it implies.
-- :func:`set_condition` — Kubernetes-style conditions, ``lastTransitionTime`` kept when unchanged.
-- :func:`change_action` — what to do with a new generation while an older run is active.
+:func:`decide` is the whole lifecycle of an object, written as data so every path is a
+table-driven unit test (``tests/operator/test_decide.py``); the handlers only do the I/O it asks
+for (create, stop, prune, write status, post events).
+
+The rules, in the order :func:`decide` applies them:
+
+1. A run is decided once per ``(metadata.generation, mlops.dev/rerun annotation)`` and its id
+   kept in ``status.runId``: a restart, an upgrade or a new default never starts a run. A new
+   generation whose spec means the same as the current run's (a default written out) keeps it.
+2. An invalid spec makes nothing: ``Failed``/``SpecInvalid`` naming the field.
+3. Another run of the object still active: ``onChange`` says queue (wait, then start), replace
+   (stop it, start now) or reject (no run for this generation; rerun or re-apply later).
+4. A run whose status says finished stays finished, whatever happened to its Workflow (Argo's
+   TTL deletes finished Workflows): it is never submitted again.
+5. A submitted run whose Workflow vanished before finishing is reported, never resubmitted.
+6. Budgets: more preemptions than ``retries.preemption`` or more app errors than
+   ``retries.error`` stop the Workflow and fail the run, naming the budget.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from mlops_api import ManifestError, parse_manifest
-from mlops_api.naming import LABEL_GENERATION, LABEL_RUN_ID
-from mlops_workflows.render import PREEMPTION_MESSAGES, RenderedRun, RenderSettings, render
+from mlops_api.naming import ANNOTATION_RERUN, spec_hash
+from mlops_api.spec import Condition, MLOps, MLOpsStatus, Retries
+from mlops_workflows.render import RenderedRun, RenderSettings, render
 
-FINAL_WORKFLOW_PHASES = frozenset({"Succeeded", "Failed", "Error"})
-_PREEMPTION = re.compile("|".join(re.escape(m) for m in PREEMPTION_MESSAGES), re.IGNORECASE)
+from mlops_operator.views import WorkflowView
+
+FINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
+CONDITION_TYPES = ("Validated", "Accepted", "Synced", "Ready", "Running", "Succeeded")
+MESSAGE_MAX = 4000
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 # === Desired children ===
@@ -37,6 +54,7 @@ class Desired:
 
     rendered: RenderedRun | None = None
     error: ManifestError | None = None
+    obj: MLOps | None = None
 
 
 def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,10 +72,25 @@ def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def desired_children(body: Mapping[str, Any], settings: RenderSettings) -> Desired:
+def with_default_image(body: Mapping[str, Any], image: str | None) -> dict[str, Any]:
+    """The body with the operator's default trainer image where the spec names none."""
+    data = dict(body)
+    spec = data.get("spec")
+    if image and isinstance(spec, dict) and "image" not in spec:
+        data["spec"] = {**spec, "image": image}
+    return data
+
+
+def desired_children(
+    body: Mapping[str, Any],
+    settings: RenderSettings,
+    *,
+    rerun: str = "",
+    run_id: str | None = None,
+) -> Desired:
     try:
         obj = parse_manifest(manifest_of(body))
-        return Desired(rendered=render(obj, settings))
+        return Desired(rendered=render(obj, settings, rerun=rerun, run_id=run_id), obj=obj)
     except ManifestError as exc:
         return Desired(error=exc)
 
@@ -66,297 +99,532 @@ def desired_children(body: Mapping[str, Any], settings: RenderSettings) -> Desir
 
 
 def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
+    conditions: Sequence[Condition],
     type_: str,
     status: Literal["True", "False", "Unknown"],
     reason: str,
     message: str = "",
     *,
     generation: int | None = None,
-    at: str | None = None,
-) -> list[dict[str, Any]]:
-    """Return conditions with ``type_`` set; its transition time changes only if its status did."""
+    at: datetime | None = None,
+) -> list[Condition]:
+    """Conditions with ``type_`` set, merged by type (others, ours or not, are kept as they are);
+    its transition time changes only when its status does."""
     at = at or now()
-    out: list[dict[str, Any]] = []
+    out: list[Condition] = []
     found = False
     for cond in conditions:
-        if cond.get("type") != type_:
-            out.append(dict(cond))
+        if cond.type != type_:
+            out.append(cond)
             continue
         found = True
-        changed = cond.get("status") != status
+        changed = cond.status != status
         out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": at if changed else cond.get("lastTransitionTime", at),
-                **({"observedGeneration": generation} if generation is not None else {}),
-            }
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message[:MESSAGE_MAX],
+                last_transition_time=at if changed else (cond.last_transition_time or at),
+                observed_generation=generation,
+            )
         )
     if not found:
         out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": at,
-                **({"observedGeneration": generation} if generation is not None else {}),
-            }
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message[:MESSAGE_MAX],
+                last_transition_time=at,
+                observed_generation=generation,
+            )
         )
     return out
 
 
-def invalid_status(
-    error: ManifestError, generation: int | None, conditions: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Status of an object whose spec cannot become a run: Failed, SpecInvalid, with the field path."""
-    message = str(error)[:4000]
-    conds = set_condition(
-        conditions, "Validated", "False", "SpecInvalid", message, generation=generation
+def condition(status: MLOpsStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def parse_status(raw: Mapping[str, Any] | None) -> MLOpsStatus:
+    """The status as typed; a status this model cannot read (hand-edited) starts over."""
+    try:
+        return MLOpsStatus.model_validate(dict(raw or {}))
+    except ValueError:
+        return MLOpsStatus()
+
+
+def status_json(status: MLOpsStatus) -> dict[str, Any]:
+    """The status as the API server stores it (camelCase, JSON types, extra keys kept)."""
+    data: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=False)
+    return data
+
+
+def same_status(a: MLOpsStatus, b: MLOpsStatus) -> bool:
+    """Equal but for condition transition times (which a no-op must never rewrite)."""
+
+    def key(s: MLOpsStatus) -> str:
+        data = status_json(s)
+        for cond in data.get("conditions") or []:
+            cond.pop("lastTransitionTime", None)
+        return json.dumps(data, sort_keys=True, default=str)
+
+    return key(a) == key(b)
+
+
+# === The decision ===
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    workflow: str
+    # Stop: pods get SIGTERM (the trainer checkpoints) and exit handlers run. Terminate: the same
+    # for pods, and the Workflow fails at once (a budget is spent: nothing more may run).
+    mode: Literal["Stop", "Terminate"] = "Stop"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do: the I/O, then the new status (None: unchanged)."""
+
+    status: MLOpsStatus | None = None
+    create: tuple[dict[str, Any], ...] = ()
+    stop: tuple[Stop, ...] = ()
+    prune: tuple[str, ...] = ()  # Workflow names whose run (Workflow + ConfigMap) is deleted
+    events: tuple[Event, ...] = ()
+
+    @property
+    def acts(self) -> bool:
+        """Whether it changes anything but the status (so it must be made on fresh data)."""
+        return bool(self.create or self.stop or self.prune)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator-wide settings :func:`decide` needs."""
+
+    render: RenderSettings = field(default_factory=RenderSettings)
+    default_image: str | None = None
+
+
+def decide(
+    body: Mapping[str, Any],
+    workflows: Iterable[WorkflowView],
+    policy: Policy,
+    at: datetime | None = None,
+) -> Decision:
+    """The whole lifecycle of one MLOps object (see the module docstring). Pure."""
+    at = at or now()
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return Decision()  # the delete handler owns a dying object
+    current = parse_status(body.get("status"))
+    generation = int(meta.get("generation") or 1)
+    rerun = str((meta.get("annotations") or {}).get(ANNOTATION_RERUN, ""))
+    owned = tuple(workflows)
+    if current.observed_generation == generation and (current.rerun or "") == rerun:
+        if current.run_id is None:
+            return Decision()  # invalid or rejected: nothing until a new generation or rerun
+        try:
+            obj = parse_manifest(manifest_of(with_default_image(body, policy.default_image)))
+        except ManifestError:
+            return Decision()  # cannot happen for a decided run; never act on a bad spec
+        return _follow(body, obj, current, owned, policy, at=at)
+    desired = desired_children(
+        with_default_image(body, policy.default_image), policy.render, rerun=rerun
     )
-    conds = set_condition(conds, "Ready", "False", "SpecInvalid", message, generation=generation)
+    return _new_generation(
+        body, desired, current, owned, policy, at=at, generation=generation, rerun=rerun
+    )
+
+
+def _new_generation(
+    body: Mapping[str, Any],
+    desired: Desired,
+    current: MLOpsStatus,
+    owned: tuple[WorkflowView, ...],
+    policy: Policy,
+    *,
+    at: datetime,
+    generation: int,
+    rerun: str,
+) -> Decision:
+    if desired.error is not None:
+        message = str(desired.error)[:MESSAGE_MAX]
+        conds = set_condition(
+            current.conditions, "Validated", "False", "SpecInvalid", message, generation=generation
+        )
+        conds = set_condition(
+            conds, "Ready", "False", "SpecInvalid", message, generation=generation, at=at
+        )
+        status = current.model_copy(
+            update={
+                "phase": "Failed",
+                "reason": "SpecInvalid",
+                "message": message,
+                "conditions": conds,
+                "observed_generation": generation,
+                "rerun": rerun or None,
+                **_no_run(),
+            }
+        )
+        return Decision(status=status, events=(Event("Warning", "SpecInvalid", message),))
+    rendered, obj = desired.rendered, desired.obj
+    assert rendered is not None and obj is not None
+    digest = spec_hash(obj.spec)
+    conds = set_condition(
+        current.conditions, "Validated", "True", "SpecValid", generation=generation, at=at
+    )
+    if current.run_id and current.spec_hash == digest and (current.rerun or "") == rerun:
+        # The same effective spec (a default written out, a field reordered): the run goes on.
+        conds = set_condition(conds, "Accepted", "True", "SameRun", generation=generation, at=at)
+        status = current.model_copy(update={"observed_generation": generation, "conditions": conds})
+        return Decision(status=status)
+    run = rendered.plan.run_id
+    active = _active(owned, exclude=run)
+    if active and obj.spec.on_change == "reject" and not any(w.run_id == run for w in owned):
+        message = (
+            f"generation {generation} not started: run(s) {', '.join(w.name for w in active)} "
+            "still active (onChange: reject). When they are done, apply the change again or "
+            "set the annotation mlops.dev/rerun to a new value."
+        )
+        conds = set_condition(
+            conds, "Accepted", "False", "ChangeRejected", message, generation=generation, at=at
+        )
+        # The status keeps describing the active run; only the rejection is recorded.
+        status = current.model_copy(
+            update={
+                "observed_generation": generation,
+                "rerun": rerun or None,
+                "conditions": conds,
+                "message": message,
+            }
+        )
+        return Decision(status=status, events=(Event("Warning", "ChangeRejected", message),))
+    conds = set_condition(conds, "Accepted", "True", "NewRun", generation=generation, at=at)
+    for type_ in ("Succeeded", "Synced"):
+        conds = [c for c in conds if c.type != type_]
+    status = current.model_copy(
+        update={
+            "phase": "Queued",
+            "reason": "Submitting",
+            "message": f"run {run}",
+            "conditions": conds,
+            "observed_generation": generation,
+            "run_id": run,
+            "rerun": rerun or None,
+            "spec_hash": digest,
+            "workflow": rendered.workflow["metadata"]["name"],
+            "config_map": rendered.config_map["metadata"]["name"],
+            "submitted": False,
+            "output": rendered.plan.config.output,
+            **_fresh_progress(),
+        }
+    )
+    return _follow(body, obj, status, owned, policy, at=at, rendered=rendered, changed=True)
+
+
+def _no_run() -> dict[str, Any]:
     return {
-        "phase": "Failed",
-        "message": message,
-        "observedGeneration": generation,
-        "conditions": conds,
+        "run_id": None,
+        "spec_hash": None,
+        "workflow": None,
+        "config_map": None,
+        "submitted": False,
+        "output": None,
+        **_fresh_progress(),
     }
 
 
-def created_status(
-    rendered: RenderedRun, conditions: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    plan = rendered.plan
-    conds = set_condition(conditions, "Validated", "True", "SpecValid", generation=plan.generation)
-    conds = set_condition(
-        conds,
-        "Ready",
-        "False",
-        "Queued",
-        f"run {plan.run_id} submitted",
-        generation=plan.generation,
-    )
+def _fresh_progress() -> dict[str, Any]:
     return {
-        "phase": "Queued",
-        "message": f"run {plan.run_id} submitted",
-        "observedGeneration": plan.generation,
-        "conditions": conds,
-        "runId": plan.run_id,
-        "workflow": rendered.workflow["metadata"]["name"],
-        "configMap": rendered.config_map["metadata"]["name"],
-        "output": plan.config.output,
-        "preemptions": 0,
+        "latest_checkpoint": None,
+        "metrics": {},
         "progress": None,
-        "latestCheckpoint": None,
-        "metrics": None,
-        "startedAt": None,
-        "finishedAt": None,
+        "preemptions": 0,
+        "app_errors": 0,
+        "started_at": None,
+        "finished_at": None,
     }
 
 
-def submitted_status(
-    rendered: RenderedRun,
-    conditions: Sequence[Mapping[str, Any]],
-    live_workflow: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Status of a freshly submitted run; when its Workflow already existed (made by an earlier
-    attempt, e.g. of an operator killed mid-reconcile) and Argo has moved it on, its state wins,
-    since the Workflow events that said so may have gone by before this status named the run."""
-    status = created_status(rendered, conditions)
-    if live_workflow is not None and (live_workflow.get("status") or {}).get("phase"):
-        status.update(workflow_status(live_workflow, status["conditions"]))
-    return status
-
-
-# === Following a Workflow ===
-
-
-def _pod_nodes(workflow: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    nodes = (workflow.get("status") or {}).get("nodes") or {}
-    pods = [n for n in nodes.values() if n.get("type") == "Pod"]
-    return sorted(pods, key=lambda n: (n.get("startedAt") or "", n.get("id") or ""))
-
-
-def is_preemption(node: Mapping[str, Any]) -> bool:
-    """A pod lost to a spot shutdown, or one that checkpointed after SIGTERM (exit 143)."""
-    if node.get("phase") not in ("Failed", "Error"):
-        return False
-    exit_code = str((node.get("outputs") or {}).get("exitCode", ""))
-    return bool(_PREEMPTION.search(node.get("message") or "")) or exit_code == "143"
-
-
-def _summary(node: Mapping[str, Any]) -> dict[str, Any]:
-    for param in (node.get("outputs") or {}).get("parameters") or []:
-        if param.get("name") == "summary":
-            try:
-                value = json.loads(param.get("value") or "{}")
-            except json.JSONDecodeError:
-                return {}
-            return value if isinstance(value, dict) else {}
-    return {}
-
-
-def _phase(workflow: Mapping[str, Any]) -> str:
-    status = workflow.get("status") or {}
-    phase = status.get("phase") or ""
-    if phase in ("", "Pending"):
-        return "Queued"
-    if phase == "Running":
-        # A Workflow waiting on the GPU semaphore is Running to Argo but queued to the user.
-        pods = [
-            n for n in _pod_nodes(workflow) if n.get("phase") in ("Running", "Pending", "Succeeded")
-        ]
-        waiting = (status.get("synchronization") or {}).get("semaphore", {}).get("waiting")
-        return "Queued" if waiting and not pods else "Running"
-    if phase == "Succeeded":
-        return "Succeeded"
-    if (workflow.get("spec") or {}).get("shutdown"):
-        return "Stopped"
-    return "Failed"
-
-
-def workflow_status(
-    workflow: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """The MLOps status implied by its current run's Workflow."""
-    status = workflow.get("status") or {}
-    labels = (workflow.get("metadata") or {}).get("labels") or {}
-    generation = (
-        int(labels[LABEL_GENERATION]) if labels.get(LABEL_GENERATION, "").isdigit() else None
+def _active(owned: Sequence[WorkflowView], *, exclude: str | None) -> list[WorkflowView]:
+    return sorted(
+        (w for w in owned if not w.finished and w.run_id != exclude), key=lambda w: w.name
     )
-    phase = _phase(workflow)
-    pods = _pod_nodes(workflow)
-    preemptions = sum(1 for n in pods if is_preemption(n))
-    summary: dict[str, Any] = {}
-    for node in pods:
-        summary = _summary(node) or summary
-    metrics = {
-        k: float(v) for k, v in (summary.get("metrics") or {}).items() if isinstance(v, int | float)
-    }
-    progress = next(
-        (n.get("progress") for n in reversed(pods) if n.get("progress")), None
-    ) or status.get("progress")
-    message = status.get("message") or (pods[-1].get("message") if pods else "") or ""
-    run = labels.get(LABEL_RUN_ID, "")
-    reason = {
-        "Queued": "Queued",
-        "Running": "Running",
-        "Succeeded": "Succeeded",
-        "Failed": "WorkflowFailed",
-        "Stopped": "Stopped",
-    }[phase]
-    text = message or f"run {run} {phase.lower()}"
+
+
+def _follow(
+    body: Mapping[str, Any],
+    obj: MLOps,
+    status: MLOpsStatus,
+    owned: tuple[WorkflowView, ...],
+    policy: Policy,
+    *,
+    at: datetime,
+    rendered: RenderedRun | None = None,
+    changed: bool = False,
+) -> Decision:
+    """The decided run of the current generation: create it, wait, follow it, enforce budgets."""
+    original = parse_status(body.get("status"))
+    spec = obj.spec
+    generation = status.observed_generation
+    run = status.run_id
+    workflow = next((w for w in owned if w.run_id == run), None)
+    events: list[Event] = []
+    create: tuple[dict[str, Any], ...] = ()
+    stop: list[Stop] = []
+    if status.phase in FINAL_PHASES and not changed:
+        # Finished stays finished: late details (metrics in a summary) may still arrive, but
+        # nothing is ever submitted again, whatever happened to the Workflow — and nothing of
+        # it keeps running (a budget stop whose first attempt did not land).
+        if workflow is not None:
+            status = _details(status, workflow)
+            if not workflow.finished and not workflow.shutdown:
+                stop.append(Stop(workflow.name, "Terminate"))
+    elif workflow is None:
+        if status.submitted:
+            message = (
+                f"Workflow {status.workflow} no longer exists (deleted by hand, or by Argo's TTL "
+                f"while no operator ran); the run's files are under {status.output}. To run "
+                "again, set the annotation mlops.dev/rerun to a new value."
+            )
+            status = _phase(
+                status, "Failed", "WorkflowMissing", message, generation=generation, at=at
+            )
+            events.append(Event("Warning", "WorkflowMissing", message))
+        else:
+            active = _active(owned, exclude=run)
+            if active and spec.on_change != "replace":
+                names = ", ".join(w.name for w in active)
+                message = f"waiting for run(s) {names} to finish (onChange: {spec.on_change})"
+                status = _phase(
+                    status, "Queued", "WaitingForPreviousRun", message, generation=generation, at=at
+                )
+            else:
+                if active:
+                    stop.extend(Stop(w.name) for w in active if not w.shutdown)
+                    events.append(
+                        Event(
+                            "Normal",
+                            "Replaced",
+                            f"stopping {', '.join(w.name for w in active)} for run {run}",
+                        )
+                    )
+                if rendered is None:
+                    # Rendered under the decided run id: an upgrade between the decision and
+                    # the start (a run that waited its turn) changes no id and no folder.
+                    rendered = render(obj, policy.render, rerun=status.rerun or "", run_id=run)
+                create = (_adopt(body, rendered.config_map), _adopt(body, rendered.workflow))
+                status = status.model_copy(update={"submitted": True})
+                status = _phase(
+                    status,
+                    "Queued",
+                    "Submitted",
+                    f"run {run} submitted",
+                    generation=generation,
+                    at=at,
+                )
+                events.append(
+                    Event("Normal", "RunSubmitted", f"run {run}: Workflow {status.workflow}")
+                )
+    else:
+        status = status.model_copy(update={"submitted": True})
+        status, budget_stop, budget_event = _from_workflow(status, workflow, spec.retries, at)
+        if budget_stop is not None:
+            stop.append(budget_stop)
+        if budget_event is not None:
+            events.append(budget_event)
+        if status.phase != original.phase or status.reason != original.reason:
+            if status.phase in FINAL_PHASES and budget_event is None:
+                kind: Literal["Normal", "Warning"] = (
+                    "Normal" if status.phase == "Succeeded" else "Warning"
+                )
+                events.append(Event(kind, status.phase, status.message[:1000]))
+            elif status.phase == "Running" and original.phase != "Running":
+                events.append(Event("Normal", "Running", status.message[:1000]))
+    prune = _prune(owned, spec.keep_runs, run)
+    new_status = None if same_status(status, original) else status
+    return Decision(
+        status=new_status,
+        create=create,
+        stop=tuple(stop),
+        prune=tuple(prune),
+        events=tuple(events),
+    )
+
+
+def _adopt(body: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """``child`` owned by the MLOps object: in its namespace, garbage-collected with it."""
+    meta = body["metadata"]
+    out = copy.deepcopy(dict(child))
+    out["metadata"]["namespace"] = meta["namespace"]
+    out["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": body.get("apiVersion", "mlops.dev/v1alpha1"),
+            "kind": body.get("kind", "MLOps"),
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    return out
+
+
+def _phase(
+    status: MLOpsStatus,
+    phase: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    at: datetime,
+) -> MLOpsStatus:
+    """``status`` in ``phase``, with the Ready/Running/Succeeded conditions to match."""
     conds = set_condition(
-        conditions,
+        status.conditions,
         "Ready",
         "True" if phase == "Succeeded" else "False",
         reason,
-        text,
+        message,
         generation=generation,
+        at=at,
     )
     conds = set_condition(
         conds,
         "Running",
         "True" if phase == "Running" else "False",
         reason,
-        text,
+        message,
         generation=generation,
+        at=at,
     )
-    if phase in ("Succeeded", "Failed", "Stopped"):
+    if phase in FINAL_PHASES:
         conds = set_condition(
             conds,
             "Succeeded",
             "True" if phase == "Succeeded" else "False",
             reason,
-            text,
+            message,
             generation=generation,
+            at=at,
         )
-    out: dict[str, Any] = {
+    update: dict[str, Any] = {
         "phase": phase,
-        "message": text[:4000],
+        "reason": reason,
+        "message": message[:MESSAGE_MAX],
         "conditions": conds,
-        "preemptions": preemptions,
-        "progress": progress,
-        "startedAt": status.get("startedAt"),
-        "finishedAt": status.get("finishedAt")
-        if phase in ("Succeeded", "Failed", "Stopped")
-        else None,
     }
-    if summary.get("latest_checkpoint"):
-        out["latestCheckpoint"] = str(summary["latest_checkpoint"])
-    if metrics:
-        out["metrics"] = metrics
-    return out
+    if phase in FINAL_PHASES and status.finished_at is None:
+        update["finished_at"] = at
+    return status.model_copy(update=update)
 
 
-def status_changed(current: Mapping[str, Any], update: Mapping[str, Any]) -> bool:
-    """Whether patching ``update`` onto ``current`` would change anything (ignoring timestamps)."""
-    for key, value in update.items():
-        if key == "conditions":
-            strip = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
-            old = [
-                {k: v for k, v in c.items() if k != "lastTransitionTime"}
-                for c in current.get("conditions") or []
-            ]
-            if strip != old:
-                return True
-        elif current.get(key) != value:
-            return True
-    return False
+def _details(status: MLOpsStatus, workflow: WorkflowView) -> MLOpsStatus:
+    """Progress, checkpoint, metrics, counts and times from the run's Workflow."""
+    update: dict[str, Any] = {
+        "preemptions": workflow.preemptions,
+        "app_errors": workflow.app_errors,
+    }
+    progress = next(
+        (a.progress for a in reversed(workflow.attempts) if a.progress), workflow.progress
+    )
+    if progress:
+        update["progress"] = progress
+    summary = workflow.summary
+    if summary is not None:
+        if summary.latest_checkpoint:
+            update["latest_checkpoint"] = summary.latest_checkpoint
+        if summary.metrics:
+            update["metrics"] = dict(summary.metrics)
+    if workflow.started_at and workflow.attempts:
+        update["started_at"] = _time(workflow.attempts[0].started_at or workflow.started_at)
+    if workflow.finished and workflow.finished_at:
+        update["finished_at"] = _time(workflow.finished_at)
+    return status.model_copy(update=update)
 
 
-# === A new generation while a run is active ===
-
-Action = Literal["create", "wait", "stop-then-create", "reject"]
-
-
-@dataclass(frozen=True)
-class ChangeDecision:
-    action: Action
-    active: tuple[str, ...] = field(default_factory=tuple)
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
-def active_runs(workflows: Sequence[Mapping[str, Any]], current_run: str) -> tuple[str, ...]:
-    """Names of this object's Workflows, other than the current run's, that have not finished."""
-    names = []
-    for wf in workflows:
-        meta = wf.get("metadata") or {}
-        if (meta.get("labels") or {}).get(LABEL_RUN_ID) == current_run:
-            continue
-        if ((wf.get("status") or {}).get("phase") or "") not in FINAL_WORKFLOW_PHASES:
-            names.append(meta.get("name", ""))
-    return tuple(sorted(names))
+def _from_workflow(
+    status: MLOpsStatus, workflow: WorkflowView, retries: Retries, at: datetime
+) -> tuple[MLOpsStatus, Stop | None, Event | None]:
+    """The run's status from its Workflow, and a stop when a retry budget is spent."""
+    generation = status.observed_generation
+    status = _details(status, workflow)
+    budgets = (
+        ("preemption", workflow.preemptions, retries.preemption),
+        ("error", workflow.app_errors, retries.error),
+    )
+    if workflow.phase != "Succeeded":
+        # Also once Argo has failed the run by itself (its one limit is both budgets together
+        # and can run out at the same attempt): the status names the budget that was spent.
+        for name, used, budget in budgets:
+            if used > budget:
+                reason = (
+                    "PreemptionBudgetExhausted" if name == "preemption" else "ErrorBudgetExhausted"
+                )
+                what = "preemptions" if name == "preemption" else "app errors"
+                last = workflow.attempts[-1].message if workflow.attempts else ""
+                message = (
+                    f"{used} {what}, over the budget spec.retries.{name} = {budget}: the run "
+                    f"is stopped" + (f" (last: {last})" if last else "")
+                )
+                status = _phase(status, "Failed", reason, message, generation=generation, at=at)
+                stop = None if workflow.finished else Stop(workflow.name, "Terminate")
+                return status, stop, Event("Warning", reason, message)
+    phase, reason, message = _workflow_phase(workflow)
+    return _phase(status, phase, reason, message, generation=generation, at=at), None, None
 
 
-def change_action(policy: str, active: tuple[str, ...]) -> ChangeDecision:
-    if not active:
-        return ChangeDecision("create")
-    if policy == "replace":
-        return ChangeDecision("stop-then-create", active)
-    if policy == "reject":
-        return ChangeDecision("reject", active)
-    return ChangeDecision("wait", active)
+def _workflow_phase(workflow: WorkflowView) -> tuple[str, str, str]:
+    """(phase, reason, message) of a run from its Workflow.
+
+    Queued until Argo has made a trainer pod (it waits for its semaphore, the GPU queue, with
+    no pod); Running from the first pod on, also between retries; then Argo's outcome.
+    """
+    run = workflow.run_id or workflow.name
+    last = workflow.attempts[-1] if workflow.attempts else None
+    summary = workflow.summary
+    if workflow.phase == "Succeeded":
+        return "Succeeded", "Succeeded", f"run {run} succeeded"
+    if workflow.finished:
+        if workflow.shutdown:
+            return "Stopped", "Stopped", f"run {run} stopped ({workflow.shutdown})"
+        detail = (summary.error if summary and summary.error else None) or (
+            last.message if last and last.message else workflow.message
+        )
+        return "Failed", "WorkflowFailed", f"run {run} failed: {detail or 'no message'}"
+    if last is None:
+        if workflow.waiting:
+            return "Queued", "WaitingForQueue", f"run {run} waits for its queue"
+        return "Queued", "Queued", f"run {run} queued"
+    if last.failure is not None:
+        return "Running", "Retrying", f"run {run}: {last.failure} ({last.message}), retrying"
+    return "Running", "Running", f"run {run} running"
 
 
-def runs_to_prune(workflows: Sequence[Mapping[str, Any]], keep: int, current_run: str) -> list[str]:
-    """Finished runs beyond the newest ``keep`` (by generation), never the current one."""
-    finished = [
-        wf
-        for wf in workflows
-        if ((wf.get("status") or {}).get("phase") or "") in FINAL_WORKFLOW_PHASES
-        and (wf.get("metadata", {}).get("labels") or {}).get(LABEL_RUN_ID) != current_run
-    ]
-
-    def generation(wf: Mapping[str, Any]) -> int:
-        value = (wf.get("metadata", {}).get("labels") or {}).get(LABEL_GENERATION, "0")
-        return int(value) if value.isdigit() else 0
-
-    finished.sort(key=generation, reverse=True)
-    # The current run counts towards `keep` too.
-    return [wf["metadata"]["name"] for wf in finished[max(keep - 1, 0) :]]
+def _prune(owned: Sequence[WorkflowView], keep: int, current: str | None) -> list[str]:
+    """Finished runs beyond the newest ``keep`` (the current run counts), never the current."""
+    finished = [w for w in owned if w.finished and w.run_id != current]
+    finished.sort(key=lambda w: (w.generation or 0, w.created or ""), reverse=True)
+    return [w.name for w in finished[max(keep - 1, 0) :]]
 
 
 # === kopf's diff base ===

@@ -26,7 +26,18 @@ class OperatorSettings:
     metrics_port: int = 0
     # How long a deletion waits for a stopped Workflow to finish before letting go.
     stop_timeout_s: float = 120.0
-    requeue_delay_s: float = 15.0
+    # Every object not yet finished is looked at again this often (repairs a status whose
+    # Workflow events went by, starts a queued generation, retries after API errors).
+    resync_s: float = 60.0
+    # Every API call the operator makes gives up after this long (then backs off and retries);
+    # a wedged connection must never block a handler thread.
+    api_timeout_s: float = 30.0
+    # Liveness fails when no API call has succeeded for this long.
+    api_stale_s: float = 90.0
+    # Create what a run needs in a namespace that has none of it (the trainer ServiceAccount,
+    # the Argo executor's Role and RoleBinding); off: report what is missing instead.
+    provision_namespaces: bool = True
+    trainer_sa_annotations: tuple[tuple[str, str], ...] = ()
     # kopf's discovery of namespaces and CRDs appearing at runtime. It needs cluster-wide list/watch
     # of namespaces and CRDs; with namespaced RBAC kopf retries the 403s for about a minute before
     # it starts watching at all, so the chart turns it off there (MLOPS_RESOURCE_SCANNING=false).
@@ -39,15 +50,18 @@ class OperatorSettings:
         spot_tolerations = _env_json("MLOPS_SPOT_TOLERATIONS", list(base.spot_tolerations))
         extra_env = _env_json("MLOPS_TRAINER_ENV", {})
         pod_annotations = _env_json("MLOPS_POD_ANNOTATIONS", {})
+        sa_annotations = _env_json("MLOPS_TRAINER_SA_ANNOTATIONS", {})
         assert (
             isinstance(spot_selector, dict)
             and isinstance(spot_tolerations, list)
             and isinstance(extra_env, dict)
             and isinstance(pod_annotations, dict)
+            and isinstance(sa_annotations, dict)
         )
         render = RenderSettings(
             service_account=os.environ.get("MLOPS_TRAINER_SERVICE_ACCOUNT", base.service_account),
             queue_config_map=os.environ.get("MLOPS_QUEUE_CONFIGMAP", base.queue_config_map),
+            queue_namespace=os.environ.get("MLOPS_QUEUE_NAMESPACE") or None,
             image_pull_policy=os.environ.get("MLOPS_IMAGE_PULL_POLICY", base.image_pull_policy),
             spot_node_selector={str(k): str(v) for k, v in spot_selector.items()},
             spot_tolerations=tuple(
@@ -58,12 +72,25 @@ class OperatorSettings:
             gcs_secret=os.environ.get("MLOPS_GCS_SECRET") or None,
             extra_env=tuple(sorted((str(k), str(v)) for k, v in extra_env.items())),
             pod_annotations=tuple(sorted((str(k), str(v)) for k, v in pod_annotations.items())),
+            retry_backoff=os.environ.get("MLOPS_RETRY_BACKOFF", base.retry_backoff),
+            ttl_after_success_s=int(
+                os.environ.get("MLOPS_WORKFLOW_TTL_SUCCESS_S", base.ttl_after_success_s)
+            ),
+            ttl_after_failure_s=int(
+                os.environ.get("MLOPS_WORKFLOW_TTL_FAILURE_S", base.ttl_after_failure_s)
+            ),
         )
         return cls(
             render=render,
             default_image=os.environ.get("MLOPS_DEFAULT_IMAGE") or None,
             metrics_port=int(os.environ.get("MLOPS_METRICS_PORT", "0")),
             stop_timeout_s=float(os.environ.get("MLOPS_STOP_TIMEOUT_S", "120")),
-            requeue_delay_s=float(os.environ.get("MLOPS_REQUEUE_DELAY_S", "15")),
+            resync_s=float(os.environ.get("MLOPS_RESYNC_S", "60")),
+            api_timeout_s=float(os.environ.get("MLOPS_API_TIMEOUT_S", "30")),
+            api_stale_s=float(os.environ.get("MLOPS_API_STALE_S", "90")),
             resource_scanning=_env_bool("MLOPS_RESOURCE_SCANNING", True),
+            provision_namespaces=_env_bool("MLOPS_PROVISION_NAMESPACES", True),
+            trainer_sa_annotations=tuple(
+                sorted((str(k), str(v)) for k, v in sa_annotations.items())
+            ),
         )

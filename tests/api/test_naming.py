@@ -36,3 +36,38 @@ def test_long_and_dotted_names_fit_a_dns_label() -> None:
     assert len(rid) <= 63
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", rid)
     assert run_id("x.y", 1, _spec()).startswith("x-y-g1-")
+
+
+def test_identity_namespace_uid_and_rerun_change_the_id() -> None:
+    base = {"namespace": "ml", "uid": "u1"}
+    ids = {
+        run_id("demo", 1, _spec(), **base),
+        run_id("demo", 1, _spec(), namespace="team-a", uid="u1"),
+        run_id("demo", 1, _spec(), namespace="ml", uid="u2"),  # deleted and applied again
+        run_id("demo", 1, _spec(), **base, rerun="1"),
+        run_id("x.y", 1, _spec(), **base),
+        run_id("x-y", 1, _spec(), **base),
+        run_id("a" * 55 + "1", 1, _spec(), **base),
+        run_id("a" * 55 + "2", 1, _spec(), **base),
+    }
+    assert len(ids) == 8
+    assert run_id("demo", 1, _spec(), **base) == run_id("demo", 1, _spec(epochs=10), **base)
+
+
+def test_run_ids_parse_back() -> None:
+    from mlops_trainers.contract import parse_run_id
+
+    rid = run_id("My.Model", 7, _spec(), namespace="ml", uid="u")
+    parts = parse_run_id(rid)
+    assert parts is not None and (parts.stem, parts.generation) == ("my-model", 7)
+    assert parse_run_id("not-a-run") is None
+
+
+def test_label_values_are_valid_for_every_name() -> None:
+    from mlops_api.naming import label_value, run_labels
+
+    for name in ["a", "b" * 62 + "-c", "b" * 62 + ".c", ("b" * 62 + ".") * 4 + "b"]:
+        for value in run_labels(name, "r-g1-00000000", 1, "vqvae", "uid").values():
+            assert len(value) <= 63
+            assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", value), value
+    assert label_value("b" * 62 + "-c") == "b" * 62

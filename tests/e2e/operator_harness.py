@@ -29,12 +29,16 @@ ARGO = ("argoproj.io", "v1alpha1")
 T = TypeVar("T")
 
 # Settings every e2e operator gets: kwok's fake pods have no Argo executor to report outputs
-# with (so no summary output parameter), and retries come quickly.
+# with (so no summary output parameter). Every delay and timeout stays at its production
+# default: a shortened one would hide timing bugs.
 E2E_OPERATOR_ENV = {
     "MLOPS_REPORT_SUMMARY": "false",
-    "MLOPS_REQUEUE_DELAY_S": "2",
     "MLOPS_DEFAULT_IMAGE": "docker.io/local/mlops-trainer:e2e",
 }
+# The e2e suite against another version of the operator (a checkout of an older commit, to show
+# that a new test fails there): its source tree's packages come first on the operator's path.
+OPERATOR_SRC_ENV = "MLOPS_E2E_OPERATOR_SRC"
+PACKAGE_DIRS = ("api", "trainers", "workflows", "operator", "cli")
 
 
 def wait_for(
@@ -93,6 +97,10 @@ class Operator:
             "KUBECONFIG": self.kubeconfig,
             "MLOPS_METRICS_PORT": str(self.metrics_port),
         }
+        src = os.environ.get(OPERATOR_SRC_ENV)
+        if src:
+            paths = [str(Path(src) / d) for d in PACKAGE_DIRS]
+            env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -225,21 +233,58 @@ class Env:
                     raise
         wait_for(f"MLOps objects in {self.ns} to be deleted", lambda: not self.names(), timeout)
 
-    def workflows(self, name: str | None = None) -> list[dict[str, Any]]:
-        selector = (
-            f"mlops.dev/name={name}" if name else "app.kubernetes.io/managed-by=mlops-operator"
-        )
-        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
-            *ARGO, self.ns, "workflows", label_selector=selector
-        )["items"]
-        return items
+    def uid(self, name: str) -> str | None:
+        try:
+            return str(self.get(name)["metadata"]["uid"])
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
-    def config_maps(self, name: str | None = None) -> list[client.V1ConfigMap]:
-        selector = (
-            f"mlops.dev/name={name}" if name else "app.kubernetes.io/managed-by=mlops-operator"
-        )
+    def workflows(self, name: str | None = None, uid: str | None = None) -> list[dict[str, Any]]:
+        """The operator's Workflows here; of one object (``name``, or its ``uid`` once it is
+        gone) when given: those whose ownerReference is that object."""
+        items: list[dict[str, Any]] = self.custom.list_namespaced_custom_object(
+            *ARGO,
+            self.ns,
+            "workflows",
+            label_selector="app.kubernetes.io/managed-by=mlops-operator",
+        )["items"]
+        owner = uid or (self.uid(name) if name else None)
+        if name is None and uid is None:
+            return items
+        return [
+            wf
+            for wf in items
+            if owner in {r.get("uid") for r in wf["metadata"].get("ownerReferences") or []}
+        ]
+
+    def config_maps(
+        self, name: str | None = None, uid: str | None = None
+    ) -> list[client.V1ConfigMap]:
         items: list[client.V1ConfigMap] = self.core.list_namespaced_config_map(
-            self.ns, label_selector=selector
+            self.ns, label_selector="app.kubernetes.io/managed-by=mlops-operator"
+        ).items
+        owner = uid or (self.uid(name) if name else None)
+        if name is None and uid is None:
+            return items
+        return [cm for cm in items if owner in {r.uid for r in cm.metadata.owner_references or []}]
+
+    def pods(self, name: str) -> list[client.V1Pod]:
+        """The trainer pods of the object ``name`` (Argo copies the Workflow's labels)."""
+        runs = {wf["metadata"]["name"] for wf in self.workflows(name)}
+        items: list[client.V1Pod] = self.core.list_namespaced_pod(
+            self.ns, label_selector="app.kubernetes.io/managed-by=mlops-operator"
+        ).items
+        return [
+            p
+            for p in items
+            if (p.metadata.labels or {}).get("workflows.argoproj.io/workflow") in runs
+        ]
+
+    def event_list(self, name: str) -> list[client.CoreV1Event]:
+        items: list[client.CoreV1Event] = self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name}"
         ).items
         return items
 
@@ -257,3 +302,47 @@ class Env:
             self.ns, field_selector=f"involvedObject.name={name}"
         ).items
         return {e.reason for e in items}
+
+
+def end_pod(
+    env: Env,
+    pod: client.V1Pod,
+    *,
+    exit_code: int,
+    message: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """End a running kwok pod the way a kubelet reports it: ``exit_code`` 0 succeeds (every
+    container, Argo's ``wait`` included, exits 0); anything else fails the main container with
+    that code, with the pod-level ``reason``/``message`` a kubelet sets (e.g. GKE's node shutdown:
+    reason Terminated, "Pod was terminated in response to imminent node shutdown.")."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    statuses = []
+    for c in pod.status.container_statuses or []:
+        code = 0 if exit_code == 0 or c.name == "wait" else exit_code
+        statuses.append(
+            {
+                **env.api.sanitize_for_serialization(c),
+                "ready": False,
+                "started": False,
+                "state": {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "startedAt": c.state.running.started_at.isoformat()
+                        if c.state and c.state.running
+                        else now,
+                        "finishedAt": now,
+                    }
+                },
+            }
+        )
+    status: dict[str, Any] = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": statuses,
+    }
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
+    env.core.patch_namespaced_pod_status(pod.metadata.name, env.ns, {"status": status})

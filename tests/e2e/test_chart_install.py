@@ -130,6 +130,39 @@ def test_example_manifest_runs_to_succeeded(
             operator.stop()
 
 
+def test_example_in_a_fresh_namespace_runs_to_succeeded(
+    cluster: Cluster, release: Release, tmp_path: Path
+) -> None:
+    """The default (cluster-wide) install serves every namespace: a namespace with nothing in it
+    (no trainer ServiceAccount, no executor Role, no queue ConfigMap) runs the example too. The
+    operator makes what a run needs there; the GPU queue is the release's, shared by all."""
+    sa = release.deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    token = cluster.service_account_token(release.namespace, sa, expiration_s=3600)
+    kubeconfig = cluster.write_token_kubeconfig(tmp_path / "kubeconfig", token, user=sa)
+    operator = Operator.from_deployment(release.deployment, kubeconfig, tmp_path / "operator.log")
+    fresh = cluster.create_namespace(f"e2e-team-{uuid.uuid4().hex[:6]}")
+    with cluster.api_client() as api:
+        env = Env(api, fresh)
+        operator.start()
+        try:
+            cluster.kubectl("apply", f"--namespace={fresh}", "-f", str(EXAMPLE))
+            status = wait_for(
+                "vqvae-demo in a fresh namespace to finish",
+                lambda: env.phase_is("vqvae-demo", "Succeeded", "Failed"),
+                timeout=180,
+            )
+            assert status["phase"] == "Succeeded", (status, operator.log_tail())
+            (wf,) = env.workflows("vqvae-demo")
+            (semaphore,) = wf["spec"]["synchronization"]["semaphores"]
+            assert semaphore["namespace"] == release.namespace
+            cluster.kubectl("get", "serviceaccount", "mlops-trainer", f"--namespace={fresh}")
+            cluster.kubectl("get", "rolebinding", "mlops-trainer-executor", f"--namespace={fresh}")
+            env.delete_all()
+        finally:
+            operator.stop()
+            cluster.kubectl("delete", "namespace", fresh, "--wait=false", check=False)
+
+
 @pytest.mark.parametrize("values", CI_VALUES, ids=[p.name for p in CI_VALUES])
 def test_every_rendered_object_passes_server_side_dry_run(
     cluster: Cluster, mlops_crd: None, values: Path

@@ -141,10 +141,11 @@ def test_reapply_changes_nothing_and_new_spec_is_a_new_run(env: Env, operator: O
 def test_delete_removes_children(env: Env, operator: Operator) -> None:
     env.apply(env.manifest("doomed"))
     wait_for("children", lambda: env.workflows("doomed") and env.config_maps("doomed"))
+    uid = env.uid("doomed")
     env.delete("doomed")
     wait_for(
         "children garbage-collected",
-        lambda: not env.workflows("doomed") and not env.config_maps("doomed"),
+        lambda: not env.workflows(uid=uid) and not env.config_maps(uid=uid),
         timeout=120,
     )
 

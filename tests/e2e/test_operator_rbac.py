@@ -7,10 +7,14 @@ operator itself runs with only that token and must still reconcile a manifest to
 that the rules are sufficient, not just plausible.
 
 What the operator calls (operator/mlops_operator/kube.py, handlers.py, and kopf itself):
-- MLOps: get/list/watch (kopf), patch (kopf's finalizer and progress annotations), status patch.
-- ConfigMaps: create (one per run), delete (pruning old runs). It never reads them back.
+- MLOps: get/list/watch (kopf), patch (kopf's finalizer and progress annotations), status update
+  (the whole status, with optimistic concurrency).
+- ConfigMaps: create (one per run), get (a taken name is checked for its owner), delete (pruning).
 - Workflows: list/watch (kopf follows them), create, get, patch (``spec.shutdown: Stop``), delete.
-- Events: create (kopf's ``kopf.info``/``kopf.warn``, core/v1 Events).
+- Events: create (``kopf.event``, core/v1 Events).
+- Pods: list (a deleted object waits for its trainer pods to end).
+- A run namespace's trainer ServiceAccount (get, create) and the Argo executor's Role and
+  RoleBinding (create), which grant workflowtaskresults create/patch, so it holds those too.
 - No peering and no leases: it runs ``--standalone`` (one replica, Recreate).
 """
 
@@ -38,8 +42,9 @@ NEEDED = [
     ("list", "mlops.mlops.dev"),
     ("watch", "mlops.mlops.dev"),
     ("patch", "mlops.mlops.dev"),
-    ("patch", "mlops.mlops.dev", "status"),
+    ("update", "mlops.mlops.dev", "status"),
     ("create", "configmaps"),
+    ("get", "configmaps"),
     ("delete", "configmaps"),
     ("get", "workflows.argoproj.io"),
     ("list", "workflows.argoproj.io"),
@@ -49,6 +54,13 @@ NEEDED = [
     ("delete", "workflows.argoproj.io"),
     ("create", "events"),
     ("create", "events.events.k8s.io"),
+    ("list", "pods"),
+    ("get", "serviceaccounts"),
+    ("create", "serviceaccounts"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("create", "workflowtaskresults.argoproj.io"),
+    ("patch", "workflowtaskresults.argoproj.io"),
 ]
 # Things it must not be able to do (a few representative ones: secrets, pods, namespaces,
 # writing the users' own objects, escalating through RBAC or impersonation).
@@ -57,14 +69,19 @@ DENIED = [
     ("list", "secrets"),
     ("create", "pods"),
     ("create", "pods", "exec"),
-    ("get", "configmaps"),
+    ("list", "configmaps"),
     ("update", "configmaps"),
+    ("patch", "mlops.mlops.dev", "status"),
+    ("delete", "serviceaccounts"),
+    ("update", "serviceaccounts"),
+    ("update", "roles.rbac.authorization.k8s.io"),
+    ("delete", "rolebindings.rbac.authorization.k8s.io"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io"),
+    ("escalate", "roles.rbac.authorization.k8s.io"),
     ("create", "mlops.mlops.dev"),
     ("delete", "mlops.mlops.dev"),
     ("update", "mlops.mlops.dev"),
     ("create", "workflowtemplates.argoproj.io"),
-    ("create", "roles.rbac.authorization.k8s.io"),
-    ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("create", "serviceaccounts", "token"),
     ("create", "leases.coordination.k8s.io"),
     ("create", "kopfpeerings.kopf.dev"),

@@ -1,210 +1,448 @@
-"""Pure reconcile logic (fast); the e2e tests run the same code against a real API server and Argo."""
+"""The pure lifecycle (:func:`mlops_operator.reconcile.decide`), table-driven; the e2e tests run
+the same code against a real API server and Argo (``tests/e2e/test_lifecycle.py`` and friends)."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import jsonschema
+import pytest
+from mlops_api.crd import status_schema
+from mlops_api.spec import Condition, MLOpsStatus
 from mlops_operator.reconcile import (
-    active_runs,
-    change_action,
+    Decision,
+    Policy,
+    Stop,
     compact_essence,
-    created_status,
-    desired_children,
-    invalid_status,
-    is_preemption,
-    runs_to_prune,
+    decide,
+    parse_status,
     set_condition,
-    status_changed,
-    submitted_status,
-    workflow_status,
+    status_json,
 )
+from mlops_operator.views import Attempt, WorkflowView, view_workflow
 from mlops_workflows.render import RenderSettings
 
-BODY: dict[str, Any] = {
-    "apiVersion": "mlops.dev/v1alpha1",
-    "kind": "MLOps",
-    "metadata": {
-        "name": "demo",
-        "namespace": "ml",
-        "generation": 3,
-        "uid": "u-1",
-        "resourceVersion": "9",
-    },
-    "spec": {"trainer": {"kind": "vqvae"}, "data": "gs://b/d", "output": "gs://b/o"},
+AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+POLICY = Policy(render=RenderSettings(), default_image="docker.io/local/trainer:1")
+SPEC: dict[str, Any] = {
+    "trainer": {"kind": "vqvae"},
+    "data": "gs://b/d",
+    "output": "gs://b/o",
+    "retries": {"preemption": 2, "error": 1},
 }
 
 
-def _wf(
-    run: str,
-    phase: str | None,
+def body(
     generation: int = 1,
-    nodes: dict[str, Any] | None = None,
-    **status: Any,
+    status: dict[str, Any] | None = None,
+    rerun: str | None = None,
+    **spec: Any,
 ) -> dict[str, Any]:
-    labels = {"mlops.dev/run-id": run, "mlops.dev/generation": str(generation)}
-    st: dict[str, Any] = {"phase": phase, "nodes": nodes or {}, **status}
-    return {"metadata": {"name": run, "labels": labels}, "spec": {}, "status": st}
+    meta: dict[str, Any] = {
+        "name": "demo",
+        "namespace": "ml",
+        "generation": generation,
+        "uid": "uid-1",
+        "resourceVersion": "9",
+    }
+    if rerun is not None:
+        meta["annotations"] = {"mlops.dev/rerun": rerun}
+    return {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "MLOps",
+        "metadata": meta,
+        "spec": {**SPEC, **spec},
+        "status": status or {},
+    }
 
 
-def test_desired_children_use_the_generation() -> None:
-    desired = desired_children(BODY, RenderSettings())
-    assert desired.error is None and desired.rendered is not None
-    assert desired.rendered.plan.run_id.startswith("demo-g3-")
-    assert desired.rendered.config_map["metadata"]["namespace"] == "ml"
+def pod(phase: str, message: str = "", exit_code: str | None = None, **kw: Any) -> Attempt:
+    return Attempt(name=f"p-{phase}", phase=phase, message=message, exit_code=exit_code, **kw)
 
 
-def test_invalid_spec_gives_failed_status_with_field_path() -> None:
-    body = {**BODY, "spec": {**BODY["spec"], "epochs": -1}}
-    desired = desired_children(body, RenderSettings())
-    assert desired.error is not None and desired.rendered is None
-    status = invalid_status(desired.error, 3, [])
-    assert status["phase"] == "Failed"
-    assert "spec.epochs" in status["message"]
-    (validated,) = [c for c in status["conditions"] if c["type"] == "Validated"]
-    assert validated["status"] == "False" and validated["reason"] == "SpecInvalid"
-    assert "spec.epochs" in validated["message"]
-
-
-def test_created_status_names_children() -> None:
-    rendered = desired_children(BODY, RenderSettings()).rendered
-    assert rendered is not None
-    status = created_status(rendered, [])
-    assert status["phase"] == "Queued"
-    assert status["workflow"] == rendered.plan.run_id
-    assert status["configMap"] == f"{rendered.plan.run_id}-config"
-    assert status["observedGeneration"] == 3
-    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
-    assert conditions == {"Validated": ("True", "SpecValid"), "Ready": ("False", "Queued")}
-
-
-def test_submitted_status_takes_the_state_of_a_workflow_made_earlier() -> None:
-    rendered = desired_children(BODY, RenderSettings()).rendered
-    assert rendered is not None
-    run = rendered.plan.run_id
-    # Fresh Workflow (or one Argo has not touched yet): Queued.
-    assert submitted_status(rendered, [], None)["phase"] == "Queued"
-    assert submitted_status(rendered, [], _wf(run, None, 3))["phase"] == "Queued"
-    # An operator killed after creating the Workflow; by the restart Argo had finished it.
-    done = submitted_status(
-        rendered, [], _wf(run, "Succeeded", 3, finishedAt="2026-01-01T00:00:00Z")
+def wf(run: str, phase: str = "Running", *attempts: Attempt, **kw: Any) -> WorkflowView:
+    return WorkflowView(
+        name=run,
+        namespace="ml",
+        owner_uid="uid-1",
+        run_id=run,
+        generation=kw.pop("generation", 1),
+        phase=phase,
+        attempts=attempts,
+        **kw,
     )
-    assert (done["phase"], done["runId"], done["workflow"]) == ("Succeeded", run, run)
-    conditions = {c["type"]: c["status"] for c in done["conditions"]}
-    assert conditions == {
-        "Validated": "True",
-        "Ready": "True",
-        "Running": "False",
-        "Succeeded": "True",
-    }
 
 
-def test_condition_transition_time_kept_when_status_unchanged() -> None:
-    first = set_condition([], "Ready", "False", "Queued", at="2026-01-01T00:00:00Z")
-    same = set_condition(first, "Ready", "False", "Running", at="2026-01-02T00:00:00Z")
-    flipped = set_condition(same, "Ready", "True", "Succeeded", at="2026-01-03T00:00:00Z")
-    assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
-    assert flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
-    assert len(flipped) == 1
+def applied(b: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """``b`` with the decision's status written (what the API server would then hold)."""
+    if decision.status is not None:
+        b = {**b, "status": status_json(decision.status)}
+    return b
 
 
-def test_workflow_phases_map_to_mlops_phases() -> None:
-    assert workflow_status(_wf("r", None), [])["phase"] == "Queued"
-    assert workflow_status(_wf("r", "Pending"), [])["phase"] == "Queued"
-    waiting = _wf("r", "Running", synchronization={"semaphore": {"waiting": [{"holder": "x"}]}})
-    assert workflow_status(waiting, [])["phase"] == "Queued"
-    assert workflow_status(_wf("r", "Running"), [])["phase"] == "Running"
-    assert workflow_status(_wf("r", "Succeeded"), [])["phase"] == "Succeeded"
-    assert workflow_status(_wf("r", "Failed"), [])["phase"] == "Failed"
-    stopped = _wf("r", "Failed")
-    stopped["spec"]["shutdown"] = "Stop"
-    assert workflow_status(stopped, [])["phase"] == "Stopped"
+def first_run(b: dict[str, Any] | None = None) -> tuple[dict[str, Any], Decision]:
+    b = b or body()
+    decision = decide(b, [], POLICY, AT)
+    return applied(b, decision), decision
 
 
-def test_preemptions_counted_and_summary_read() -> None:
-    summary = {
-        "latest_checkpoint": "gs://b/o/r/checkpoints/step-000000040",
-        "metrics": {"loss": 0.5, "note": "x"},
-    }
-    nodes = {
-        "a": {
-            "id": "a",
-            "type": "Pod",
-            "phase": "Error",
-            "message": "pod deleted",
-            "startedAt": "1",
-        },
-        "b": {
-            "id": "b",
-            "type": "Pod",
+# === Deciding a run ===
+
+
+def test_a_new_object_gets_one_run_created_configmap_first() -> None:
+    _, decision = first_run()
+    assert [c["kind"] for c in decision.create] == ["ConfigMap", "Workflow"]
+    status = decision.status
+    assert status is not None
+    assert (status.phase, status.observed_generation, status.submitted) == ("Queued", 1, True)
+    assert status.run_id and status.run_id.startswith("demo-g1-")
+    assert status.workflow == status.run_id and status.config_map == f"{status.run_id}-config"
+    assert status.output == f"gs://b/o/{status.run_id}"
+    for child in decision.create:
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "MLOps",
+            "demo",
+            "uid-1",
+            True,
+        )
+        assert child["metadata"]["namespace"] == "ml"
+    labels = decision.create[1]["metadata"]["labels"]
+    assert labels["mlops.dev/owner-uid"] == "uid-1" and labels["mlops.dev/run-id"] == status.run_id
+    assert [e.reason for e in decision.events] == ["RunSubmitted"]
+
+
+def test_deciding_again_changes_nothing() -> None:
+    b, decision = first_run()
+    assert status_json(decision.status)["runId"]  # type: ignore[arg-type]
+    again = decide(b, [wf(decision.status.run_id or "")], POLICY, AT)  # type: ignore[union-attr]
+    assert again.create == () and again.events == ()
+    assert again.status is None or again.status.phase == "Queued"
+
+
+def test_a_new_default_image_never_starts_a_run() -> None:
+    """The run of a decided generation is kept; an upgrade changes no id (issue point 1)."""
+    b, decision = first_run()
+    run = decision.status.run_id  # type: ignore[union-attr]
+    upgraded = Policy(render=RenderSettings(), default_image="docker.io/local/trainer:2")
+    for workflows in ([wf(run or "")], [wf(run or "", "Succeeded")]):
+        later = decide(b, workflows, upgraded, AT)
+        assert later.create == ()
+        assert (later.status or parse_status(b["status"])).run_id == run
+
+
+def test_a_finished_run_is_never_resubmitted_even_without_its_workflow() -> None:
+    """Argo's TTL deleted the Workflow of a finished run (issue point 2)."""
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    done = decide(b, [wf(run, "Succeeded", pod("Succeeded"))], POLICY, AT)
+    assert done.status is not None and done.status.phase == "Succeeded"
+    b = applied(b, done)
+    for workflows in ([], [wf(run, "Succeeded")]):
+        again = decide(b, workflows, POLICY, AT)
+        assert again.create == () and again.stop == ()
+        assert (again.status or parse_status(b["status"])).phase == "Succeeded"
+
+
+def test_a_submitted_run_whose_workflow_vanished_is_reported_not_resubmitted() -> None:
+    b, _ = first_run()
+    gone = decide(b, [], POLICY, AT)
+    assert gone.create == ()
+    assert gone.status is not None
+    assert (gone.status.phase, gone.status.reason) == ("Failed", "WorkflowMissing")
+    assert "mlops.dev/rerun" in gone.status.message
+
+
+def test_an_invalid_spec_creates_nothing_and_names_the_field() -> None:
+    decision = decide(body(epochs=-1), [], POLICY, AT)
+    assert decision.create == ()
+    status = decision.status
+    assert status is not None and (status.phase, status.reason) == ("Failed", "SpecInvalid")
+    assert "spec.epochs" in status.message and status.run_id is None
+    conds = {c.type: c for c in status.conditions}
+    assert conds["Validated"].status == "False" and "spec.epochs" in conds["Validated"].message
+    # Decided: looking again changes nothing and posts no second event.
+    again = decide(applied(body(epochs=-1), decision), [], POLICY, AT)
+    assert again == Decision()
+
+
+def test_the_same_spec_written_out_keeps_the_run() -> None:
+    b, decision = first_run()
+    run = decision.status.run_id  # type: ignore[union-attr]
+    b2 = {**b, "metadata": {**b["metadata"], "generation": 2}, "spec": {**b["spec"], "epochs": 10}}
+    same = decide(b2, [wf(run or "")], POLICY, AT)
+    assert same.create == ()
+    assert same.status is not None and same.status.run_id == run
+    assert same.status.observed_generation == 2
+
+
+def test_run_ids_differ_by_namespace_name_and_uid() -> None:
+    ids = set()
+    for ns, name, uid in [
+        ("ml", "x.y", "u1"),
+        ("ml", "x-y", "u2"),
+        ("team-a", "x-y", "u3"),
+        ("ml", "x-y", "u4"),  # deleted and applied again
+        ("ml", "a" * 55 + "1", "u5"),
+        ("ml", "a" * 55 + "2", "u6"),
+    ]:
+        b = body()
+        b["metadata"].update(namespace=ns, name=name, uid=uid)
+        decision = decide(b, [], POLICY, AT)
+        assert decision.status is not None and decision.status.run_id
+        assert len(decision.status.run_id) <= 63
+        ids.add(decision.status.run_id)
+    assert len(ids) == 6
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "b" * 62 + "-c", "b" * 62 + ".c", "b" * 63, "b" * 64, ("b" * 62 + ".") * 4 + "b"],
+)
+def test_every_name_gets_valid_child_names_and_labels(name: str) -> None:
+    b = body()
+    b["metadata"]["name"] = name
+    decision = decide(b, [], POLICY, AT)
+    for child in decision.create:
+        assert len(child["metadata"]["name"]) <= 253
+        for value in child["metadata"]["labels"].values():
+            assert len(value) <= 63 and value[0].isalnum() and value[-1].isalnum(), value
+    assert len(decision.create[1]["metadata"]["name"]) <= 63
+
+
+# === onChange ===
+
+
+def _second_generation(on_change: str) -> tuple[dict[str, Any], str]:
+    b, decision = first_run(body(onChange=on_change))
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    b2 = {**b, "metadata": {**b["metadata"], "generation": 2}, "spec": {**b["spec"], "epochs": 3}}
+    return b2, run
+
+
+def test_queue_waits_without_creating_then_starts() -> None:
+    b2, old = _second_generation("queue")
+    waiting = decide(b2, [wf(old)], POLICY, AT)
+    assert waiting.create == () and waiting.events == ()
+    assert waiting.status is not None
+    assert (waiting.status.phase, waiting.status.reason) == ("Queued", "WaitingForPreviousRun")
+    new = waiting.status.run_id
+    assert new != old and not waiting.status.submitted
+    b3 = applied(b2, waiting)
+    still = decide(b3, [wf(old)], POLICY, AT)
+    assert still.create == () and still.status is None  # no rewrite, no event while it waits
+    go = decide(b3, [wf(old, "Succeeded")], POLICY, AT)
+    assert [c["kind"] for c in go.create] == ["ConfigMap", "Workflow"]
+    assert go.status is not None and go.status.run_id == new and go.status.submitted
+
+
+def test_replace_stops_the_old_run_and_creates_the_new() -> None:
+    b2, old = _second_generation("replace")
+    decision = decide(b2, [wf(old)], POLICY, AT)
+    assert decision.stop == (Stop(old, "Stop"),)
+    assert len(decision.create) == 2
+    assert "Replaced" in [e.reason for e in decision.events]
+
+
+def test_reject_keeps_following_the_old_run_and_a_rerun_starts_the_new_spec() -> None:
+    b2, old = _second_generation("reject")
+    rejected = decide(b2, [wf(old)], POLICY, AT)
+    assert rejected.create == ()
+    status = rejected.status
+    assert status is not None and status.run_id == old and status.observed_generation == 2
+    accepted = {c.type: c for c in status.conditions}["Accepted"]
+    assert (accepted.status, accepted.reason) == ("False", "ChangeRejected")
+    b3 = applied(b2, rejected)
+    # Later resyncs change nothing: the rejection stands...
+    assert decide(b3, [wf(old, "Succeeded")], POLICY, AT).create == ()
+    # ...until a rerun token (or a new generation) asks again.
+    b4 = {**b3, "metadata": {**b3["metadata"], "annotations": {"mlops.dev/rerun": "1"}}}
+    rerun = decide(b4, [wf(old, "Succeeded")], POLICY, AT)
+    assert len(rerun.create) == 2
+    assert rerun.status is not None and rerun.status.run_id != old and rerun.status.rerun == "1"
+
+
+def test_a_rerun_token_is_a_new_run_of_the_same_generation() -> None:
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    b = applied(b, decide(b, [wf(run, "Succeeded", pod("Succeeded"))], POLICY, AT))
+    b["metadata"]["annotations"] = {"mlops.dev/rerun": "again"}
+    again = decide(b, [wf(run, "Succeeded")], POLICY, AT)
+    assert again.status is not None and again.status.run_id not in (None, run)
+    assert len(again.create) == 2 and again.status.phase == "Queued"
+
+
+# === Following a run, budgets ===
+
+SHUTDOWN = "Pod was terminated in response to imminent node shutdown."
+
+
+@pytest.mark.parametrize(
+    ("attempts", "phase", "reason", "stops"),
+    [
+        ((), "Queued", "Queued", False),
+        ((pod("Running"),), "Running", "Running", False),
+        ((pod("Failed", SHUTDOWN), pod("Running")), "Running", "Running", False),
+        ((pod("Failed", SHUTDOWN), pod("Failed", "", "143")), "Running", "Retrying", False),
+        (  # three preemptions with a budget of two
+            (pod("Failed", SHUTDOWN), pod("Error", "pod deleted"), pod("Failed", "", "143")),
+            "Failed",
+            "PreemptionBudgetExhausted",
+            True,
+        ),
+        (  # two preemptions then two app errors with a budget of one
+            (
+                pod("Failed", SHUTDOWN),
+                pod("Failed", SHUTDOWN),
+                pod("Failed", "Error (exit code 1)", "1"),
+                pod("Failed", "Error (exit code 1)", "1"),
+            ),
+            "Failed",
+            "ErrorBudgetExhausted",
+            True,
+        ),
+        (  # ... one app error after two preemptions is still within both budgets
+            (pod("Failed", SHUTDOWN), pod("Failed", SHUTDOWN), pod("Failed", "", "1")),
+            "Running",
+            "Retrying",
+            False,
+        ),
+    ],
+)
+def test_status_and_budgets_from_the_attempts(
+    attempts: tuple[Attempt, ...], phase: str, reason: str, stops: bool
+) -> None:
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    followed = decide(b, [wf(run, "Running", *attempts)], POLICY, AT)
+    status = followed.status or parse_status(b["status"])
+    assert (status.phase, status.reason) == (phase, reason), status.message
+    assert followed.stop == ((Stop(run, "Terminate"),) if stops else ())
+    if stops:
+        assert "spec.retries" in status.message
+        # Stopped once; the next look changes nothing (no second stop, no flapping).
+        assert (
+            decide(
+                applied(b, followed),
+                [wf(run, "Running", *attempts, shutdown="Terminate")],
+                POLICY,
+                AT,
+            ).stop
+            == ()
+        )
+
+
+def test_queued_until_a_pod_exists_never_back() -> None:
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    phases = []
+    for view in [
+        wf(run, "Running", waiting=True),
+        wf(run, "Running"),  # an event without the semaphore details: still Queued
+        wf(run, "Running", pod("Pending")),
+        wf(run, "Running", pod("Running")),
+        wf(run, "Succeeded", pod("Succeeded")),
+    ]:
+        decision = decide(b, [view], POLICY, AT)
+        b = applied(b, decision)
+        phases.append(parse_status(b["status"]).phase)
+    assert phases == ["Queued", "Queued", "Running", "Running", "Succeeded"]
+
+
+def test_summary_metrics_checkpoint_and_the_trainers_error() -> None:
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    body_wf = {
+        "metadata": {"name": run, "namespace": "ml", "labels": {"mlops.dev/run-id": run}},
+        "spec": {},
+        "status": {
             "phase": "Failed",
-            "message": "",
-            "outputs": {"exitCode": "143"},
-            "startedAt": "2",
-        },
-        "c": {
-            "id": "c",
-            "type": "Pod",
-            "phase": "Failed",
-            "message": "Error (exit code 1)",
-            "outputs": {"exitCode": "1"},
-            "startedAt": "3",
-        },
-        "d": {
-            "id": "d",
-            "type": "Pod",
-            "phase": "Succeeded",
-            "progress": "40/40",
-            "outputs": {
-                "exitCode": "0",
-                "parameters": [{"name": "summary", "value": json.dumps(summary)}],
+            "nodes": {
+                "a": {"id": "a", "type": "Pod", "phase": "Failed", "startedAt": "1",
+                      "outputs": {"exitCode": "2", "parameters": [{"name": "summary", "value": json.dumps(
+                          {"state": "failed", "error": "DataError: no images under gs://b/d",
+                           "metrics": {"loss": 0.5, "note": "x"}, "latest_checkpoint": "gs://c"})}]}},
+                "r": {"id": "r", "type": "Retry", "phase": "Failed"},
             },
-            "startedAt": "4",
         },
-        "r": {"id": "r", "type": "Retry", "phase": "Succeeded"},
-    }
-    status = workflow_status(_wf("r", "Succeeded", nodes=nodes), [])
-    assert status["preemptions"] == 2  # the app error (exit 1) is not a preemption
-    assert status["latestCheckpoint"] == summary["latest_checkpoint"]
-    assert status["metrics"] == {"loss": 0.5}
-    assert status["progress"] == "40/40"
-    assert is_preemption(
-        {"phase": "Failed", "message": "Pod was terminated in response to imminent node shutdown."}
-    )
-    assert not is_preemption({"phase": "Succeeded", "message": "pod deleted"})
+    }  # fmt: skip
+    failed = decide(b, [view_workflow(body_wf)], POLICY, AT)
+    status = failed.status
+    assert status is not None and status.phase == "Failed"
+    assert "DataError: no images under gs://b/d" in status.message
+    assert status.metrics == {"loss": 0.5} and status.latest_checkpoint == "gs://c"
+    assert status.app_errors == 1 and status.preemptions == 0
 
 
-def test_status_changed_ignores_timestamps_only() -> None:
-    update = workflow_status(_wf("r", "Running"), [])
-    current = {
-        **update,
-        "conditions": [{**c, "lastTransitionTime": "earlier"} for c in update["conditions"]],
-    }
-    assert not status_changed(current, update)
-    assert status_changed({**current, "phase": "Queued"}, update)
+def test_keep_runs_prunes_the_oldest_finished() -> None:
+    b, decision = first_run(body(keepRuns=2))
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    old = [wf(f"old-{g}", "Succeeded", generation=g) for g in range(1, 4)]
+    pruned = decide(b, [*old, wf(run)], POLICY, AT).prune
+    assert pruned == ("old-2", "old-1")
 
 
-def test_change_policies() -> None:
-    workflows = [
-        _wf("demo-g1-a", "Running", 1),
-        _wf("demo-g2-b", "Succeeded", 2),
-        _wf("demo-g3-c", None, 3),
-    ]
-    active = active_runs(workflows, "demo-g3-c")
-    assert active == ("demo-g1-a",)
-    assert change_action("queue", active).action == "wait"
-    assert change_action("replace", active).action == "stop-then-create"
-    assert change_action("reject", active).action == "reject"
-    assert change_action("queue", ()).action == "create"
+# === Status: one typed model, valid against the CRD ===
 
 
-def test_prune_keeps_newest_finished_runs() -> None:
-    workflows = [_wf(f"demo-g{g}-x", "Succeeded", g) for g in range(1, 8)] + [
-        _wf("demo-g8-x", "Running", 8)
-    ]
-    pruned = runs_to_prune(workflows, keep=3, current_run="demo-g8-x")
-    assert pruned == ["demo-g5-x", "demo-g4-x", "demo-g3-x", "demo-g2-x", "demo-g1-x"]
-    assert runs_to_prune(workflows, keep=100, current_run="demo-g8-x") == []
+def as_json_schema(node: Any) -> Any:
+    """An OpenAPI v3 (CRD) schema as JSON Schema: ``nullable: true`` becomes a null type."""
+    if isinstance(node, list):
+        return [as_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: as_json_schema(v) for k, v in node.items() if k != "nullable"}
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def test_every_status_decide_writes_is_valid_against_the_crd() -> None:
+    schema = as_json_schema(status_schema())
+    statuses = []
+    b, decision = first_run()
+    statuses.append(decision.status)
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    for view in [
+        wf(run, "Running", pod("Running", progress="3/10")),
+        wf(run, "Running", pod("Failed", SHUTDOWN), pod("Error", "x"), pod("Failed", "", "143")),
+        wf(run, "Succeeded", pod("Succeeded")),
+        wf(run, "Failed", pod("Failed", "boom", "2"), shutdown="Stop"),
+    ]:
+        statuses.append(decide(b, [view], POLICY, AT).status)
+    statuses.append(decide(body(epochs=-1), [], POLICY, AT).status)
+    statuses.append(decide(b, [], POLICY, AT).status)  # WorkflowMissing
+    for status in statuses:
+        assert status is not None
+        jsonschema.validate(status_json(status), schema)
+
+
+def test_conditions_merge_by_type_and_keep_transition_times() -> None:
+    t1, t2 = AT, AT.replace(hour=13)
+    foreign = Condition(type="External", status="True", reason="Theirs")
+    first = set_condition([foreign], "Ready", "False", "Queued", at=t1)
+    same = set_condition(first, "Ready", "False", "Running", at=t2)
+    flipped = set_condition(same, "Ready", "True", "Succeeded", at=t2)
+    assert [c.type for c in flipped] == ["External", "Ready"]
+    assert same[1].last_transition_time == t1 and flipped[1].last_transition_time == t2
+    assert flipped[0] == foreign
+
+
+def test_a_status_this_operator_cannot_read_starts_over() -> None:
+    assert parse_status({"phase": "Bogus"}) == MLOpsStatus()
+    assert parse_status(None) == MLOpsStatus()
+
+
+def test_attempts_are_classified() -> None:
+    assert pod("Failed", SHUTDOWN).failure == "preemption"
+    assert pod("Error", "pod deleted").failure == "preemption"
+    assert pod("Failed", "Error (exit code 143)", "143").failure == "preemption"
+    assert pod("Failed", "OOMKilled (exit code 137)", "137").failure == "app-error"
+    assert pod("Failed", "", "1").failure == "app-error"
+    assert pod("Succeeded", "pod deleted").failure is None
+    assert pod("Running").failure is None
 
 
 def test_compact_essence_keeps_small_and_hashes_big_specs() -> None:
@@ -214,8 +452,19 @@ def test_compact_essence_keeps_small_and_hashes_big_specs() -> None:
     compact = compact_essence(big)
     assert set(compact) == {"spec", "metadata"}
     assert len(json.dumps(compact)) < 300
-    # Same spec, same essence (no spurious update); a changed spec differs.
     assert compact_essence(json.loads(json.dumps(big))) == compact
     changed = {**big, "spec": {"data": big["spec"]["data"] + "b"}}
     assert compact_essence(changed)["spec"] != compact["spec"]
     assert compact_essence(changed)["metadata"] == compact["metadata"]
+
+
+def test_a_budget_spent_when_argo_failed_the_run_by_itself_is_named() -> None:
+    """Argo's one limit (both budgets together) can run out at the same attempt as a budget."""
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    app = pod("Failed", "Error (exit code 1)", "1")
+    attempts = (pod("Failed", SHUTDOWN), pod("Failed", SHUTDOWN), app, app)
+    done = decide(b, [wf(run, "Failed", *attempts)], POLICY, AT)
+    assert done.status is not None
+    assert (done.status.phase, done.status.reason) == ("Failed", "ErrorBudgetExhausted")
+    assert done.stop == ()  # nothing left to stop

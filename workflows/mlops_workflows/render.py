@@ -14,6 +14,7 @@ from hera.workflows import Container, Workflow
 from hera.workflows import models as m
 from mlops_api.errors import FieldError, ManifestError
 from mlops_api.naming import (
+    ANNOTATION_NAME,
     ANNOTATION_SPEC_HASH,
     CONFIG_FILE,
     config_map_name,
@@ -23,10 +24,16 @@ from mlops_api.naming import (
 )
 from mlops_api.run import RunPlan, plan_run
 from mlops_api.spec import MLOps
+from mlops_trainers.contract import (
+    EXIT_APP_ERROR,
+    EXIT_PREEMPTED,
+    SUMMARY_ENV,
+    SUMMARY_PARAMETER,
+    SUMMARY_PATH,
+)
 
 CONFIG_DIR = "/etc/mlops"
 GCS_KEY_DIR = "/var/run/secrets/gcs"
-SUMMARY_FILE = "/tmp/mlops/summary.json"
 CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
 
 # Messages Argo (and the kubelet) put on a node whose pod was lost to a spot preemption.
@@ -36,8 +43,6 @@ PREEMPTION_MESSAGES = (
     "node is shutting down",
     "NodeShutdown",
 )
-EXIT_PREEMPTED = 143  # the trainer checkpointed after SIGTERM (128 + 15)
-EXIT_APP_RETRYABLE = 1  # the trainer failed and its own error budget is not spent yet
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ class RenderSettings:
 
     service_account: str = "mlops-trainer"
     queue_config_map: str = "mlops-queues"
+    # Where the queue ConfigMap lives: the operator's namespace, so that one GPU queue counts
+    # the runs of every namespace (None: each run's own namespace).
+    queue_namespace: str | None = None
     image_pull_policy: str = "IfNotPresent"
     spot_node_selector: dict[str, str] = field(
         default_factory=lambda: {"cloud.google.com/gke-spot": "true"}
@@ -86,14 +94,15 @@ class RenderedRun:
 def retry_expression() -> str:
     """Argo expression: retry preemptions and retryable app errors, nothing else.
 
-    The trainer keeps the app-error budget itself (exit 1 while it lasts, then 2), so the
-    preemption budget and the app-error budget never eat into each other.
+    Argo has one retry limit; the two budgets are kept apart by the operator, which counts each
+    kind of failed attempt and stops the Workflow when one is spent (within the retry backoff),
+    and by the trainer, which exits 2 (never retried) once its own app-error count is spent.
     """
     messages = "|".join(PREEMPTION_MESSAGES)
     return (
         f"lastRetry.message matches '{messages}'"
         f" || lastRetry.exitCode == '{EXIT_PREEMPTED}'"
-        f" || lastRetry.exitCode == '{EXIT_APP_RETRYABLE}'"
+        f" || lastRetry.exitCode == '{EXIT_APP_ERROR}'"
     )
 
 
@@ -166,7 +175,7 @@ def render_workflow(
     spec = obj.spec
     selector, tolerations = _placement(obj, settings)
     env = {
-        "MLOPS_SUMMARY_FILE": SUMMARY_FILE,
+        SUMMARY_ENV: SUMMARY_PATH,
         "HOME": "/tmp",  # the root filesystem is read-only; Keras and TF write caches under HOME
         "KERAS_BACKEND": "tensorflow",
         "PYTHONUNBUFFERED": "1",
@@ -195,7 +204,9 @@ def render_workflow(
     if settings.report_summary:
         outputs = m.Outputs(
             parameters=[
-                m.Parameter(name="summary", value_from=m.ValueFrom(path=SUMMARY_FILE, default="{}"))
+                m.Parameter(
+                    name=SUMMARY_PARAMETER, value_from=m.ValueFrom(path=SUMMARY_PATH, default="{}")
+                )
             ]
         )
     train = Container(
@@ -215,9 +226,8 @@ def render_workflow(
         node_selector=selector or None,
         tolerations=tolerations or None,
         retry_strategy=m.RetryStrategy(
-            limit=m.IntOrString(
-                str(spec.retries.preemption + spec.retries.error)
-            ),  # the schema types it a string
+            # Both budgets together: a backstop for when no operator watches (see above).
+            limit=m.IntOrString(str(spec.retries.preemption + spec.retries.error)),
             retry_policy="Always",
             expression=retry_expression(),
             backoff=m.Backoff(duration=settings.retry_backoff),
@@ -232,7 +242,8 @@ def render_workflow(
                 m.SemaphoreRef(
                     config_map_key_ref=m.ConfigMapKeySelector(
                         name=settings.queue_config_map, key=spec.queue
-                    )
+                    ),
+                    namespace=settings.queue_namespace,
                 )
             ]
         )
@@ -266,12 +277,21 @@ def render_workflow(
     return out
 
 
-def render(obj: MLOps, settings: RenderSettings | None = None) -> RenderedRun:
-    """The ConfigMap and Workflow for the object's current generation."""
+def render(
+    obj: MLOps,
+    settings: RenderSettings | None = None,
+    *,
+    rerun: str = "",
+    run_id: str | None = None,
+) -> RenderedRun:
+    """The ConfigMap and Workflow for the object's current generation (and rerun token);
+    ``run_id`` keeps a run id decided earlier."""
     settings = settings or RenderSettings()
-    plan = plan_run(obj)
-    labels = run_labels(plan.name, plan.run_id, plan.generation, obj.spec.trainer.kind)
-    annotations = {ANNOTATION_SPEC_HASH: spec_hash(obj.spec)}
+    plan = plan_run(obj, rerun=rerun, run_id=run_id)
+    labels = run_labels(
+        plan.name, plan.run_id, plan.generation, obj.spec.trainer.kind, obj.metadata.uid
+    )
+    annotations = {ANNOTATION_SPEC_HASH: spec_hash(obj.spec), ANNOTATION_NAME: plan.name}
     config_map = render_config_map(plan, labels, annotations)
     workflow = render_workflow(obj, plan, labels, annotations, settings)
     return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)

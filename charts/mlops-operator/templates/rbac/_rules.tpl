@@ -4,10 +4,11 @@
 - apiGroups: [mlops.dev]
   resources: [mlops]
   verbs: [get, list, watch, patch]
-# Application: the status (phase, conditions, run, metrics) is written only by the operator.
+# Application: the status (phase, conditions, run, metrics) is written only by the operator,
+# whole and with optimistic concurrency (update with resourceVersion).
 - apiGroups: [mlops.dev]
   resources: [mlops/status]
-  verbs: [get, patch]
+  verbs: [get, update]
 # Application: children carry blockOwnerDeletion owner references, which clusters enforcing
 # OwnerReferencesPermissionEnforcement allow only to those who may update the owner's finalizers.
 - apiGroups: [mlops.dev]
@@ -17,12 +18,37 @@
 - apiGroups: [argoproj.io]
   resources: [workflows]
   verbs: [get, list, watch, create, patch, delete]
-# Application: one ConfigMap per run (the trainer's run file); pruned with its run.
+# Application: one ConfigMap per run (the trainer's run file); pruned with its run. `get`: a name
+# already taken is checked for its owner (never adopted when it is somebody else's).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, delete]
+  verbs: [get, create, delete]
+# Application: a deleted object waits until its trainer pods have ended (stopOnDelete): the
+# Workflow is marked stopped at once, the trainer checkpoints a little later.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Framework (kopf): Kubernetes Events on the MLOps objects.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]
+{{- if .Values.operator.provisionNamespaces }}
+# Application (provisionNamespaces): what a run needs in its namespace, made on its first run
+# there: the trainer ServiceAccount, and a Role + RoleBinding letting it report outputs as Argo's
+# executor does. To grant those rules the operator must hold them itself (RBAC escalation check).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create]
+- apiGroups: [argoproj.io]
+  resources: [workflowtaskresults]
+  verbs: [create, patch]
+{{- else }}
+# Application: a run namespace is checked for the trainer ServiceAccount.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
+{{- end }}
 {{- end -}}

@@ -1,0 +1,239 @@
+"""The I/O around :func:`mlops_operator.reconcile.decide`: read, decide, act, write the status.
+
+One function, :func:`sync`, whoever calls it (a change of the object, a Workflow event, the
+periodic resync): per object it runs one at a time (a lock per uid), acts only on fresh data,
+and writes the status with optimistic concurrency, so that no two writers can undo each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlops_api.naming import config_map_name
+
+from mlops_operator import kube, metrics
+from mlops_operator.reconcile import (
+    Decision,
+    Event,
+    Policy,
+    decide,
+    now,
+    parse_status,
+    set_condition,
+    status_json,
+)
+from mlops_operator.settings import OperatorSettings
+from mlops_operator.views import WorkflowView, view_workflow
+
+log = logging.getLogger("mlops_operator")
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_ready_namespaces: set[str] = set()
+
+EventSink = Callable[[Mapping[str, Any], Event], None]
+
+
+def _lock(uid: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def forget(uid: str) -> None:
+    with _locks_guard:
+        _locks.pop(uid, None)
+
+
+class NamespaceNotReadyError(Exception):
+    """A run namespace lacks what a run needs and the operator may not create it."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one :func:`sync` did (for logs, metrics and tests)."""
+
+    decision: Decision
+    error: kube.ApiError | NamespaceNotReadyError | None = None
+
+
+def ensure_namespace(namespace: str, settings: OperatorSettings) -> None:
+    """What a run needs in its namespace: made once per process, or checked when not allowed."""
+    if namespace in _ready_namespaces:
+        return
+    sa = settings.render.service_account
+    if settings.provision_namespaces:
+        kube.provision_namespace(namespace, sa, dict(settings.trainer_sa_annotations))
+    elif not kube.service_account_exists(namespace, sa):
+        raise NamespaceNotReadyError(
+            f"namespace {namespace} has no ServiceAccount {sa!r} for trainer pods (and the "
+            f"operator is not allowed to create it): create it with `kubectl -n {namespace} "
+            f"create serviceaccount {sa}` plus a Role/RoleBinding allowing argoproj.io "
+            "workflowtaskresults create/patch, or install the chart with "
+            "operator.provisionNamespaces=true"
+        )
+    _ready_namespaces.add(namespace)
+
+
+def _confirm(body: Mapping[str, Any], owned: list[WorkflowView]) -> list[WorkflowView]:
+    """Add the current run's Workflow when the index has not seen it yet (it may lag a create):
+    "missing" is only ever concluded from the API server itself."""
+    status = parse_status(body.get("status"))
+    if not status.submitted or not status.workflow:
+        return owned
+    if any(w.name == status.workflow for w in owned):
+        return owned
+    live = kube.get_child("Workflow", body["metadata"]["namespace"], status.workflow)
+    return [*owned, view_workflow(live)] if live is not None else owned
+
+
+def _act(body: Mapping[str, Any], decision: Decision, settings: OperatorSettings) -> None:
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    for stop in decision.stop:
+        kube.stop_workflow(namespace, stop.workflow, stop.mode)
+    if decision.create:
+        ensure_namespace(namespace, settings)
+    for child in decision.create:
+        kube.create_child(child, uid)
+    for workflow in decision.prune:
+        kube.delete_run(namespace, workflow, config_map_name(workflow))
+
+
+def sync(
+    body: Mapping[str, Any],
+    workflows: Iterable[WorkflowView],
+    settings: OperatorSettings,
+    *,
+    fresh: bool,
+    handler: str,
+    post: EventSink,
+) -> Outcome:
+    """Bring one MLOps object's children and status in line with its spec.
+
+    ``fresh``: ``body`` comes straight from the API server (a kopf change handler), not from a
+    cache; a decision that creates, stops or deletes anything is only acted on with fresh data.
+    Raises :class:`kube.ApiError` (transient) after recording it in status, for a retry.
+    """
+    policy = Policy(render=settings.render, default_image=settings.default_image)
+    body = copy.deepcopy(dict(body))
+    uid = body["metadata"]["uid"]
+    with _lock(uid):
+        for _ in range(5):
+            owned = _confirm(body, list(workflows))
+            decision = decide(body, owned, policy)
+            if decision.acts and not fresh:
+                latest = kube.get_mlops(body["metadata"]["namespace"], body["metadata"]["name"])
+                if latest is None:
+                    return Outcome(Decision())
+                fresh = True
+                if latest["metadata"].get("resourceVersion") != body["metadata"].get(
+                    "resourceVersion"
+                ):
+                    body = latest
+                    continue
+            try:
+                _act(body, decision, settings)
+            except kube.ChildConflictError as exc:
+                return _report(
+                    body, decision, handler, "ChildConflict", str(exc), post=post, final=True
+                )
+            except kube.ApiError as exc:
+                outcome = _report(
+                    body,
+                    decision,
+                    handler,
+                    exc.reason or "ApiError",
+                    str(exc),
+                    post=post,
+                    final=not exc.transient,
+                    error=exc,
+                )
+                if exc.transient:
+                    raise
+                return outcome
+            except NamespaceNotReadyError as exc:
+                _report(body, decision, handler, "NamespaceNotReady", str(exc), post=post)
+                raise kube.ApiError("namespace", None, "NamespaceNotReady", str(exc)) from exc
+            status = decision.status
+            synced = next(
+                (c for c in parse_status(body.get("status")).conditions if c.type == "Synced"),
+                None,
+            )
+            if synced is not None and synced.status == "False":
+                base = status or parse_status(body.get("status"))
+                status = base.model_copy(
+                    update={
+                        "conditions": set_condition(
+                            base.conditions, "Synced", "True", "Synced", "", at=now()
+                        )
+                    }
+                )
+            if status is not None:
+                try:
+                    kube.replace_status(body, status_json(status))
+                except kube.StaleObjectError:
+                    latest = kube.get_mlops(body["metadata"]["namespace"], body["metadata"]["name"])
+                    if latest is None:
+                        return Outcome(Decision())
+                    body, fresh = latest, True
+                    continue
+                metrics.STATUS_UPDATES.inc()
+                metrics.observe_phase(
+                    f"{body['metadata']['namespace']}/{body['metadata']['name']}", status.phase
+                )
+            for event in decision.events:
+                post(body, event)
+            metrics.RECONCILES.labels(outcome=_outcome(decision)).inc()
+            return Outcome(decision)
+        raise kube.ApiError("status", 409, "Conflict", "the object kept changing; retrying")
+
+
+def _outcome(decision: Decision) -> str:
+    if decision.create:
+        return "created"
+    if decision.stop:
+        return "stopped"
+    return "changed" if decision.status is not None else "unchanged"
+
+
+def _report(
+    body: Mapping[str, Any],
+    decision: Decision,
+    handler: str,
+    reason: str,
+    message: str,
+    *,
+    post: EventSink,
+    final: bool = False,
+    error: kube.ApiError | None = None,
+) -> Outcome:
+    """Record a failed action in status (the Synced condition; ``final``: the run failed), as a
+    metric and an event. Nothing the decision claimed (a submitted run) is written."""
+    metrics.ERRORS.labels(handler=handler, reason=reason).inc()
+    current = parse_status(body.get("status"))
+    base = decision.status or current
+    generation = base.observed_generation
+    conds = set_condition(
+        base.conditions, "Synced", "False", reason, message, generation=generation, at=now()
+    )
+    update: dict[str, Any] = {"conditions": conds, "submitted": current.submitted}
+    if final:
+        conds = set_condition(conds, "Ready", "False", reason, message, generation=generation)
+        conds = set_condition(conds, "Succeeded", "False", reason, message, generation=generation)
+        update.update(
+            {"phase": "Failed", "reason": reason, "message": message, "conditions": conds}
+        )
+    status = base.model_copy(update=update)
+    try:
+        kube.replace_status(body, status_json(status))
+    except (kube.ApiError, kube.StaleObjectError) as exc:
+        log.warning("could not record %s in status: %s", reason, exc)
+    previous = next((c for c in current.conditions if c.type == "Synced"), None)
+    if previous is None or previous.reason != reason or previous.status != "False":
+        post(body, Event("Warning", reason, message[:1000]))
+    return Outcome(decision, error)

@@ -1,0 +1,148 @@
+"""Typed, compact views of the Argo Workflows a run is made of (what the operator's index keeps).
+
+A view holds only what the operator decides with: the run it belongs to, Argo's phase, whether
+it was asked to shut down, and one :class:`Attempt` per trainer pod (Argo's retry children),
+each classified as a preemption or an application error. Pure: built from a Workflow body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mlops_api.naming import LABEL_GENERATION, LABEL_OWNER_UID, LABEL_RUN_ID
+from mlops_api.spec import GROUP, KIND
+from mlops_trainers.contract import EXIT_PREEMPTED, SUMMARY_PARAMETER, Summary
+from mlops_workflows.render import PREEMPTION_MESSAGES
+
+FINAL_WORKFLOW_PHASES = frozenset({"Succeeded", "Failed", "Error"})
+_PREEMPTION = re.compile("|".join(re.escape(m) for m in PREEMPTION_MESSAGES), re.IGNORECASE)
+
+FailureKind = Literal["preemption", "app-error"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One trainer pod of a run (Argo retries the step in a new pod)."""
+
+    name: str
+    phase: str
+    message: str = ""
+    exit_code: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: str | None = None
+    summary: Summary | None = None
+
+    @property
+    def failure(self) -> FailureKind | None:
+        """Why this attempt failed, or None when it did not (yet).
+
+        A preemption is a pod lost to its node (the kubelet's "imminent node shutdown", Argo's
+        "pod deleted") or a trainer that checkpointed after SIGTERM (exit 143); any other
+        failure — a trainer exception (exit 1 or 2), an import crash, an OOM kill — is an
+        application error.
+        """
+        if self.phase not in ("Failed", "Error"):
+            return None
+        if _PREEMPTION.search(self.message) or self.exit_code == str(EXIT_PREEMPTED):
+            return "preemption"
+        return "app-error"
+
+
+@dataclass(frozen=True)
+class WorkflowView:
+    """The part of an Argo Workflow the operator reads."""
+
+    name: str
+    namespace: str
+    owner_uid: str | None
+    run_id: str | None
+    generation: int | None
+    phase: str  # Argo's: "", Pending, Running, Succeeded, Failed, Error
+    shutdown: str | None = None
+    message: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: str | None = None
+    waiting: bool = False  # waiting for its semaphore (the queue)
+    attempts: tuple[Attempt, ...] = ()
+    created: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINAL_WORKFLOW_PHASES
+
+    @property
+    def preemptions(self) -> int:
+        return sum(1 for a in self.attempts if a.failure == "preemption")
+
+    @property
+    def app_errors(self) -> int:
+        return sum(1 for a in self.attempts if a.failure == "app-error")
+
+    @property
+    def summary(self) -> Summary | None:
+        """The newest attempt's summary (the one that ended the run, or the last preempted one)."""
+        return next((a.summary for a in reversed(self.attempts) if a.summary), None)
+
+
+def owner_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid of the MLOps object that owns ``body``: its controller ownerReference, else our
+    owner-uid label. A Workflow that names no MLOps owner is not ours."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return str(ref.get("uid")) if ref.get("uid") else None
+    uid = (meta.get("labels") or {}).get(LABEL_OWNER_UID)
+    return str(uid) if uid else None
+
+
+def _attempt(node: Mapping[str, Any]) -> Attempt:
+    outputs = node.get("outputs") or {}
+    summary = None
+    for param in outputs.get("parameters") or []:
+        if param.get("name") == SUMMARY_PARAMETER:
+            summary = Summary.parse(param.get("value"))
+    exit_code = outputs.get("exitCode")
+    return Attempt(
+        name=str(node.get("name") or node.get("id") or ""),
+        phase=str(node.get("phase") or ""),
+        message=str(node.get("message") or ""),
+        exit_code=None if exit_code is None else str(exit_code),
+        started_at=node.get("startedAt"),
+        finished_at=node.get("finishedAt"),
+        progress=node.get("progress"),
+        summary=summary,
+    )
+
+
+def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = body.get("status") or {}
+    nodes = (status.get("nodes") or {}).values()
+    pods = sorted(
+        (n for n in nodes if n.get("type") == "Pod"),
+        key=lambda n: (n.get("startedAt") or "", n.get("id") or ""),
+    )
+    semaphore = (status.get("synchronization") or {}).get("semaphore") or {}
+    generation = labels.get(LABEL_GENERATION, "")
+    return WorkflowView(
+        name=str(meta.get("name") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        owner_uid=owner_uid(body),
+        run_id=labels.get(LABEL_RUN_ID),
+        generation=int(generation) if generation.isdigit() else None,
+        phase=str(status.get("phase") or ""),
+        shutdown=(body.get("spec") or {}).get("shutdown") or None,
+        message=str(status.get("message") or ""),
+        started_at=status.get("startedAt"),
+        finished_at=status.get("finishedAt"),
+        progress=status.get("progress"),
+        waiting=bool(semaphore.get("waiting")),
+        attempts=tuple(_attempt(n) for n in pods),
+        created=meta.get("creationTimestamp"),
+    )

@@ -1,0 +1,143 @@
+"""Retry budgets kept apart, in any interleaving (issue: lifecycle, point 5).
+
+Argo has one retry limit per step; the operator counts each kind of failed attempt (a
+preemption, an app error) and stops the run when one budget is spent, within Argo's retry
+backoff (production default 30 s). kwok's pods run until the test ends them the way a kubelet
+would (``end_pod``) or deletes them; four objects run their sequences side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import LONG_PODS, ON_CPU, OperatorFactory, make_namespace
+from kubernetes import client
+from operator_harness import Env, end_pod
+
+pytestmark = pytest.mark.e2e
+
+NODE_SHUTDOWN = "Pod was terminated in response to imminent node shutdown."
+
+
+@dataclass
+class Sequence:
+    """What happens to each trainer pod of one object, in order; then the expected outcome."""
+
+    name: str
+    retries: dict[str, int]
+    steps: list[str]  # shutdown | sigterm | app-error | delete | succeed
+    phase: str
+    reason: str
+    preemptions: int
+    app_errors: int
+    pods_seen: list[str] = field(default_factory=list)
+
+
+SEQUENCES = [
+    # Three preemptions with a budget of two: failed, naming the preemption budget; no 4th pod
+    # (Argo's own limit, preemption + error = 7, would have retried).
+    Sequence("p-budget", {"preemption": 2, "error": 5}, ["shutdown", "sigterm", "shutdown"],
+             "Failed", "PreemptionBudgetExhausted", 3, 0),
+    # Two preemptions do not use up the app-error budget: with error = 1, exactly one app
+    # retry, then failed naming the error budget.
+    Sequence("e-budget", {"preemption": 2, "error": 1},
+             ["shutdown", "shutdown", "app-error", "app-error"],
+             "Failed", "ErrorBudgetExhausted", 2, 2),
+    # Exit 143 with no message (a trainer that checkpointed after SIGTERM) is a preemption.
+    Sequence("p-sigterm", {"preemption": 1, "error": 0}, ["sigterm", "succeed"],
+             "Succeeded", "Succeeded", 1, 0),
+    # A pod really deleted (kubectl delete pod, a node drained) is a preemption.
+    Sequence("p-deleted", {"preemption": 1, "error": 0}, ["delete", "succeed"],
+             "Succeeded", "Succeeded", 1, 0),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(cluster: Any, api: client.ApiClient, mlops_crd: None) -> Iterator[Env]:
+    namespace_env = make_namespace(cluster, api, "e2e-budget")
+    yield namespace_env
+    client.CoreV1Api(api).delete_namespace(namespace_env.ns)
+
+
+def _argo_sees_running(env: Env, name: str, pod: client.V1Pod) -> bool:
+    """Argo has recorded this pod's node as Running. Until then a pod that disappears is one
+    Argo submits again under the same name (its node is still Pending), not a lost attempt."""
+    node_id = (pod.metadata.annotations or {}).get("workflows.argoproj.io/node-id")
+    for wf in env.workflows(name):
+        node = ((wf.get("status") or {}).get("nodes") or {}).get(node_id or "")
+        if node and node.get("phase") == "Running":
+            return True
+    return False
+
+
+def _act(env: Env, pod: client.V1Pod, step: str) -> None:
+    if step == "shutdown":
+        end_pod(env, pod, exit_code=143, reason="Terminated", message=NODE_SHUTDOWN)
+    elif step == "sigterm":
+        end_pod(env, pod, exit_code=143)
+    elif step == "app-error":
+        end_pod(env, pod, exit_code=1)
+    elif step == "succeed":
+        end_pod(env, pod, exit_code=0)
+    elif step == "delete":
+        env.core.delete_namespaced_pod(pod.metadata.name, env.ns)
+    else:
+        raise ValueError(step)
+
+
+def test_each_budget_holds_in_any_interleaving(env: Env, start_operator: OperatorFactory) -> None:
+    start_operator(env, env_vars={"MLOPS_POD_ANNOTATIONS": LONG_PODS})
+    for seq in SEQUENCES:
+        env.apply(env.manifest(seq.name, retries=seq.retries, **ON_CPU))
+    pending = {seq.name: seq for seq in SEQUENCES}
+    deadline = time.monotonic() + 420
+    while pending and time.monotonic() < deadline:
+        for seq in list(pending.values()):
+            if env.phase_is(seq.name, "Succeeded", "Failed", "Stopped"):
+                del pending[seq.name]
+                continue
+            for pod in env.pods(seq.name):
+                if pod.metadata.name in seq.pods_seen or pod.status.phase != "Running":
+                    continue
+                if not _argo_sees_running(env, seq.name, pod):
+                    continue
+                seq.pods_seen.append(pod.metadata.name)
+                step = (
+                    seq.steps[len(seq.pods_seen) - 1]
+                    if len(seq.pods_seen) <= len(seq.steps)
+                    else None
+                )
+                if step is not None:
+                    _act(env, pod, step)
+        time.sleep(0.5)
+    assert not pending, f"never finished: {sorted(pending)}"
+    # Longer than Argo's retry backoff: a retry the operator failed to prevent would show now.
+    time.sleep(40)
+    for seq in SEQUENCES:
+        status = env.status(seq.name)
+        got = (
+            status["phase"],
+            status.get("reason"),
+            status["preemptions"],
+            status.get("appErrors"),
+        )
+        assert got == (seq.phase, seq.reason, seq.preemptions, seq.app_errors), (seq.name, status)
+        pods = [p.metadata.name for p in env.pods(seq.name)]
+        attempts = [
+            n
+            for wf in env.workflows(seq.name)
+            for n in (wf["status"].get("nodes") or {}).values()
+            if n["type"] == "Pod"
+        ]
+        assert len(attempts) == len(seq.steps), (
+            seq.name,
+            [(n["phase"], n.get("message")) for n in attempts],
+            pods,
+        )
+        if seq.phase == "Failed":
+            assert seq.reason in status["message"] or "budget" in status["message"], status
+            assert "spec.retries" in status["message"], status["message"]
