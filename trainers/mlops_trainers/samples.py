@@ -57,8 +57,8 @@ Materialise = Callable[[Path], None]
 
 # name -> module that registers it on import (for names registered outside this module).
 SAMPLE_MODULES: dict[str, str] = {
-    "clouds": "mlops_trainers.cloud38",
-    "webcam": "mlops_trainers.skymask",
+    "clouds": "mlops_trainers.cloud38.synthetic",
+    "webcam": "mlops_trainers.skymask.synthetic",
 }
 
 

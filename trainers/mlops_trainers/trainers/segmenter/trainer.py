@@ -1,6 +1,6 @@
 """The ``segmenter`` trainer: a U-Net for cloud masks on large multi-band scenes, tiled.
 
-Data: a dataset in the layout of :mod:`mlops_trainers.cloud38` (``filelists/``, ``scenes/``,
+Data: a dataset in the layout of :mod:`mlops_trainers.cloud38.layout` (``filelists/``, ``scenes/``,
 ``masks/``), a 38-Cloud training folder (converted into the run's scratch folder first), or
 ``sample://clouds``. Training batches are the non-overlapping tiles of the training scenes
 (padding marked invalid, so the loss and the metrics ignore it), shuffled per ``(seed, epoch)``
@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from mlops_trainers import cloud38, storage
-from mlops_trainers.config import SegmenterConfig
+from mlops_trainers import storage
+from mlops_trainers.cloud38 import convert, layout
 from mlops_trainers.data import EpochOrder, default_steps, resolve_data_url
 from mlops_trainers.errors import ConfigError, DataError
 from mlops_trainers.tiling import tile
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.segmenter.config import SegmenterConfig
 
 __all__ = ["SceneTiles", "SegmenterTrainer", "confusion_counts", "scores"]
 
@@ -119,7 +120,6 @@ def false_colour(scene: np.ndarray) -> np.ndarray:
 # === Trainer ===
 
 
-@register_trainer("segmenter")
 class SegmenterTrainer(Trainer[SegmenterConfig]):
     """U-Net cloud segmentation on tiled scenes; see the module docstring."""
 
@@ -141,11 +141,11 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
                     f"installed: {INSTALL_HINT} (the `export` extra), or set export_onnx: false"
                 )
         root = resolve_data_url(self.run.data)
-        if cloud38.is_dataset(root):
+        if layout.is_dataset(root):
             self.root = root
-        elif cloud38.is_38cloud(root):
+        elif convert.is_38cloud(root):
             self.root = str(self.context.scratch / "dataset")
-            counts = cloud38.convert_38cloud(root, self.root)
+            counts = convert.convert_38cloud(root, self.root)
             self.context.log.info("converted 38-Cloud %s: %s", root, counts)
             self.inputs["converted_38cloud"] = counts
         else:
@@ -154,7 +154,7 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
                 "masks/) nor a 38-Cloud training folder (train_red/ ... train_gt/)"
             )
         self.inputs["dataset"] = self.root
-        self.splits = {s: cloud38.read_filelist(self.root, s) for s in cloud38.SPLITS}
+        self.splits = {s: layout.read_filelist(self.root, s) for s in layout.SPLITS}
         if not self.splits["train"]:
             raise DataError(f"{self.root}/filelists/train.csv lists no scenes")
         self.val_metrics: dict[str, float] = {}
@@ -169,8 +169,8 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
             return cache[split]
         out = []
         for record in self.splits.get(split, []):
-            scene = cloud38.load_scene(storage.join(self.root, record.scene))
-            mask = cloud38.load_mask(storage.join(self.root, record.mask))
+            scene = layout.load_scene(storage.join(self.root, record.scene))
+            mask = layout.load_mask(storage.join(self.root, record.mask))
             if scene.shape[-1] != self.config.bands:
                 raise ConfigError(
                     f"trainer.config.bands is {self.config.bands} but {record.scene} has "
@@ -196,9 +196,11 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
     def build_model(self) -> Any:
         import keras
 
-        from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
-        from mlops_trainers.layers.masked_segmentation_metric import MaskedSegmentationMetric
-        from mlops_trainers.models.unet import UNet
+        from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
+        from mlops_trainers.trainers.segmenter.masked_segmentation_metric import (
+            MaskedSegmentationMetric,
+        )
+        from mlops_trainers.trainers.segmenter.unet import UNet
 
         c = self.config
         model = UNet(bands=c.bands, base_filters=c.base_filters, depth=c.depth, name="unet")

@@ -3,7 +3,7 @@
 Data: a folder of one camera's frames (names in time order), or a folder of such camera folders,
 or ``sample://webcam``. Each camera's sky mask is its ``skymask.png`` if the folder has one
 (``mlops skymask FOLDER --out FOLDER/skymask.png``), else it is computed from the frames by
-:func:`mlops_trainers.skymask.sky_mask` (``sky_mask`` config; ``enabled: false`` uses every
+:func:`mlops_trainers.skymask.algorithm.sky_mask` (``sky_mask`` config; ``enabled: false`` uses every
 pixel). The mask is written to ``skymask/<camera>.png`` under the run output.
 
 Frames are padded, never stretched (:func:`mlops_trainers.data.load_images`), and the sky mask goes
@@ -25,12 +25,22 @@ from typing import Any
 
 import numpy as np
 
-from mlops_trainers import skymask, storage
+from mlops_trainers import storage
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.config import TokenizerConfig
 from mlops_trainers.data import EpochOrder, default_steps, load_images, resolve_data_url
 from mlops_trainers.errors import DataError
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.skymask.algorithm import sky_mask
+from mlops_trainers.skymask.frames import (
+    IMAGE_SUFFIXES,
+    MASK_NAME,
+    frame_urls,
+    load_frames,
+    mask_png,
+    read_image,
+    read_mask_png,
+)
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.tokenizer.config import TokenizerConfig
 
 __all__ = ["Camera", "TokenizerTrainer", "WebcamFrames", "find_cameras", "token_stability"]
 
@@ -49,33 +59,29 @@ class Camera:
 
 def find_cameras(url: str) -> list[Camera]:
     """The camera at ``url`` (frames directly under it), else one per sub-folder holding frames."""
-    frames = skymask.frame_urls(url)
+    frames = frame_urls(url)
     if frames:
         return [Camera(url.rstrip("/").rsplit("/", 1)[-1] or "camera", url, tuple(frames))]
     cameras = []
     for name in storage.list_dir(url):
         sub = storage.join(url, name)
-        sub_frames = skymask.frame_urls(sub)
+        sub_frames = frame_urls(sub)
         if sub_frames:
             cameras.append(Camera(name, sub, tuple(sub_frames)))
     if not cameras:
-        raise DataError(
-            f"no frames ({', '.join(skymask.IMAGE_SUFFIXES)}) under {url} or its sub-folders"
-        )
+        raise DataError(f"no frames ({', '.join(IMAGE_SUFFIXES)}) under {url} or its sub-folders")
     return cameras
 
 
 def camera_sky(camera: Camera, config: TokenizerConfig) -> np.ndarray:
     """A camera's sky mask at frame resolution: its skymask.png, computed, or all sky."""
-    own = storage.join(camera.url, skymask.MASK_NAME)
+    own = storage.join(camera.url, MASK_NAME)
     if storage.exists(own):
-        return skymask.read_mask_png(own)
+        return read_mask_png(own)
     if not config.sky_mask.enabled:
-        first = skymask.read_image(camera.frames[0])
+        first = read_image(camera.frames[0])
         return np.ones(first.shape[:2], dtype=bool)
-    return skymask.sky_mask(
-        skymask.load_frames(camera.url, config.sky_mask.max_frames), config.sky_mask
-    )
+    return sky_mask(load_frames(camera.url, config.sky_mask.max_frames), config.sky_mask)
 
 
 def pad_mask(sky: np.ndarray, size: int) -> np.ndarray:
@@ -131,7 +137,6 @@ def code_colours(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
 # === Trainer ===
 
 
-@register_trainer("tokenizer")
 class TokenizerTrainer(Trainer[TokenizerConfig]):
     """VQGAN sky tokenizer; see the module docstring."""
 
@@ -144,7 +149,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         for camera in self.cameras:
             sky = camera_sky(camera, self.config)
             self.skies[camera.name] = sky
-            self.context.write_bytes(f"skymask/{camera.name}.png", skymask.mask_png(sky))
+            self.context.write_bytes(f"skymask/{camera.name}.png", mask_png(sky))
             self.context.log.info(
                 "camera %s: %d frames, sky %.1f%%",
                 camera.name,
@@ -168,7 +173,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
     def build_model(self) -> Any:
         import keras
 
-        from mlops_trainers.models.tokenizer import Tokenizer
+        from mlops_trainers.trainers.tokenizer.tokenizer import Tokenizer
 
         c = self.config
         model = Tokenizer(

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.config import PixelCNNConfig, VQVAEConfig
 from mlops_trainers.data import EpochOrder, ImageData, default_steps, list_images
 from mlops_trainers.errors import ConfigError
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.pixelcnn.config import PixelCNNConfig
+from mlops_trainers.trainers.vqvae.config import VQVAEConfig
 
 __all__ = ["CodeGrids", "PixelCNNTrainer", "encode_images", "load_vqvae"]
 
@@ -59,7 +60,7 @@ class CodeGrids:
 def load_vqvae(checkpoint: Any, scratch: Any, seed: int = 0) -> Any:
     """The VQ-VAE of a complete ``vqvae`` checkpoint, weights loaded."""
     from mlops_trainers.checkpoints import load_checkpoint
-    from mlops_trainers.trainers.vqvae import build_vqvae
+    from mlops_trainers.trainers.vqvae.trainer import build_vqvae
 
     if checkpoint.kind != "vqvae":
         raise ConfigError(
@@ -89,7 +90,6 @@ def encode_images(vqvae: Any, data: ImageData, batch_size: int = 64) -> tuple[An
 # === Trainer ===
 
 
-@register_trainer("pixelcnn")
 class PixelCNNTrainer(Trainer[PixelCNNConfig]):
     """Gated PixelCNN prior over a VQ-VAE's codes; see the module docstring."""
 
@@ -135,7 +135,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
     def build_model(self) -> Any:
         import keras
 
-        from mlops_trainers.models.pixelcnn import PixelCNN
+        from mlops_trainers.trainers.pixelcnn.pixelcnn import PixelCNN
 
         c = self.config
         model = PixelCNN(
