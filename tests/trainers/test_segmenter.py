@@ -18,7 +18,7 @@ from mlops_trainers.config import RunConfig
 from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
 from mlops_trainers.trainers.segmenter.config import SegmenterConfig
 from mlops_trainers.trainers.segmenter.masked_segmentation_metric import MaskedSegmentationMetric
-from mlops_trainers.trainers.segmenter.trainer import SceneTiles, confusion_counts, scores
+from mlops_trainers.trainers.segmenter.trainer import confusion_counts, scene_tiles, scores
 from mlops_trainers.trainers.segmenter.unet import UNet
 
 HELD_OUT_IOU = 0.9
@@ -34,10 +34,11 @@ def _scenes(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_scene_tiles_are_deterministic_and_resumable() -> None:
     rng = np.random.default_rng(0)
     scenes = [synthetic.synthetic_cloud_scene(rng, 40, 50, coverage=0.3) for _ in range(3)]
-    data = SceneTiles.from_scenes(scenes, 16, batch_size=4, seed=7)
-    assert data.tiles.shape == (3 * 3 * 4, 16, 16, 4) and data.targets.shape == (36, 16, 16, 2)
+    data = scene_tiles(scenes, 16, batch_size=4, seed=7)
+    tiles, targets = data.arrays
+    assert tiles.shape == (3 * 3 * 4, 16, 16, 4) and targets.shape == (36, 16, 16, 2)
     # Padding is marked invalid: 3 scenes of 40x50 real pixels.
-    assert data.targets[..., 1].sum() == 3 * 40 * 50
+    assert targets[..., 1].sum() == 3 * 40 * 50
     full = list(data.batches(epoch=2))
     assert len(full) == data.steps_per_epoch == 9
     again = list(data.batches(epoch=2, start_step=5))
@@ -66,7 +67,7 @@ def test_scores_of_empty_counts_are_perfect_not_nan() -> None:
 def test_unet_reaches_the_stated_iou_on_held_out_scenes(tmp_path: Path) -> None:
     synthetic.write_synthetic_dataset(str(tmp_path / "train"), {"train": 16}, seed=1)
     synthetic.write_synthetic_dataset(str(tmp_path / "held_out"), {"test": 8}, seed=2)
-    data = SceneTiles.from_scenes(
+    data = scene_tiles(
         _scenes(tmp_path / "train", "train"), 32, batch_size=8, seed=0, steps_per_epoch_config=50
     )
     keras.utils.set_random_seed(0)

@@ -8,7 +8,7 @@ pixel). The mask is written to ``skymask/<camera>.png`` under the run output.
 
 Frames are padded, never stretched (:func:`mlops_trainers.data.load_images`), and the sky mask goes
 through the same transform, so ``mask`` = sky x real pixel. Batches are drawn per ``(seed,
-epoch)`` (:class:`~mlops_trainers.data.EpochOrder`) so a resumed run sees the same batches.
+epoch)`` (:class:`~mlops_trainers.data.ArrayBatches`) so a resumed run sees the same batches.
 
 Each epoch writes ``reconstructions/epoch-NNNN.png`` (rows: frames, reconstructions pasted into
 the sky, token grids in false colour) and measures on those frames the *token stability*: the
@@ -19,7 +19,7 @@ distinct codes used.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from mlops_trainers import storage
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.data import EpochOrder, default_steps, load_images, resolve_data_url
+from mlops_trainers.data import ArrayBatches, load_images, resolve_data_url
 from mlops_trainers.errors import DataError
 from mlops_trainers.skymask.algorithm import sky_mask
 from mlops_trainers.skymask.frames import (
@@ -42,7 +42,7 @@ from mlops_trainers.skymask.frames import (
 from mlops_trainers.trainer import Trainer
 from mlops_trainers.trainers.tokenizer.config import TokenizerConfig
 
-__all__ = ["Camera", "TokenizerTrainer", "WebcamFrames", "find_cameras", "token_stability"]
+__all__ = ["Camera", "TokenizerTrainer", "find_cameras", "token_stability"]
 
 
 # === Data ===
@@ -92,28 +92,6 @@ def pad_mask(sky: np.ndarray, size: int) -> np.ndarray:
     return ((np.asarray(padded) >= 0.5) & (np.asarray(valid) > 0)).astype(np.float32)
 
 
-@dataclass
-class WebcamFrames:
-    """Padded frames and their masks (sky x valid) as ``{"image", "mask"}`` batches."""
-
-    images: np.ndarray
-    masks: np.ndarray
-    batch_size: int
-    seed: int
-    steps_per_epoch_config: int | None = None
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return default_steps(len(self.images), self.batch_size, self.steps_per_epoch_config)
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        order = EpochOrder(len(self.images), self.batch_size, self.steps_per_epoch, self.seed)
-        index = order.indices(epoch, start_step)
-        for k in range(len(index) // self.batch_size):
-            pick = index[k * self.batch_size : (k + 1) * self.batch_size]
-            yield {"image": self.images[pick], "mask": self.masks[pick]}
-
-
 def token_stability(model: Any, images: np.ndarray, masks: np.ndarray) -> tuple[float, int]:
     """Fraction of sky tokens unchanged by encode -> decode -> encode, and distinct codes used."""
     from keras import ops
@@ -159,7 +137,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         self.inputs["cameras"] = {c.name: len(c.frames) for c in self.cameras}
         self.token_metrics: dict[str, float] = {}
 
-    def datasets(self) -> WebcamFrames:
+    def datasets(self) -> ArrayBatches:
         c = self.config
         images, masks = [], []
         for camera in self.cameras:
@@ -168,7 +146,9 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
             masks.append(valid * pad_mask(self.skies[camera.name], c.image_size)[None])
         self.images = np.concatenate(images)
         self.masks = np.concatenate(masks).astype(np.float32)
-        return WebcamFrames(self.images, self.masks, c.batch_size, self.run.seed, c.steps_per_epoch)
+        # Padded frames and their masks (sky x valid) as {"image", "mask"} batches.
+        batches = {"image": self.images, "mask": self.masks}
+        return ArrayBatches(batches, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
         import keras
