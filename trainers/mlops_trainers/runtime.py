@@ -447,7 +447,10 @@ class _Run:
         else:
             assert resume.parent_run is not None
             source, parent = resolve_model_reference(
-                resume.parent_run, self.config.output_prefix, exclude=self.config.run_id
+                resume.parent_run,
+                self.config.output_prefix,
+                namespace=self.config.namespace,
+                exclude=self.config.run_id,
             )
         self.trainer.init_from(model, source)
         self.record["parent"] = parent

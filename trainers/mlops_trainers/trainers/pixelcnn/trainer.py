@@ -76,7 +76,10 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         from mlops_trainers.checkpoints import resolve_model_reference
 
         checkpoint, provenance = resolve_model_reference(
-            self.config.vqvae, self.run.output_prefix, exclude=self.run.run_id
+            self.config.vqvae,
+            self.run.output_prefix,
+            namespace=self.run.namespace,
+            exclude=self.run.run_id,
         )
         self.vqvae = load_vqvae(checkpoint, self.context.scratch / "vqvae", seed=self.run.seed)
         self.vqvae_config = VQVAEConfig.model_validate(checkpoint.trainer_config)
