@@ -10,11 +10,9 @@
 
 Nothing else declares a kind: the ``MLOps`` spec's and the run file's trainer union
 (:data:`mlops_trainers.config.TrainerSpec`), the CRD's enum, the README's tables and the runtime's
-lookup all come from :func:`trainer_kinds`. Kinds are listed in name order.
-
-``mlops_trainers.trainers`` extends its ``__path__`` over ``sys.path`` (:func:`pkgutil.extend_path`),
-so a ``mlops_trainers/trainers/<kind>/`` folder in another ``sys.path`` entry (another
-distribution, a test) adds a kind the same way.
+lookup all come from :func:`trainer_kinds`. Kinds are listed in name order. The folders are
+those of the package's ``__path__``, read once per process (a test adds one by appending to it
+before anything asks for the kinds).
 """
 
 from __future__ import annotations
