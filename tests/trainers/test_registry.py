@@ -3,8 +3,8 @@ derive from the folders of ``mlops_trainers.trainers``, and a new folder is pick
 
 The convention test writes a throwaway kind (config, trainer and a tiny Keras model) into a
 temporary folder, adds it to the package's path in a fresh process, and checks that the kind
-validates in a manifest, shows in the CRD and the README tables, becomes a run file, and trains
-through the shared runtime, with no other file changed.
+validates in a manifest, shows in the CRD and the README tables, becomes a run file, trains
+through the shared runtime, and serves its own ``sample://`` data set, with no other file changed.
 """
 
 from __future__ import annotations
@@ -157,6 +157,19 @@ class ThrowawayTrainer(Trainer[ThrowawayConfig]):
         return model
 '''
 
+THROWAWAY_SAMPLES = '''
+"""The throwaway trainer's own sample data set."""
+
+from mlops_trainers.samples import register_sample
+
+
+def _write(folder):
+    (folder / "points.txt").write_text("1 3\\n")
+
+
+register_sample("throwaway-points", _write, description="two numbers")
+'''
+
 THROWAWAY_CHECK = """
 import json, sys
 from pathlib import Path
@@ -190,6 +203,10 @@ record = json.loads((Path(plan.config.output) / "run.json").read_text())
 assert record["kind"] == "throwaway" and record["state"] == "succeeded", record
 assert record["global_step"] == 6
 print("trained", record["final_metrics"])
+
+from mlops_trainers.samples import resolve_sample
+
+assert (Path(resolve_sample("sample://throwaway-points")) / "points.txt").read_text() == "1 3\\n"
 """
 
 
@@ -200,6 +217,7 @@ def test_a_new_folder_is_a_new_kind_everywhere(tmp_path: Path, subprocess_env: A
     (folder / "__init__.py").write_text('"""Throwaway."""\n')
     (folder / "config.py").write_text(THROWAWAY_CONFIG)
     (folder / "trainer.py").write_text(THROWAWAY_TRAINER)
+    (folder / "samples.py").write_text(THROWAWAY_SAMPLES)
     result = subprocess.run(
         [
             sys.executable,
@@ -211,7 +229,7 @@ def test_a_new_folder_is_a_new_kind_everywhere(tmp_path: Path, subprocess_env: A
         capture_output=True,
         text=True,
         check=False,
-        env=subprocess_env(),
+        env=subprocess_env(MLOPS_SAMPLES_CACHE=str(tmp_path / "samples")),
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
