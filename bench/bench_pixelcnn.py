@@ -1,7 +1,7 @@
 """PixelCNN: compiled sampling against a predict-per-position loop; training against keras.io's.
 
 (a) Seconds per sampled image on a 40x40 code grid: ours is
-:meth:`mlops_trainers.models.pixelcnn.PixelCNN.sample` (one compiled ``fori_loop`` over the 1600
+:meth:`mlops_trainers.trainers.pixelcnn.pixelcnn.PixelCNN.sample` (one compiled ``fori_loop`` over the 1600
 positions); the reference is the loop of keras.io's ``pixelcnn.py`` demonstration, one
 ``model.predict`` of the whole grid per position on the *same* model and batch (a second row uses
 a direct eager ``model(x)`` call per position instead of ``predict``). The loop's cost per
@@ -108,7 +108,7 @@ def keras_io_pixelcnn(grid: int, filters: int, layers_: int, num_embeddings: int
 
 def _ours(num_embeddings: int, grid: int, filters: int, layers_: int, kernel: int) -> Any:
     import keras
-    from mlops_trainers.models.pixelcnn import PixelCNN
+    from mlops_trainers.trainers.pixelcnn.pixelcnn import PixelCNN
 
     model = PixelCNN(
         num_embeddings=num_embeddings,

@@ -4,7 +4,7 @@ The reference is a Keras 3 port of ``get_model`` in keras.io's
 ``examples/vision/oxford_pets_image_segmentation.py`` (fchollet, the Xception-style U-Net with
 separable convs and residual projections), with its widths unchanged (32 entry, 64-128-256 down,
 256-128-64-32 up) and a one-channel sigmoid head instead of the 3-class softmax, so that both
-models solve the same task. Ours is :class:`mlops_trainers.models.unet.UNet` at the segmenter's
+models solve the same task. Ours is :class:`mlops_trainers.trainers.segmenter.unet.UNet` at the segmenter's
 default widths (``base_filters`` 16, ``depth`` 3). Same tiles (synthetic 4-band cloud scenes with
 known masks), same batch, same loss (:class:`BCEDiceLoss`), same optimizer (Adam), same
 ``jit_compile`` setting. The two are timed in alternating rounds in one process, so the ratio
@@ -74,7 +74,7 @@ def keras_io_unet(tile: int, bands: int) -> Any:
 
 
 def _batches(tile: int, batch: int, count: int, seed: int = 0) -> list[tuple[Any, Any]]:
-    from mlops_trainers.cloud38 import synthetic_cloud_scene
+    from mlops_trainers.cloud38.synthetic import synthetic_cloud_scene
     from mlops_trainers.tiling import tile as cut
 
     rng = np.random.default_rng(seed)
@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(None if argv is None else list(argv))
 
     import keras
-    from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
-    from mlops_trainers.models.unet import UNet
+    from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
+    from mlops_trainers.trainers.segmenter.unet import UNet
 
     keras.utils.set_random_seed(0)
     models = {

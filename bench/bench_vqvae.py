@@ -4,7 +4,7 @@ The reference is keras.io's "Vector-Quantized Variational Autoencoders" example 
 two stride-2 3x3 convs (32, 64), a 1x1 conv to ``latent_dim``, a quantizer with codebook and
 commitment losses, the mirrored transposed-conv decoder, and a ``train_step`` with
 ``tf.GradientTape`` (it is TensorFlow-only, as the original). Ours
-(:class:`mlops_trainers.models.vqvae.VQVAE`) at the same base width, down-sampling and codebook
+(:class:`mlops_trainers.trainers.vqvae.vqvae.VQVAE`) at the same base width, down-sampling and codebook
 adds a stem conv, 4x4 stride-2 kernels, the masked losses, EMA codebook updates, dead-code restarts
 and the metrics. Both train on the same real Fashion-MNIST batches (28x28 padded to 32, as the
 trainer does), timed in alternating rounds in one process; only the ratio is meaningful.
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import keras
     from mlops_trainers.data import list_images, load_images
-    from mlops_trainers.models.vqvae import VQVAE
+    from mlops_trainers.trainers.vqvae.vqvae import VQVAE
 
     size = 32  # 28x28 padded, as the trainer feeds it (a multiple of 2**downsample)
     files = list_images("sample://fashion-mnist")[: args.batch * args.steps]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlops_trainers.config import TRAINER_KINDS
+from mlops_trainers.registry import trainer_kinds
 
 from mlops_api.spec import (
     GROUP,
@@ -82,7 +82,11 @@ def _trainer_schema() -> dict[str, Any]:
         "description": "Which trainer (kind) and its hyperparameters (config).",
         "required": ["kind"],
         "properties": {
-            "kind": {"type": "string", "enum": list(TRAINER_KINDS), "description": "The trainer."},
+            "kind": {
+                "type": "string",
+                "enum": list(trainer_kinds()),
+                "description": "The trainer.",
+            },
             "config": {
                 "type": "object",
                 "description": "The trainer's hyperparameters (snake_case, as in its Python config); validated by the operator against that trainer's model.",

@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any, Union, get_args, get_origin
 
-from mlops_trainers.config import TRAINER_CONFIGS, SkyMaskConfig
+from mlops_trainers.registry import trainer_kinds
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -68,7 +68,7 @@ def _rows(model: type[BaseModel], prefix: str, *, aliases: bool) -> list[str]:
         path = f"{prefix}{key}"
         if path == "spec.trainer":
             rows.append(
-                f"| `spec.trainer.kind` | {_type_name(typing.Literal[tuple(TRAINER_CONFIGS)])} | **required** | Which trainer. |"
+                f"| `spec.trainer.kind` | {_type_name(typing.Literal[tuple(trainer_kinds())])} | **required** | Which trainer. |"
             )
             rows.append(
                 "| `spec.trainer.config` | object | | The trainer's hyperparameters: see the tables below. |"
@@ -89,9 +89,11 @@ HEADER = ["| field | type | default | description |", "|---|---|---|---|"]
 
 
 def field_tables() -> str:
-    """Markdown: the spec's fields, then each trainer's config fields."""
+    """Markdown: the spec's fields, each trainer's config fields, then their nested blocks."""
     out = ["#### `spec`", "", *HEADER, *_rows(MLOpsSpec, "spec.", aliases=True), ""]
-    for kind, model in TRAINER_CONFIGS.items():
+    nested: list[str] = []
+    for kind, entry in trainer_kinds().items():
+        model = entry.config
         out += [
             f"#### `spec.trainer.config` when `kind: {kind}`",
             "",
@@ -99,14 +101,17 @@ def field_tables() -> str:
             "",
         ]
         out += [*HEADER, *_rows(model, "", aliases=False), ""]
-    out += [
-        "#### `sky_mask` (tokenizer)",
-        "",
-        *HEADER,
-        *_rows(SkyMaskConfig, "sky_mask.", aliases=False),
-        "",
-    ]
-    return "\n".join(out).rstrip() + "\n"
+        for name, info in model.model_fields.items():
+            sub = _sub_model(info.annotation)
+            if sub is not None:
+                nested += [
+                    f"#### `{name}` ({kind})",
+                    "",
+                    *HEADER,
+                    *_rows(sub, f"{name}.", aliases=False),
+                    "",
+                ]
+    return "\n".join(out + nested).rstrip() + "\n"
 
 
 def splice(readme: str, tables: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlops_trainers.config import ResumeConfig, RunConfig, TrainerSpec
+from mlops_trainers.config import ResumeConfig, RunConfig
 
 from mlops_api.naming import run_id as make_run_id
 from mlops_api.spec import MLOps
@@ -60,7 +60,7 @@ def plan_run(
         name=obj.metadata.name,
         namespace=obj.metadata.namespace,
         generation=generation,
-        trainer=TrainerSpec(kind=spec.trainer.kind, config=spec.trainer.config),
+        trainer=spec.trainer,
         data=data if data is not None else spec.data,
         output_prefix=prefix,
         output=join_url(prefix, run),

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from mlops_trainers.config import (
-    PixelCNNConfig,
-    SegmenterConfig,
-    TokenizerConfig,
-    VQVAEConfig,
-)
+from mlops_trainers.config import TrainerSpec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -87,47 +82,6 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
     )
-
-
-# === Spec: the trainer ===
-
-
-class _TrainerBase(_Model):
-    pass
-
-
-class VQVAETrainer(_TrainerBase):
-    """The VQ-VAE trainer and its hyperparameters."""
-
-    kind: Literal["vqvae"]
-    config: VQVAEConfig = Field(default_factory=VQVAEConfig)
-
-
-class PixelCNNTrainer(_TrainerBase):
-    """The PixelCNN prior over a VQ-VAE's codes."""
-
-    kind: Literal["pixelcnn"]
-    config: PixelCNNConfig
-
-
-class TokenizerTrainer(_TrainerBase):
-    """The MaskGIT-style cloud tokenizer."""
-
-    kind: Literal["tokenizer"]
-    config: TokenizerConfig = Field(default_factory=TokenizerConfig)
-
-
-class SegmenterTrainer(_TrainerBase):
-    """The U-Net cloud segmenter."""
-
-    kind: Literal["segmenter"]
-    config: SegmenterConfig = Field(default_factory=SegmenterConfig)
-
-
-Trainer = Annotated[
-    VQVAETrainer | PixelCNNTrainer | TokenizerTrainer | SegmenterTrainer,
-    Field(discriminator="kind"),
-]
 
 
 # === Spec: the rest ===
@@ -219,7 +173,9 @@ class Retries(_Model):
 class MLOpsSpec(_Model):
     """What to train, on what, and where the results go."""
 
-    trainer: Trainer = Field(
+    # The run file's own trainer union (kind -> that trainer's config model), built from the
+    # trainer folders: a kind is declared once, and its config validated once, here.
+    trainer: TrainerSpec = Field(
         ..., description="Which trainer (kind) and its hyperparameters (config)."
     )
     data: str = Field(

@@ -101,9 +101,9 @@ def cmd_docs(_: argparse.Namespace) -> int:
 
 
 def cmd_skymask(args: argparse.Namespace) -> int:
-    from mlops_trainers import skymask
+    from mlops_trainers.skymask.cli import main as skymask_main
 
-    code: int = skymask.main(args.rest)
+    code: int = skymask_main(args.rest)
     return code
 
 

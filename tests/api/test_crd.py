@@ -57,9 +57,10 @@ def test_status_subresource_and_preserved_status() -> None:
 def test_spec_requires_trainer_data_output() -> None:
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert set(spec["required"]) == {"trainer", "data", "output"}
+    # Every trainer folder, in name order (mlops_trainers.registry).
     assert spec["properties"]["trainer"]["properties"]["kind"]["enum"] == [
-        "vqvae",
         "pixelcnn",
-        "tokenizer",
         "segmenter",
+        "tokenizer",
+        "vqvae",
     ]

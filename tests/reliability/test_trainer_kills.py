@@ -165,8 +165,8 @@ class Auditor:
     """Checks every checkpoint folder of the run; loads each complete one into a built model."""
 
     def __init__(self, output: Path, scratch: Path) -> None:
-        from mlops_trainers.config import VQVAEConfig
-        from mlops_trainers.trainers.vqvae import build_vqvae
+        from mlops_trainers.trainers.vqvae.config import VQVAEConfig
+        from mlops_trainers.trainers.vqvae.trainer import build_vqvae
 
         self.output = output
         self.scratch = scratch

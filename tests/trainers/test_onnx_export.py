@@ -12,10 +12,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
-from mlops_trainers.models.unet import UNet
 from mlops_trainers.onnx_export import export_onnx, load_session, main, max_abs_diff, onnx_predictor
 from mlops_trainers.tiling import predict_scene
+from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
+from mlops_trainers.trainers.segmenter.unet import UNet
 
 TOLERANCE = 1e-4
 

@@ -16,8 +16,8 @@ import pytest
 from keras import ops
 from mlops_trainers.config import RunConfig
 from mlops_trainers.data import list_images
-from mlops_trainers.models.pixelcnn import PixelCNN
 from mlops_trainers.runtime import run
+from mlops_trainers.trainers.pixelcnn.pixelcnn import PixelCNN
 
 
 def _model(k: int = 8, size: int = 6) -> PixelCNN:

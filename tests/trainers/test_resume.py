@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from mlops_trainers import storage
-from mlops_trainers.models.vqvae import VQVAE  # registers the class for load_model
+from mlops_trainers.trainers.vqvae.vqvae import VQVAE  # registers the class for load_model
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from mlops_trainers import storage
 from mlops_trainers.checkpoints import latest_checkpoint, list_checkpoints
 from mlops_trainers.config import RunConfig
 from mlops_trainers.runtime import main, run
-from mlops_trainers.trainers.vqvae import VQVAETrainer
+from mlops_trainers.trainers.vqvae.trainer import VQVAETrainer
 
 TINY = {
     "image_size": 16,

@@ -13,30 +13,32 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from mlops_trainers import cloud38
-from mlops_trainers.config import RunConfig, SegmenterConfig, TrainerSpec
-from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
-from mlops_trainers.layers.masked_segmentation_metric import MaskedSegmentationMetric
-from mlops_trainers.models.unet import UNet
-from mlops_trainers.trainers.segmenter import SceneTiles, confusion_counts, scores
+from mlops_trainers.cloud38 import convert, layout, synthetic
+from mlops_trainers.config import RunConfig
+from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
+from mlops_trainers.trainers.segmenter.config import SegmenterConfig
+from mlops_trainers.trainers.segmenter.masked_segmentation_metric import MaskedSegmentationMetric
+from mlops_trainers.trainers.segmenter.trainer import confusion_counts, scene_tiles, scores
+from mlops_trainers.trainers.segmenter.unet import UNet
 
 HELD_OUT_IOU = 0.9
 
 
 def _scenes(root: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
     return [
-        (cloud38.load_scene(f"{root}/{r.scene}"), cloud38.load_mask(f"{root}/{r.mask}"))
-        for r in cloud38.read_filelist(str(root), split)
+        (layout.load_scene(f"{root}/{r.scene}"), layout.load_mask(f"{root}/{r.mask}"))
+        for r in layout.read_filelist(str(root), split)
     ]
 
 
 def test_scene_tiles_are_deterministic_and_resumable() -> None:
     rng = np.random.default_rng(0)
-    scenes = [cloud38.synthetic_cloud_scene(rng, 40, 50, coverage=0.3) for _ in range(3)]
-    data = SceneTiles.from_scenes(scenes, 16, batch_size=4, seed=7)
-    assert data.tiles.shape == (3 * 3 * 4, 16, 16, 4) and data.targets.shape == (36, 16, 16, 2)
+    scenes = [synthetic.synthetic_cloud_scene(rng, 40, 50, coverage=0.3) for _ in range(3)]
+    data = scene_tiles(scenes, 16, batch_size=4, seed=7)
+    tiles, targets = data.arrays
+    assert tiles.shape == (3 * 3 * 4, 16, 16, 4) and targets.shape == (36, 16, 16, 2)
     # Padding is marked invalid: 3 scenes of 40x50 real pixels.
-    assert data.targets[..., 1].sum() == 3 * 40 * 50
+    assert targets[..., 1].sum() == 3 * 40 * 50
     full = list(data.batches(epoch=2))
     assert len(full) == data.steps_per_epoch == 9
     again = list(data.batches(epoch=2, start_step=5))
@@ -63,9 +65,9 @@ def test_scores_of_empty_counts_are_perfect_not_nan() -> None:
 
 @pytest.mark.slow
 def test_unet_reaches_the_stated_iou_on_held_out_scenes(tmp_path: Path) -> None:
-    cloud38.write_synthetic_dataset(str(tmp_path / "train"), {"train": 16}, seed=1)
-    cloud38.write_synthetic_dataset(str(tmp_path / "held_out"), {"test": 8}, seed=2)
-    data = SceneTiles.from_scenes(
+    synthetic.write_synthetic_dataset(str(tmp_path / "train"), {"train": 16}, seed=1)
+    synthetic.write_synthetic_dataset(str(tmp_path / "held_out"), {"test": 8}, seed=2)
+    data = scene_tiles(
         _scenes(tmp_path / "train", "train"), 32, batch_size=8, seed=0, steps_per_epoch_config=50
     )
     keras.utils.set_random_seed(0)
@@ -111,7 +113,7 @@ def _run_config(data: str, output: Path, epochs: int = 2, **config: object) -> R
     return RunConfig(
         run_id=output.name,
         name="seg",
-        trainer=TrainerSpec(kind="segmenter", config=SegmenterConfig.model_validate(settings)),
+        trainer={"kind": "segmenter", "config": SegmenterConfig.model_validate(settings)},
         data=data,
         output_prefix=str(output.parent),
         output=str(output),
@@ -123,13 +125,13 @@ def _run_config(data: str, output: Path, epochs: int = 2, **config: object) -> R
 def test_a_38cloud_folder_is_converted_into_the_run_scratch(tmp_path: Path) -> None:
     import tifffile
     from mlops_trainers.trainer import RunContext
-    from mlops_trainers.trainers.segmenter import SegmenterTrainer
+    from mlops_trainers.trainers.segmenter.trainer import SegmenterTrainer
 
     source = tmp_path / "38-Cloud_training"
     rng = np.random.default_rng(0)
     names = [f"patch_{i}_1_by_{i}_LC08_L1TP_00205{i}_20160520_20170324_01_T1" for i in range(4)]
     for name in names:
-        for band in (*cloud38.BANDS_38CLOUD, "gt"):
+        for band in (*convert.BANDS_38CLOUD, "gt"):
             (source / f"train_{band}").mkdir(parents=True, exist_ok=True)
             pixels = rng.integers(1, 60000, (20, 20)).astype(np.uint16)
             tifffile.imwrite(source / f"train_{band}" / f"{band}_{name}.TIF", pixels)
@@ -138,14 +140,14 @@ def test_a_38cloud_folder_is_converted_into_the_run_scratch(tmp_path: Path) -> N
     trainer.prepare()
     assert trainer.root == str(tmp_path / "scratch" / "dataset")
     assert sum(trainer.inputs["converted_38cloud"].values()) == 4
-    scenes = [s for split in cloud38.SPLITS for s in trainer.load_split(split)]
+    scenes = [s for split in layout.SPLITS for s in trainer.load_split(split)]
     assert len(scenes) == 4 and all(s.shape == (20, 20, 4) for s, _ in scenes)
 
 
 def test_a_folder_of_neither_layout_is_a_data_error(tmp_path: Path) -> None:
     from mlops_trainers.errors import DataError
     from mlops_trainers.trainer import RunContext
-    from mlops_trainers.trainers.segmenter import SegmenterTrainer
+    from mlops_trainers.trainers.segmenter.trainer import SegmenterTrainer
 
     (tmp_path / "data").mkdir()
     run_config = _run_config(str(tmp_path / "data"), tmp_path / "runs" / "seg-x")
@@ -161,7 +163,7 @@ def test_export_without_the_onnx_packages_fails_before_training(
 
     from mlops_trainers.errors import ConfigError
     from mlops_trainers.trainer import RunContext
-    from mlops_trainers.trainers.segmenter import SegmenterTrainer
+    from mlops_trainers.trainers.segmenter.trainer import SegmenterTrainer
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -187,7 +189,7 @@ def test_segmenter_trains_through_the_runtime_on_gcs_and_exports_onnx(
 
     prefix = f"gs://mlops-test/{uuid.uuid4().hex[:12]}"
     data = f"{prefix}/data"
-    cloud38.write_synthetic_dataset(
+    synthetic.write_synthetic_dataset(
         data, {"train": 8, "val": 2, "test": 2}, seed=3, min_side=48, max_side=80
     )
     config = _run_config(data, tmp_path / "seg-1")
@@ -212,5 +214,5 @@ def test_segmenter_trains_through_the_runtime_on_gcs_and_exports_onnx(
     storage.get_file(f"{output}/model.keras", tmp_path / "model.keras")
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert isinstance(model, UNet)
-    scene, _ = cloud38.synthetic_cloud_scene(np.random.default_rng(5), 50, 70)
+    scene, _ = synthetic.synthetic_cloud_scene(np.random.default_rng(5), 50, 70)
     assert model.predict_scene(scene, tile_size=32).shape == (50, 70)

@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlops_trainers import skymask
-from mlops_trainers.config import SkyMaskConfig
 from mlops_trainers.samples import resolve_sample
-from mlops_trainers.skymask import (
+from mlops_trainers.skymask import cli, synthetic
+from mlops_trainers.skymask import frames as frame_files
+from mlops_trainers.skymask.algorithm import (
     fill_below_spanning,
     local_prediction_error,
     min_run_mask,
     sky_mask,
-    synthetic_webcam,
 )
+from mlops_trainers.skymask.config import SkyMaskConfig
+from mlops_trainers.skymask.synthetic import synthetic_webcam
 from PIL import Image
 
 
@@ -106,28 +107,26 @@ def test_cli_writes_the_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     config = tmp_path / "sky.yaml"
     config.write_text(yaml.safe_dump({"sky_mask": {"consecutive": 2, "max_frames": 10}}))
     out = tmp_path / "out" / "mask.png"
-    assert skymask.main([str(tmp_path / "cam"), "--out", str(out), "--config", str(config)]) == 0
-    mask = skymask.read_mask_png(str(out))
+    assert cli.main([str(tmp_path / "cam"), "--out", str(out), "--config", str(config)]) == 0
+    mask = frame_files.read_mask_png(str(out))
     assert mask.shape == truth.shape
     assert iou(mask, truth) >= 0.9
     assert "sky" in capsys.readouterr().out
     # The mask in the folder is not read as a frame.
-    (tmp_path / "cam" / skymask.MASK_NAME).write_bytes(out.read_bytes())
-    assert len(skymask.frame_urls(str(tmp_path / "cam"))) == 12
+    (tmp_path / "cam" / frame_files.MASK_NAME).write_bytes(out.read_bytes())
+    assert len(frame_files.frame_urls(str(tmp_path / "cam"))) == 12
 
 
 def test_cli_errors_are_actionable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
-    assert skymask.main([str(tmp_path / "empty"), "--out", str(tmp_path / "m.png")]) == 2
+    assert cli.main([str(tmp_path / "empty"), "--out", str(tmp_path / "m.png")]) == 2
     assert "no images" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("window: 4\n")
     frames, _ = synthetic_webcam(frames=2, height=32, width=32, seed=0)
     _write_frames(tmp_path / "cam", frames)
     assert (
-        skymask.main(
-            [str(tmp_path / "cam"), "--out", str(tmp_path / "m.png"), "--config", str(bad)]
-        )
+        cli.main([str(tmp_path / "cam"), "--out", str(tmp_path / "m.png"), "--config", str(bad)])
         == 2
     )
     assert "window must be odd" in capsys.readouterr().err
@@ -143,9 +142,9 @@ def test_webcam_sample_has_frames_and_the_known_sky(
 ) -> None:
     monkeypatch.setenv("MLOPS_SAMPLES_CACHE", str(tmp_path))
     folder = resolve_sample("sample://webcam")
-    frames = skymask.load_frames(folder, max_frames=32)
-    truth = skymask.read_mask_png(f"{folder}/truth/sky.png")
-    assert len(skymask.frame_urls(folder)) == skymask.WEBCAM_SAMPLE["frames"]
+    frames = frame_files.load_frames(folder, max_frames=32)
+    truth = frame_files.read_mask_png(f"{folder}/truth/sky.png")
+    assert len(frame_files.frame_urls(folder)) == synthetic.WEBCAM_SAMPLE["frames"]
     assert frames[0].shape[:2] == truth.shape
     # Day, dusk and night in one sequence: the first frame is much brighter than the last.
     assert frames[0].mean() > 3 * frames[-1].mean()
@@ -159,5 +158,5 @@ def test_mlops_skymask_delegates_to_this_module(tmp_path: Path) -> None:
     _write_frames(tmp_path / "cam", frames)
     out = tmp_path / "mask.png"
     assert mlops(["skymask", str(tmp_path / "cam"), "--out", str(out)]) == 0
-    assert iou(skymask.read_mask_png(str(out)), truth) >= 0.9
+    assert iou(frame_files.read_mask_png(str(out)), truth) >= 0.9
     assert mlops(["skymask", str(tmp_path / "cam")]) == 2  # --out is required

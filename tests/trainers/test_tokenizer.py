@@ -1,7 +1,7 @@
 """Cloud tokenizer: layers round-trip their configs, the codebook has no dead codes, the sky mask
 shields the ground, and a model trained on webcam frames round-trips its tokens, also reloaded.
 
-The frames come from :func:`mlops_trainers.skymask.synthetic_webcam`: real scikit-image photographs
+The frames come from :func:`mlops_trainers.skymask.synthetic.synthetic_webcam`: real scikit-image photographs
 (grass, brick, gravel) as the ground, drifting clouds, day to night. Measured on this machine
 (32x32 frames, 8x8 tokens, K=32, 300 steps): reconstruction MSE on the sky 0.53 -> 0.002, all 32
 codes used in a batch, 81 % of sky tokens unchanged by encode -> decode -> encode.
@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from mlops_trainers.layers.codebook_quantizer import CodebookQuantizer
-from mlops_trainers.layers.group_norm_residual_block import GroupNormResidualBlock
-from mlops_trainers.layers.residual_upsample_block import ResidualUpsampleBlock
-from mlops_trainers.models.tokenizer import Tokenizer
-from mlops_trainers.skymask import synthetic_webcam
-from mlops_trainers.trainers.tokenizer import token_stability
+from mlops_trainers.skymask.synthetic import synthetic_webcam
+from mlops_trainers.trainers.tokenizer.codebook_quantizer import CodebookQuantizer
+from mlops_trainers.trainers.tokenizer.group_norm_residual_block import GroupNormResidualBlock
+from mlops_trainers.trainers.tokenizer.residual_upsample_block import ResidualUpsampleBlock
+from mlops_trainers.trainers.tokenizer.tokenizer import Tokenizer
+from mlops_trainers.trainers.tokenizer.trainer import token_stability
 
 TINY: dict[str, Any] = {
     "base_filters": 8,
@@ -159,9 +159,9 @@ def _write_camera(folder: Path, seed: int, phase: str) -> np.ndarray:
 
 
 def test_cameras_are_found_and_a_camera_folder_may_hold_its_own_mask(tmp_path: Path) -> None:
-    from mlops_trainers.config import SkyMaskConfig, TokenizerConfig
-    from mlops_trainers.skymask import MASK_NAME, mask_png
-    from mlops_trainers.trainers.tokenizer import camera_sky, find_cameras
+    from mlops_trainers.skymask.frames import MASK_NAME, mask_png
+    from mlops_trainers.trainers.tokenizer.config import SkyMaskConfig, TokenizerConfig
+    from mlops_trainers.trainers.tokenizer.trainer import camera_sky, find_cameras
 
     sky_a = _write_camera(tmp_path / "cam-a", seed=0, phase="day")
     _write_camera(tmp_path / "cam-b", seed=1, phase="night")
@@ -187,8 +187,9 @@ def test_tokenizer_trains_through_the_runtime_and_saves_its_token_api(tmp_path: 
     import io
     import json
 
-    from mlops_trainers.config import RunConfig, SkyMaskConfig, TokenizerConfig, TrainerSpec
+    from mlops_trainers.config import RunConfig
     from mlops_trainers.runtime import run
+    from mlops_trainers.trainers.tokenizer.config import SkyMaskConfig, TokenizerConfig
 
     _write_camera(tmp_path / "data" / "cam-a", seed=0, phase="cycle")
     _write_camera(tmp_path / "data" / "cam-b", seed=1, phase="day")
@@ -205,7 +206,7 @@ def test_tokenizer_trains_through_the_runtime_and_saves_its_token_api(tmp_path: 
     run_config = RunConfig(
         run_id="tok-1",
         name="tok",
-        trainer=TrainerSpec(kind="tokenizer", config=config),
+        trainer={"kind": "tokenizer", "config": config},
         data=str(tmp_path / "data"),
         output_prefix=str(tmp_path / "runs"),
         output=str(output),

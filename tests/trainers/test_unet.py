@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
-from mlops_trainers.layers.masked_segmentation_metric import MaskedSegmentationMetric
-from mlops_trainers.models.unet import UNet
+from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
+from mlops_trainers.trainers.segmenter.masked_segmentation_metric import MaskedSegmentationMetric
+from mlops_trainers.trainers.segmenter.unet import UNet
 
 
 def _np(x: object) -> np.ndarray:

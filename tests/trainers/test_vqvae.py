@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from keras import ops
 from mlops_trainers.config import RunConfig
-from mlops_trainers.layers.residual_block import ResidualBlock
-from mlops_trainers.layers.vector_quantizer import VectorQuantizer
-from mlops_trainers.models.vqvae import VQVAE
 from mlops_trainers.runtime import run
+from mlops_trainers.trainers.vqvae.residual_block import ResidualBlock
+from mlops_trainers.trainers.vqvae.vector_quantizer import VectorQuantizer
+from mlops_trainers.trainers.vqvae.vqvae import VQVAE
 
 SMALL = {
     "image_size": 16,

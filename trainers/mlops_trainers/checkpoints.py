@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_trainers import storage
+from mlops_trainers.contract import RUN_FILE, parse_run_id
 from mlops_trainers.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -193,8 +194,6 @@ def load_checkpoint(
 
 # === Finding runs and checkpoints ===
 
-_RUN_ID = re.compile(r"(?P<stem>.+)-g(?P<generation>\d+)-[0-9a-f]{8}")
-
 
 def resolve_checkpoint(url: str) -> CheckpointInfo:
     """A checkpoint URL, or a run URL (its newest complete checkpoint)."""
@@ -211,51 +210,61 @@ def resolve_checkpoint(url: str) -> CheckpointInfo:
     )
 
 
-def find_run(output_prefix: str, name: str, *, exclude: str | None = None) -> str:
-    """The output URL of the newest run of MLOps ``name`` under ``output_prefix``.
+def find_run(
+    output_prefix: str, name: str, *, namespace: str | None, exclude: str | None = None
+) -> str:
+    """The output URL of the newest run of MLOps ``namespace/name`` under ``output_prefix``.
 
     Runs are ``<output_prefix>/<name>-g<generation>-<hash>`` (the name shortened to fit 63
     characters) with a ``run.json`` naming them; the highest generation wins, then the newest
-    start. Only runs with a complete checkpoint count.
+    start. Only runs with a complete checkpoint count. Two MLOps objects of the same name in
+    different namespaces may share an output prefix: a run of the other one never matches
+    (``run.json``'s ``namespace`` must equal ``namespace``; a local run, None, matches only None).
     """
     stem = name.replace(".", "-")
     candidates: list[tuple[int, float, str]] = []
-    seen = []
+    seen, elsewhere = [], []
     for entry in storage.list_dir(output_prefix):
-        match = _RUN_ID.fullmatch(entry)
-        if not match or entry == exclude or not stem.startswith(match.group("stem")):
+        parsed = parse_run_id(entry)
+        if parsed is None or entry == exclude or not stem.startswith(parsed.stem):
             continue
         url = storage.join(output_prefix, entry)
         try:
-            record = storage.read_json(storage.join(url, "run.json"))
+            record = storage.read_json(storage.join(url, RUN_FILE))
         except (FileNotFoundError, ValueError):
             continue
         if record.get("name") != name:
+            continue
+        if record.get("namespace") != namespace:
+            elsewhere.append(f"{entry} (namespace {record.get('namespace')})")
             continue
         seen.append(entry)
         if latest_checkpoint(url) is None:
             continue
         started = float(record.get("first_started") or record.get("started") or 0.0)
-        candidates.append((int(match.group("generation")), started, url))
+        candidates.append((parsed.generation, started, url))
     if not candidates:
-        detail = (
-            f"runs {', '.join(seen)} have no complete checkpoint"
-            if seen
-            else f"no {stem}-g*/run.json naming it"
-        )
-        raise ConfigError(f"run {name!r} not found under {output_prefix}: {detail}")
+        where = f"namespace {namespace}" if namespace is not None else "no namespace (local)"
+        if seen:
+            detail = f"runs {', '.join(seen)} have no complete checkpoint"
+        elif elsewhere:
+            detail = f"only runs of other namespaces: {', '.join(elsewhere)}"
+        else:
+            detail = f"no {stem}-g*/{RUN_FILE} naming it"
+        raise ConfigError(f"run {name!r} of {where} not found under {output_prefix}: {detail}")
     return max(candidates)[2]
 
 
 def resolve_model_reference(
-    reference: str, output_prefix: str, *, exclude: str | None = None
+    reference: str, output_prefix: str, *, namespace: str | None, exclude: str | None = None
 ) -> tuple[CheckpointInfo, dict[str, Any]]:
-    """A run name or a run/checkpoint URL -> its newest complete checkpoint, and provenance."""
+    """A run name (of the same namespace) or a run/checkpoint URL -> its newest complete
+    checkpoint, and provenance."""
     if "://" in reference or "/" in reference:
         checkpoint = resolve_checkpoint(reference)
         provenance: dict[str, Any] = {"reference": reference, "url": reference}
     else:
-        run_url = find_run(output_prefix, reference, exclude=exclude)
+        run_url = find_run(output_prefix, reference, namespace=namespace, exclude=exclude)
         checkpoint = resolve_checkpoint(run_url)
         provenance = {"reference": reference, "run_name": reference, "url": run_url}
     provenance.update(

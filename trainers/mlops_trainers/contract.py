@@ -32,6 +32,7 @@ __all__ = [
     "TB_DIR",
     "RunId",
     "Summary",
+    "attempt_log",
     "format_run_id",
     "parse_run_id",
 ]
@@ -53,6 +54,12 @@ ATTEMPTS_FILE = "attempts.json"  # attempts and app errors, across pods
 MODEL_FILE = "model.keras"  # the final model
 TB_DIR = "tb"  # TensorBoard event files
 LOGS_DIR = "logs"  # the trainer's log, one file per attempt
+
+
+def attempt_log(attempt: int) -> str:
+    """The log of attempt ``attempt`` (1-based, as counted in attempts.json), under the output."""
+    return f"{LOGS_DIR}/attempt-{attempt}.log"
+
 
 # === The summary: the trainer's last word, read back by the operator ===
 

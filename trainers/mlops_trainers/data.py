@@ -13,6 +13,8 @@
   skips exactly the batches it already consumed (Keras' BackupAndRestore only restores the epoch).
 * :class:`ImageData`: tf.data with parallel decode and prefetch, or an in-memory cache of the
   decoded images (``cache=True``, for small datasets).
+* :class:`ArrayBatches`: arrays already in memory (code grids, frames, tiles) as batches in the
+  same deterministic order, optionally transformed per batch (augmentation).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import csv
 import io
 import logging
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from mlops_trainers.samples import is_sample_url, resolve_sample
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ArrayBatches",
     "EpochOrder",
     "ImageData",
     "list_images",
@@ -279,3 +282,57 @@ class ImageData:
             tf.data.AUTOTUNE
         )
         return batched
+
+
+# A batch of ArrayBatches: a dict of arrays, or a tuple of arrays, like its `arrays`.
+Batch = Any
+
+
+@dataclass
+class ArrayBatches:
+    """In-memory arrays as batches drawn per ``(seed, epoch)``: the same ``(epoch, start_step)``
+    gives the same batches in any process, so a resumed run sees the batches it had not consumed.
+
+    ``arrays`` is a dict (batches are dicts with its keys, e.g. ``{"image", "mask"}``) or a tuple
+    (batches are tuples, e.g. ``(x, y)`` for ``train_on_batch(x, y)``) of arrays sharing their
+    first dimension. ``transform(batch, epoch, step)``, if given, makes the batch the model gets;
+    drawing its randomness from ``(seed, epoch, step)`` alone keeps augmentation resumable.
+    """
+
+    arrays: Mapping[str, np.ndarray] | tuple[np.ndarray, ...]
+    batch_size: int
+    seed: int
+    steps_per_epoch_config: int | None = None
+    transform: Callable[[Batch, int, int], Batch] | None = None
+
+    def __post_init__(self) -> None:
+        lengths = {len(a) for a in self._values()}
+        if len(lengths) != 1:
+            raise ValueError(f"the arrays of a batch differ in length: {sorted(lengths)}")
+
+    def _values(self) -> list[np.ndarray]:
+        if isinstance(self.arrays, Mapping):
+            return list(self.arrays.values())
+        return list(self.arrays)
+
+    def __len__(self) -> int:
+        return len(self._values()[0])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return default_steps(len(self), self.batch_size, self.steps_per_epoch_config)
+
+    def take(self, index: np.ndarray) -> Batch:
+        """The examples at ``index``, shaped like ``arrays``."""
+        if isinstance(self.arrays, Mapping):
+            return {k: v[index] for k, v in self.arrays.items()}
+        return tuple(a[index] for a in self.arrays)
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        order = EpochOrder(len(self), self.batch_size, self.steps_per_epoch, self.seed)
+        index = order.indices(epoch, start_step)
+        for k in range(len(index) // self.batch_size):
+            batch = self.take(index[k * self.batch_size : (k + 1) * self.batch_size])
+            if self.transform is not None:
+                batch = self.transform(batch, epoch, start_step + k)
+            yield batch

@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import keras
 
-    import mlops_trainers.models.unet  # noqa: F401 - registers the custom classes
+    import mlops_trainers.trainers.segmenter.unet  # noqa: F401 - registers the custom classes
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.keras"

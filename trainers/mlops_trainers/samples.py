@@ -12,8 +12,9 @@ Registering a sample is one line, in the module that knows how to make it::
     register_sample("clouds", write_clouds, description="38-Cloud scenes bundled in the image")
 
 where ``write_clouds(folder: pathlib.Path) -> None`` writes the files (images, masks, lists) into
-``folder``. A sample registered in another module is found once that module is imported; add the
-module to :data:`SAMPLE_MODULES` so ``sample://<name>`` works before anything imported it. Bump
+``folder``. A sample registered in another module is found once that module is imported: a
+trainer's own samples register in ``mlops_trainers/trainers/<kind>/samples.py``, imported when an
+unknown name is asked for; shared ones are listed in :data:`SAMPLE_MODULES`. Bump
 ``version`` when the produced files change: the cache key is ``<name>-v<version>``.
 
 Bundled here:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -57,8 +59,8 @@ Materialise = Callable[[Path], None]
 
 # name -> module that registers it on import (for names registered outside this module).
 SAMPLE_MODULES: dict[str, str] = {
-    "clouds": "mlops_trainers.cloud38",
-    "webcam": "mlops_trainers.skymask",
+    "clouds": "mlops_trainers.cloud38.synthetic",
+    "webcam": "mlops_trainers.skymask.synthetic",
 }
 
 
@@ -111,13 +113,25 @@ def samples_cache_dir() -> Path:
     raise DataError(f"no writable folder for samples among {[str(c) for c in candidates]}")
 
 
+def _trainer_sample_modules() -> list[str]:
+    """``mlops_trainers.trainers.<kind>.samples`` of every kind that has one: a trainer's own
+    data sets register there, so a new trainer lists its samples nowhere else."""
+    from mlops_trainers.registry import trainer_kinds
+
+    names = [f"{entry.package}.samples" for entry in trainer_kinds().values()]
+    return [n for n in names if importlib.util.find_spec(n) is not None]
+
+
 def _lookup(name: str) -> Sample:
-    if name not in _REGISTRY and name in SAMPLE_MODULES:
+    modules = [SAMPLE_MODULES[name]] if name in SAMPLE_MODULES else _trainer_sample_modules()
+    for module in modules:
+        if name in _REGISTRY:
+            break
         try:
-            importlib.import_module(SAMPLE_MODULES[name])
+            importlib.import_module(module)
         except ImportError as err:
             raise DataError(
-                f"sample://{name}: its module {SAMPLE_MODULES[name]} cannot be imported: {err}"
+                f"sample://{name}: its module {module} cannot be imported: {err}"
             ) from err
     if name not in _REGISTRY:
         known = ", ".join(f"sample://{n}" for n in sorted(_REGISTRY)) or "none"

@@ -1,4 +1,4 @@
-"""The trainer base class and the registry of trainers by ``kind``.
+"""The trainer base class: what a trainer kind says about its data, model and artifacts.
 
 The runtime (:mod:`mlops_trainers.runtime`) owns everything that is the same for every trainer:
 reading the run file, resuming from the newest complete checkpoint, the step loop with
@@ -8,10 +8,14 @@ only says what its data, model and artifacts are.
 
 How to add a trainer
 --------------------
-1. Its hyperparameters are a pydantic model in :mod:`mlops_trainers.config` (``TRAINER_CONFIGS``).
-2. Subclass :class:`Trainer` in ``mlops_trainers/trainers/<kind>.py`` and register it::
+A trainer is one folder, ``mlops_trainers/trainers/<kind>/`` (the folder name is the kind; see
+:mod:`mlops_trainers.registry`), plus an example manifest ``examples/<kind>.yaml``:
 
-       @register_trainer("segmenter")
+1. ``config.py``: one :class:`~mlops_trainers.config_base.TrainerConfig` subclass, pure pydantic
+   (the operator validates manifests with it and has no TensorFlow). Its docstring and field
+   descriptions become the kind's README table.
+2. ``trainer.py``: one :class:`Trainer` subclass naming that config::
+
        class SegmenterTrainer(Trainer[SegmenterConfig]):
            config_class = SegmenterConfig
 
@@ -20,15 +24,18 @@ How to add a trainer
            def on_epoch_end(self, epoch, model, logs):  # optional: artifacts, extra metrics
                self.context.write_png(f"predictions/epoch-{epoch:04d}.png", grid)
 
-   (or put it elsewhere and add ``kind -> module`` to :data:`TRAINER_MODULES`; the module is
-   imported on first use of that kind).
 3. ``datasets()`` returns a :class:`TrainData`: ``steps_per_epoch`` and ``batches(epoch,
    start_step)``, which must yield the *same* batches for the same ``(epoch, start_step)`` in any
-   process (shuffle from ``(run.seed, epoch)``, e.g. with :class:`mlops_trainers.data.EpochOrder`),
-   so that a resumed run continues exactly where the checkpoint was taken.
+   process (in-memory arrays: :class:`mlops_trainers.data.ArrayBatches`; otherwise shuffle from
+   ``(run.seed, epoch)`` with :class:`mlops_trainers.data.EpochOrder`), so that a resumed run
+   continues exactly where the checkpoint was taken.
 4. Each batch is fed to :meth:`Trainer.train_step` (default ``model.train_on_batch``: a tuple
    batch is ``(x, y[, sample_weight])``, anything else is ``x``). The returned logs are averaged
    over the epoch by the runtime.
+5. Its models and layers live beside it, one public class per file, registered with
+   ``@keras.saving.register_keras_serializable(package="mlops_trainers")``.
+
+Then ``make generate`` (CRD, README tables) and ``make golden`` (the example's rendered workflow).
 
 Everything a trainer writes goes through ``self.context`` (an fsspec URL under the run output),
 never through local paths, so it works the same on ``gs://`` and in a local folder.
@@ -37,17 +44,15 @@ never through local paths, so it works the same on ``gs://`` and in a local fold
 from __future__ import annotations
 
 import abc
-import importlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
-
 from mlops_trainers import storage
 from mlops_trainers.config import RunConfig
+from mlops_trainers.config_base import TrainerConfig
 from mlops_trainers.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,27 +61,11 @@ if TYPE_CHECKING:
 
     from mlops_trainers.checkpoints import CheckpointInfo
 
-__all__ = [
-    "TRAINER_MODULES",
-    "RunContext",
-    "TrainData",
-    "Trainer",
-    "get_trainer",
-    "register_trainer",
-    "registered_trainers",
-]
+__all__ = ["RunContext", "TrainData", "Trainer", "get_trainer"]
 
 log = logging.getLogger("mlops_trainers")
 
-# kind -> module that registers its trainer on import.
-TRAINER_MODULES: dict[str, str] = {
-    "vqvae": "mlops_trainers.trainers.vqvae",
-    "pixelcnn": "mlops_trainers.trainers.pixelcnn",
-    "tokenizer": "mlops_trainers.trainers.tokenizer",
-    "segmenter": "mlops_trainers.trainers.segmenter",
-}
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+ConfigT = TypeVar("ConfigT", bound=TrainerConfig)
 
 
 class TrainData(Protocol):
@@ -121,25 +110,21 @@ class RunContext:
 class Trainer(abc.ABC, Generic[ConfigT]):
     """One kind of training: data, model, artifacts. See the module docstring."""
 
-    kind: ClassVar[str] = ""
-    config_class: ClassVar[type[BaseModel]]
+    kind: ClassVar[str] = ""  # set from the folder name by the registry
+    config_class: ClassVar[type[TrainerConfig]]
 
     def __init__(self, run: RunConfig, context: RunContext) -> None:
         self.run = run
         self.context = context
-        self.config: ConfigT = self.validate_config(run)
+        # Validated once, when the run file was read: the union picked this kind's model.
+        if not isinstance(run.trainer.config, self.config_class):
+            raise ConfigError(
+                f"a {self.kind} trainer needs a {self.config_class.__name__}, got "
+                f"{type(run.trainer.config).__name__}"
+            )
+        self.config: ConfigT = run.trainer.config  # type: ignore[assignment]
         # Inputs other than the data (a VQ-VAE run, ...), resolved: recorded in run.json.
         self.inputs: dict[str, Any] = {}
-
-    @classmethod
-    def validate_config(cls, run: RunConfig) -> ConfigT:
-        """The trainer's own config model, re-validated from what the run file set."""
-        raw = run.trainer.config.model_dump(mode="json", exclude_unset=True)
-        try:
-            config = cls.config_class.model_validate(raw)
-        except ValidationError as err:
-            raise ConfigError(f"trainer.config is not a valid {cls.kind} config: {err}") from err
-        return config  # type: ignore[return-value]
 
     def prepare(self) -> None:
         """Resolve inputs other than the data (called first); record them in ``self.inputs``."""
@@ -195,35 +180,12 @@ class Trainer(abc.ABC, Generic[ConfigT]):
         return url
 
 
-_REGISTRY: dict[str, type[Trainer[Any]]] = {}
-
-TrainerT = TypeVar("TrainerT", bound=type[Trainer[Any]])
-
-
-def register_trainer(kind: str) -> Callable[[TrainerT], TrainerT]:
-    """Class decorator: ``@register_trainer("vqvae")``."""
-
-    def decorate(cls: TrainerT) -> TrainerT:
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        return cls
-
-    return decorate
-
-
-def registered_trainers() -> dict[str, type[Trainer[Any]]]:
-    return dict(_REGISTRY)
-
-
 def get_trainer(kind: str) -> type[Trainer[Any]]:
-    """The trainer class for ``kind``, importing its module on first use."""
-    if kind not in _REGISTRY and kind in TRAINER_MODULES:
-        try:
-            importlib.import_module(TRAINER_MODULES[kind])
-        except ModuleNotFoundError as err:
-            if err.name != TRAINER_MODULES[kind]:
-                raise
-    if kind not in _REGISTRY:
-        known = ", ".join(sorted(set(_REGISTRY) | set(TRAINER_MODULES)))
-        raise ConfigError(f"no trainer is registered for kind {kind!r} (known: {known})")
-    return _REGISTRY[kind]
+    """The trainer class of ``kind``, importing its ``trainer.py`` on first use."""
+    from mlops_trainers.registry import get_entry
+
+    try:
+        entry = get_entry(kind)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from err
+    return entry.trainer_class()

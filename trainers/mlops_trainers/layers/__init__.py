@@ -1,8 +1,4 @@
-"""Keras 3 layers (``keras.ops`` only, so every backend runs them), one public class per file."""
+"""Keras 3 layers shared by several trainers (``keras.ops`` only), one public class per file.
 
-from mlops_trainers.layers.gated_pixelcnn_block import GatedPixelCNNBlock
-from mlops_trainers.layers.masked_conv2d import MaskedConv2D
-from mlops_trainers.layers.residual_block import ResidualBlock
-from mlops_trainers.layers.vector_quantizer import VectorQuantizer
-
-__all__ = ["GatedPixelCNNBlock", "MaskedConv2D", "ResidualBlock", "VectorQuantizer"]
+A layer only one trainer uses lives in that trainer's folder.
+"""

@@ -13,8 +13,8 @@ lose its absolute brightness, which is exactly what tells cloud from water.
 
 The output is a per-pixel cloud *probability* (sigmoid, float32), so the ONNX export
 (:mod:`mlops_trainers.onnx_export`) is usable as is. Train with
-:class:`~mlops_trainers.layers.bce_dice_loss.BCEDiceLoss` and
-:class:`~mlops_trainers.layers.masked_segmentation_metric.MaskedSegmentationMetric`.
+:class:`~mlops_trainers.trainers.segmenter.bce_dice_loss.BCEDiceLoss` and
+:class:`~mlops_trainers.trainers.segmenter.masked_segmentation_metric.MaskedSegmentationMetric`.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 Data: a folder of one camera's frames (names in time order), or a folder of such camera folders,
 or ``sample://webcam``. Each camera's sky mask is its ``skymask.png`` if the folder has one
 (``mlops skymask FOLDER --out FOLDER/skymask.png``), else it is computed from the frames by
-:func:`mlops_trainers.skymask.sky_mask` (``sky_mask`` config; ``enabled: false`` uses every
+:func:`mlops_trainers.skymask.algorithm.sky_mask` (``sky_mask`` config; ``enabled: false`` uses every
 pixel). The mask is written to ``skymask/<camera>.png`` under the run output.
 
 Frames are padded, never stretched (:func:`mlops_trainers.data.load_images`), and the sky mask goes
 through the same transform, so ``mask`` = sky x real pixel. Batches are drawn per ``(seed,
-epoch)`` (:class:`~mlops_trainers.data.EpochOrder`) so a resumed run sees the same batches.
+epoch)`` (:class:`~mlops_trainers.data.ArrayBatches`) so a resumed run sees the same batches.
 
 Each epoch writes ``reconstructions/epoch-NNNN.png`` (rows: frames, reconstructions pasted into
 the sky, token grids in false colour) and measures on those frames the *token stability*: the
@@ -19,20 +19,30 @@ distinct codes used.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mlops_trainers import skymask, storage
+from mlops_trainers import storage
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.config import TokenizerConfig
-from mlops_trainers.data import EpochOrder, default_steps, load_images, resolve_data_url
+from mlops_trainers.data import ArrayBatches, load_images, resolve_data_url
 from mlops_trainers.errors import DataError
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.skymask.algorithm import sky_mask
+from mlops_trainers.skymask.frames import (
+    IMAGE_SUFFIXES,
+    MASK_NAME,
+    frame_urls,
+    load_frames,
+    mask_png,
+    read_image,
+    read_mask_png,
+)
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.tokenizer.config import TokenizerConfig
 
-__all__ = ["Camera", "TokenizerTrainer", "WebcamFrames", "find_cameras", "token_stability"]
+__all__ = ["Camera", "TokenizerTrainer", "find_cameras", "token_stability"]
 
 
 # === Data ===
@@ -49,33 +59,29 @@ class Camera:
 
 def find_cameras(url: str) -> list[Camera]:
     """The camera at ``url`` (frames directly under it), else one per sub-folder holding frames."""
-    frames = skymask.frame_urls(url)
+    frames = frame_urls(url)
     if frames:
         return [Camera(url.rstrip("/").rsplit("/", 1)[-1] or "camera", url, tuple(frames))]
     cameras = []
     for name in storage.list_dir(url):
         sub = storage.join(url, name)
-        sub_frames = skymask.frame_urls(sub)
+        sub_frames = frame_urls(sub)
         if sub_frames:
             cameras.append(Camera(name, sub, tuple(sub_frames)))
     if not cameras:
-        raise DataError(
-            f"no frames ({', '.join(skymask.IMAGE_SUFFIXES)}) under {url} or its sub-folders"
-        )
+        raise DataError(f"no frames ({', '.join(IMAGE_SUFFIXES)}) under {url} or its sub-folders")
     return cameras
 
 
 def camera_sky(camera: Camera, config: TokenizerConfig) -> np.ndarray:
     """A camera's sky mask at frame resolution: its skymask.png, computed, or all sky."""
-    own = storage.join(camera.url, skymask.MASK_NAME)
+    own = storage.join(camera.url, MASK_NAME)
     if storage.exists(own):
-        return skymask.read_mask_png(own)
+        return read_mask_png(own)
     if not config.sky_mask.enabled:
-        first = skymask.read_image(camera.frames[0])
+        first = read_image(camera.frames[0])
         return np.ones(first.shape[:2], dtype=bool)
-    return skymask.sky_mask(
-        skymask.load_frames(camera.url, config.sky_mask.max_frames), config.sky_mask
-    )
+    return sky_mask(load_frames(camera.url, config.sky_mask.max_frames), config.sky_mask)
 
 
 def pad_mask(sky: np.ndarray, size: int) -> np.ndarray:
@@ -84,28 +90,6 @@ def pad_mask(sky: np.ndarray, size: int) -> np.ndarray:
 
     padded, valid = pad_image(np.where(sky, 255, 0).astype(np.uint8)[..., None], size)
     return ((np.asarray(padded) >= 0.5) & (np.asarray(valid) > 0)).astype(np.float32)
-
-
-@dataclass
-class WebcamFrames:
-    """Padded frames and their masks (sky x valid) as ``{"image", "mask"}`` batches."""
-
-    images: np.ndarray
-    masks: np.ndarray
-    batch_size: int
-    seed: int
-    steps_per_epoch_config: int | None = None
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return default_steps(len(self.images), self.batch_size, self.steps_per_epoch_config)
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        order = EpochOrder(len(self.images), self.batch_size, self.steps_per_epoch, self.seed)
-        index = order.indices(epoch, start_step)
-        for k in range(len(index) // self.batch_size):
-            pick = index[k * self.batch_size : (k + 1) * self.batch_size]
-            yield {"image": self.images[pick], "mask": self.masks[pick]}
 
 
 def token_stability(model: Any, images: np.ndarray, masks: np.ndarray) -> tuple[float, int]:
@@ -131,7 +115,6 @@ def code_colours(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
 # === Trainer ===
 
 
-@register_trainer("tokenizer")
 class TokenizerTrainer(Trainer[TokenizerConfig]):
     """VQGAN sky tokenizer; see the module docstring."""
 
@@ -144,7 +127,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         for camera in self.cameras:
             sky = camera_sky(camera, self.config)
             self.skies[camera.name] = sky
-            self.context.write_bytes(f"skymask/{camera.name}.png", skymask.mask_png(sky))
+            self.context.write_bytes(f"skymask/{camera.name}.png", mask_png(sky))
             self.context.log.info(
                 "camera %s: %d frames, sky %.1f%%",
                 camera.name,
@@ -154,7 +137,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         self.inputs["cameras"] = {c.name: len(c.frames) for c in self.cameras}
         self.token_metrics: dict[str, float] = {}
 
-    def datasets(self) -> WebcamFrames:
+    def datasets(self) -> ArrayBatches:
         c = self.config
         images, masks = [], []
         for camera in self.cameras:
@@ -163,12 +146,14 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
             masks.append(valid * pad_mask(self.skies[camera.name], c.image_size)[None])
         self.images = np.concatenate(images)
         self.masks = np.concatenate(masks).astype(np.float32)
-        return WebcamFrames(self.images, self.masks, c.batch_size, self.run.seed, c.steps_per_epoch)
+        # Padded frames and their masks (sky x valid) as {"image", "mask"} batches.
+        batches = {"image": self.images, "mask": self.masks}
+        return ArrayBatches(batches, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
         import keras
 
-        from mlops_trainers.models.tokenizer import Tokenizer
+        from mlops_trainers.trainers.tokenizer.tokenizer import Tokenizer
 
         c = self.config
         model = Tokenizer(

@@ -20,7 +20,7 @@ project must run; the L2 reconstruction keeps the model a plain autoencoder that
 
 ``encode``/``decode`` are methods of the saved class: a reloaded ``.keras`` file tokenizes
 exactly as the model that was saved. Training overrides ``compute_loss`` only, so every backend's
-own ``train_step`` applies (see :class:`~mlops_trainers.models.vqvae.VQVAE` for the same choice).
+own ``train_step`` applies (see :class:`~mlops_trainers.trainers.vqvae.vqvae.VQVAE` for the same choice).
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.layers.codebook_quantizer import CodebookQuantizer
-from mlops_trainers.layers.group_norm_residual_block import GroupNormResidualBlock, _groups
-from mlops_trainers.layers.residual_upsample_block import ResidualUpsampleBlock
+from mlops_trainers.trainers.tokenizer.codebook_quantizer import CodebookQuantizer
+from mlops_trainers.trainers.tokenizer.group_norm_residual_block import (
+    GroupNormResidualBlock,
+    _groups,
+)
+from mlops_trainers.trainers.tokenizer.residual_upsample_block import ResidualUpsampleBlock
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")

@@ -1,6 +1,6 @@
 """The ``segmenter`` trainer: a U-Net for cloud masks on large multi-band scenes, tiled.
 
-Data: a dataset in the layout of :mod:`mlops_trainers.cloud38` (``filelists/``, ``scenes/``,
+Data: a dataset in the layout of :mod:`mlops_trainers.cloud38.layout` (``filelists/``, ``scenes/``,
 ``masks/``), a 38-Cloud training folder (converted into the run's scratch folder first), or
 ``sample://clouds``. Training batches are the non-overlapping tiles of the training scenes
 (padding marked invalid, so the loss and the metrics ignore it), shuffled per ``(seed, epoch)``
@@ -18,72 +18,78 @@ run.json).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mlops_trainers import cloud38, storage
-from mlops_trainers.config import SegmenterConfig
-from mlops_trainers.data import EpochOrder, default_steps, resolve_data_url
+from mlops_trainers import storage
+from mlops_trainers.cloud38 import convert, layout
+from mlops_trainers.data import ArrayBatches, resolve_data_url
 from mlops_trainers.errors import ConfigError, DataError
 from mlops_trainers.tiling import tile
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.segmenter.config import SegmenterConfig
 
-__all__ = ["SceneTiles", "SegmenterTrainer", "confusion_counts", "scores"]
+__all__ = [
+    "SegmenterTrainer",
+    "SquareSymmetries",
+    "confusion_counts",
+    "scene_tiles",
+    "scores",
+]
 
 
 # === Data ===
 
 
-@dataclass
-class SceneTiles:
+@dataclass(frozen=True)
+class SquareSymmetries:
+    """Augmentation: one of the 8 symmetries of the square per batch (clouds have no up or left),
+    drawn from ``(seed, epoch, step)`` alone, so a resumed run repeats it."""
+
+    seed: int
+
+    def __call__(
+        self, batch: tuple[np.ndarray, np.ndarray], epoch: int, step: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        x, y = batch
+        rng = np.random.default_rng([self.seed, epoch, step, 8])
+        k90, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x, y = np.rot90(x, k90, axes=(1, 2)), np.rot90(y, k90, axes=(1, 2))
+        if flip:
+            x, y = x[:, :, ::-1], y[:, :, ::-1]
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def scene_tiles(
+    scenes: Sequence[tuple[np.ndarray, np.ndarray]],
+    tile_size: int,
+    *,
+    batch_size: int,
+    seed: int,
+    steps_per_epoch_config: int | None = None,
+    augment: bool = True,
+) -> ArrayBatches:
     """All tiles of a set of scenes as ``(x (N, t, t, B), y (N, t, t, 2))`` batches.
 
-    ``y`` is (cloud, valid): the layout :class:`BCEDiceLoss` and the metrics expect.
+    ``y`` is (cloud, valid): the layout :class:`BCEDiceLoss` and the metrics expect; the padding
+    of border tiles is invalid.
     """
-
-    tiles: np.ndarray
-    targets: np.ndarray
-    batch_size: int
-    seed: int
-    steps_per_epoch_config: int | None = None
-    augment: bool = True
-    _order: EpochOrder | None = field(default=None, init=False, repr=False)
-
-    @classmethod
-    def from_scenes(
-        cls, scenes: Sequence[tuple[np.ndarray, np.ndarray]], tile_size: int, **kwargs: Any
-    ) -> SceneTiles:
-        xs, ys = [], []
-        for scene, mask in scenes:
-            x, valid, _ = tile(scene, tile_size)
-            m, _, _ = tile(mask, tile_size)
-            xs.append(x)
-            ys.append(np.stack([m, valid], axis=-1))
-        return cls(np.concatenate(xs), np.concatenate(ys).astype(np.float32), **kwargs)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return default_steps(len(self.tiles), self.batch_size, self.steps_per_epoch_config)
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        order = EpochOrder(len(self.tiles), self.batch_size, self.steps_per_epoch, self.seed)
-        index = order.indices(epoch, start_step)
-        for k in range(len(index) // self.batch_size):
-            step = start_step + k
-            pick = index[k * self.batch_size : (k + 1) * self.batch_size]
-            x, y = self.tiles[pick], self.targets[pick]
-            if self.augment:
-                # The 8 symmetries of the square: clouds have no up or left. One draw per batch,
-                # from (seed, epoch, step) alone, so a resumed run repeats it.
-                rng = np.random.default_rng([self.seed, epoch, step, 8])
-                k90, flip = int(rng.integers(4)), bool(rng.integers(2))
-                x, y = np.rot90(x, k90, axes=(1, 2)), np.rot90(y, k90, axes=(1, 2))
-                if flip:
-                    x, y = x[:, :, ::-1], y[:, :, ::-1]
-            yield np.ascontiguousarray(x), np.ascontiguousarray(y)
+    xs, ys = [], []
+    for scene, mask in scenes:
+        x, valid, _ = tile(scene, tile_size)
+        m, _, _ = tile(mask, tile_size)
+        xs.append(x)
+        ys.append(np.stack([m, valid], axis=-1))
+    return ArrayBatches(
+        (np.concatenate(xs), np.concatenate(ys).astype(np.float32)),
+        batch_size,
+        seed,
+        steps_per_epoch_config,
+        transform=SquareSymmetries(seed) if augment else None,
+    )
 
 
 def confusion_counts(prob: np.ndarray, truth: np.ndarray, threshold: float) -> np.ndarray:
@@ -119,7 +125,6 @@ def false_colour(scene: np.ndarray) -> np.ndarray:
 # === Trainer ===
 
 
-@register_trainer("segmenter")
 class SegmenterTrainer(Trainer[SegmenterConfig]):
     """U-Net cloud segmentation on tiled scenes; see the module docstring."""
 
@@ -141,11 +146,11 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
                     f"installed: {INSTALL_HINT} (the `export` extra), or set export_onnx: false"
                 )
         root = resolve_data_url(self.run.data)
-        if cloud38.is_dataset(root):
+        if layout.is_dataset(root):
             self.root = root
-        elif cloud38.is_38cloud(root):
+        elif convert.is_38cloud(root):
             self.root = str(self.context.scratch / "dataset")
-            counts = cloud38.convert_38cloud(root, self.root)
+            counts = convert.convert_38cloud(root, self.root)
             self.context.log.info("converted 38-Cloud %s: %s", root, counts)
             self.inputs["converted_38cloud"] = counts
         else:
@@ -154,7 +159,7 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
                 "masks/) nor a 38-Cloud training folder (train_red/ ... train_gt/)"
             )
         self.inputs["dataset"] = self.root
-        self.splits = {s: cloud38.read_filelist(self.root, s) for s in cloud38.SPLITS}
+        self.splits = {s: layout.read_filelist(self.root, s) for s in layout.SPLITS}
         if not self.splits["train"]:
             raise DataError(f"{self.root}/filelists/train.csv lists no scenes")
         self.val_metrics: dict[str, float] = {}
@@ -169,8 +174,8 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
             return cache[split]
         out = []
         for record in self.splits.get(split, []):
-            scene = cloud38.load_scene(storage.join(self.root, record.scene))
-            mask = cloud38.load_mask(storage.join(self.root, record.mask))
+            scene = layout.load_scene(storage.join(self.root, record.scene))
+            mask = layout.load_mask(storage.join(self.root, record.mask))
             if scene.shape[-1] != self.config.bands:
                 raise ConfigError(
                     f"trainer.config.bands is {self.config.bands} but {record.scene} has "
@@ -183,8 +188,8 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
             cache[split] = out
         return out
 
-    def datasets(self) -> SceneTiles:
-        return SceneTiles.from_scenes(
+    def datasets(self) -> ArrayBatches:
+        return scene_tiles(
             self.load_split("train"),
             self.config.tile_size,
             batch_size=self.config.batch_size,
@@ -196,9 +201,11 @@ class SegmenterTrainer(Trainer[SegmenterConfig]):
     def build_model(self) -> Any:
         import keras
 
-        from mlops_trainers.layers.bce_dice_loss import BCEDiceLoss
-        from mlops_trainers.layers.masked_segmentation_metric import MaskedSegmentationMetric
-        from mlops_trainers.models.unet import UNet
+        from mlops_trainers.trainers.segmenter.bce_dice_loss import BCEDiceLoss
+        from mlops_trainers.trainers.segmenter.masked_segmentation_metric import (
+            MaskedSegmentationMetric,
+        )
+        from mlops_trainers.trainers.segmenter.unet import UNet
 
         c = self.config
         model = UNet(bands=c.bands, base_filters=c.base_filters, depth=c.depth, name="unet")

@@ -27,7 +27,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.layers.gated_pixelcnn_block import GatedPixelCNNBlock
+from mlops_trainers.trainers.pixelcnn.gated_pixelcnn_block import GatedPixelCNNBlock
 
 
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:

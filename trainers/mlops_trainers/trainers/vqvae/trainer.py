@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.config import VQVAEConfig
 from mlops_trainers.data import ImageData, list_images
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.vqvae.config import VQVAEConfig
 
 __all__ = ["CACHE_BYTES", "VQVAETrainer", "build_vqvae"]
 
@@ -38,7 +38,7 @@ def build_vqvae(config: VQVAEConfig, seed: int | None = None, *, compile: bool =
     """
     import keras
 
-    from mlops_trainers.models.vqvae import VQVAE
+    from mlops_trainers.trainers.vqvae.vqvae import VQVAE
 
     model = VQVAE(
         image_size=config.image_size,
@@ -62,7 +62,6 @@ def build_vqvae(config: VQVAEConfig, seed: int | None = None, *, compile: bool =
     return model
 
 
-@register_trainer("vqvae")
 class VQVAETrainer(Trainer[VQVAEConfig]):
     """VQ-VAE with EMA codebook and dead-code restart; see the module docstring."""
 

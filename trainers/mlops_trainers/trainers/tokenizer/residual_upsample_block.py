@@ -15,7 +15,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.layers.group_norm_residual_block import _groups
+from mlops_trainers.trainers.tokenizer.group_norm_residual_block import _groups
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")

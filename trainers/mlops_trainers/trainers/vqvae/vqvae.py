@@ -19,8 +19,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.layers.residual_block import ResidualBlock
-from mlops_trainers.layers.vector_quantizer import VectorQuantizer
+from mlops_trainers.trainers.vqvae.residual_block import ResidualBlock
+from mlops_trainers.trainers.vqvae.vector_quantizer import VectorQuantizer
 
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")

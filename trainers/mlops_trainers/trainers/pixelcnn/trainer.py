@@ -16,50 +16,28 @@ VQ-VAE's decoder.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.config import PixelCNNConfig, VQVAEConfig
-from mlops_trainers.data import EpochOrder, ImageData, default_steps, list_images
+from mlops_trainers.data import ArrayBatches, ImageData, list_images
 from mlops_trainers.errors import ConfigError
-from mlops_trainers.trainer import Trainer, register_trainer
+from mlops_trainers.trainer import Trainer
+from mlops_trainers.trainers.pixelcnn.config import PixelCNNConfig
+from mlops_trainers.trainers.vqvae.config import VQVAEConfig
 
-__all__ = ["CodeGrids", "PixelCNNTrainer", "encode_images", "load_vqvae"]
+__all__ = ["PixelCNNTrainer", "encode_images", "load_vqvae"]
 
 
 # === Data ===
 
 
-@dataclass
-class CodeGrids:
-    """Code grids and their validity as ``{"codes", "valid"}`` batches, per ``(seed, epoch)``."""
-
-    codes: np.ndarray
-    valid: np.ndarray
-    batch_size: int
-    seed: int
-    steps_per_epoch_config: int | None = None
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return default_steps(len(self.codes), self.batch_size, self.steps_per_epoch_config)
-
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        order = EpochOrder(len(self.codes), self.batch_size, self.steps_per_epoch, self.seed)
-        index = order.indices(epoch, start_step)
-        for k in range(len(index) // self.batch_size):
-            pick = index[k * self.batch_size : (k + 1) * self.batch_size]
-            yield {"codes": self.codes[pick], "valid": self.valid[pick]}
-
-
 def load_vqvae(checkpoint: Any, scratch: Any, seed: int = 0) -> Any:
     """The VQ-VAE of a complete ``vqvae`` checkpoint, weights loaded."""
     from mlops_trainers.checkpoints import load_checkpoint
-    from mlops_trainers.trainers.vqvae import build_vqvae
+    from mlops_trainers.trainers.vqvae.trainer import build_vqvae
 
     if checkpoint.kind != "vqvae":
         raise ConfigError(
@@ -89,7 +67,6 @@ def encode_images(vqvae: Any, data: ImageData, batch_size: int = 64) -> tuple[An
 # === Trainer ===
 
 
-@register_trainer("pixelcnn")
 class PixelCNNTrainer(Trainer[PixelCNNConfig]):
     """Gated PixelCNN prior over a VQ-VAE's codes; see the module docstring."""
 
@@ -99,7 +76,10 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         from mlops_trainers.checkpoints import resolve_model_reference
 
         checkpoint, provenance = resolve_model_reference(
-            self.config.vqvae, self.run.output_prefix, exclude=self.run.run_id
+            self.config.vqvae,
+            self.run.output_prefix,
+            namespace=self.run.namespace,
+            exclude=self.run.run_id,
         )
         self.vqvae = load_vqvae(checkpoint, self.context.scratch / "vqvae", seed=self.run.seed)
         self.vqvae_config = VQVAEConfig.model_validate(checkpoint.trainer_config)
@@ -118,7 +98,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         )
         self.sample_metrics: dict[str, float] = {}
 
-    def datasets(self) -> CodeGrids:
+    def datasets(self) -> ArrayBatches:
         v = self.vqvae_config
         images = ImageData(
             self.files, v.image_size, v.channels, batch_size=1, seed=self.run.seed, cache=True
@@ -130,12 +110,14 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         )
         self.inputs["codes_used"] = used
         c = self.config
-        return CodeGrids(self.codes, self.valid, c.batch_size, self.run.seed, c.steps_per_epoch)
+        # Code grids and their validity as {"codes", "valid"} batches.
+        grids = {"codes": self.codes, "valid": self.valid}
+        return ArrayBatches(grids, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
         import keras
 
-        from mlops_trainers.models.pixelcnn import PixelCNN
+        from mlops_trainers.trainers.pixelcnn.pixelcnn import PixelCNN
 
         c = self.config
         model = PixelCNN(

@@ -21,9 +21,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlops_trainers.layers.quantizer import Quantizer
+
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class VectorQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
+class VectorQuantizer(Quantizer):
     """``z (B, H, W, D) -> (z_q (B, H, W, D), codes (B, H, W) int32)``.
 
     ``z_q`` carries straight-through gradients to ``z``. The losses are added with ``add_loss``.
@@ -55,9 +57,7 @@ class VectorQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
+        super().__init__(num_embeddings, embedding_dim, **kwargs)
         self.beta = beta
         self.ema = ema
         self.ema_decay = ema_decay
@@ -102,25 +102,6 @@ class VectorQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
         if "seed_state" in keys:
             self.seed_generator.state.assign(ops.convert_to_tensor(store["seed_state"]))
         super().load_own_variables({k: store[k] for k in keys if k != "seed_state"})
-
-    def distances(self, flat: Any, embeddings: Any) -> Any:
-        """Squared distances (N, K) between vectors (N, D) and codes (K, D)."""
-        return (
-            ops.sum(flat**2, axis=1, keepdims=True)
-            - 2.0 * ops.matmul(flat, ops.transpose(embeddings))
-            + ops.sum(embeddings**2, axis=1)[None, :]
-        )
-
-    def codes(self, inputs: Any) -> Any:
-        """Code indices (B, H, W) of encoder outputs, without any update."""
-        flat = ops.reshape(inputs, (-1, self.embedding_dim))
-        embeddings = ops.convert_to_tensor(self.embeddings)
-        indices = ops.argmin(self.distances(flat, embeddings), axis=1)
-        return ops.reshape(ops.cast(indices, "int32"), ops.shape(inputs)[:-1])
-
-    def lookup(self, codes: Any) -> Any:
-        """Code vectors (..., D) of indices (...)."""
-        return ops.take(ops.convert_to_tensor(self.embeddings), ops.cast(codes, "int32"), axis=0)
 
     def call(self, inputs: Any, valid_mask: Any = None, training: bool | None = None) -> Any:
         shape = ops.shape(inputs)
@@ -216,8 +197,6 @@ class VectorQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
         config: dict[str, Any] = super().get_config()
         config.update(
             {
-                "num_embeddings": self.num_embeddings,
-                "embedding_dim": self.embedding_dim,
                 "beta": self.beta,
                 "ema": self.ema,
                 "ema_decay": self.ema_decay,

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.layers.masked_conv2d import MaskedConv2D
+from mlops_trainers.trainers.pixelcnn.masked_conv2d import MaskedConv2D
 
 
 def _gate(x: Any) -> Any:

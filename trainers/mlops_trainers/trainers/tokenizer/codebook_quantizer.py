@@ -24,9 +24,11 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.layers.quantizer import Quantizer
+
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
-class CodebookQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
+class CodebookQuantizer(Quantizer):
     """``z (B, H, W, D) [, weight (B, H, W)] -> dict``.
 
     The output dict holds ``quantized`` (B, H, W, D) with straight-through gradients, ``codes``
@@ -49,9 +51,7 @@ class CodebookQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
         unused_code_weight: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
+        super().__init__(num_embeddings, embedding_dim, **kwargs)
         self.beta = beta
         self.unused_code_weight = unused_code_weight
 
@@ -66,25 +66,6 @@ class CodebookQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
             name="embeddings",
         )
         self.built = True
-
-    def distances(self, flat: Any) -> Any:
-        """Squared distances (N, K) from vectors (N, D) to every code."""
-        embeddings = ops.convert_to_tensor(self.embeddings)
-        return (
-            ops.sum(flat**2, axis=1, keepdims=True)
-            - 2.0 * ops.matmul(flat, ops.transpose(embeddings))
-            + ops.sum(embeddings**2, axis=1)[None, :]
-        )
-
-    def codes(self, inputs: Any) -> Any:
-        """Code indices (B, H, W) int32 of encoder outputs (B, H, W, D)."""
-        flat = ops.reshape(inputs, (-1, self.embedding_dim))
-        indices = ops.cast(ops.argmin(self.distances(flat), axis=1), "int32")
-        return ops.reshape(indices, ops.shape(inputs)[:-1])
-
-    def lookup(self, codes: Any) -> Any:
-        """Code vectors (..., D) of indices (...)."""
-        return ops.take(ops.convert_to_tensor(self.embeddings), ops.cast(codes, "int32"), axis=0)
 
     def call(self, inputs: Any, weight: Any = None) -> dict[str, Any]:
         shape = ops.shape(inputs)
@@ -158,8 +139,6 @@ class CodebookQuantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
         config: dict[str, Any] = super().get_config()
         config.update(
             {
-                "num_embeddings": self.num_embeddings,
-                "embedding_dim": self.embedding_dim,
                 "beta": self.beta,
                 "unused_code_weight": self.unused_code_weight,
             }

@@ -1,1 +1,0 @@
-"""Keras 3 models, one public class per file."""

@@ -1,0 +1,58 @@
+"""SIGTERM/SIGINT as a request to stop between steps: a step is never cut, a checkpoint follows.
+
+A spot preemption is a SIGTERM from the kubelet some seconds before the kill; Ctrl-C locally is a
+SIGINT. Either sets :class:`StopFlag`; the step loop checks it after each step, checkpoints, and
+raises :class:`Stopped`, which the runtime turns into exit 143 (or 130).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+__all__ = ["StopFlag", "Stopped", "stop_on_signals"]
+
+log = logging.getLogger("mlops_trainers")
+
+
+class Stopped(Exception):  # noqa: N818 - not an error: the run was asked to stop
+    """A signal asked the run to stop; a checkpoint has been written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the step loop checks it between steps."""
+
+    signum: int | None = None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.signum is None:
+            log.warning("received signal %d: checkpointing after this step, then exiting", signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Install the SIGTERM/SIGINT handlers for the block; the previous ones come back after it."""
+    flag = StopFlag()
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[signum] = signal.signal(signum, flag.handler)
+        except ValueError:  # not the main thread (a test runner's worker): no handlers
+            break
+    try:
+        yield flag
+    finally:
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)

@@ -1,0 +1,1 @@
+"""The ``segmenter`` trainer: a U-Net for cloud masks on large multi-band scenes, tiled."""

@@ -1,0 +1,1 @@
+"""The ``vqvae`` trainer: a VQ-VAE on images (``config.py``, ``trainer.py``, the model and layers)."""
