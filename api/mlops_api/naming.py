@@ -25,6 +25,7 @@ LABEL_OWNER_UID = f"{GROUP}/owner-uid"  # exact: how the operator finds an objec
 LABEL_RUN_ID = f"{GROUP}/run-id"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_TRAINER = f"{GROUP}/trainer"
+LABEL_SEGMENT = f"{GROUP}/segment"
 ANNOTATION_NAME = f"{GROUP}/name"  # the full object name (a label value holds at most 63)
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 # Set by a user to start the current spec again as a new run: any new value is a new run.
@@ -41,13 +42,21 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
-def spec_hash(spec: MLOpsSpec) -> str:
-    """First 8 hex digits of the SHA-256 of the spec with every default filled in.
+# Fields that say how the operator handles a run, not what is trained: changing them is a new
+# generation of the same run (suspending and resuming it, keeping more old runs...).
+NOT_THE_RUN = frozenset({"suspend", "keep_runs", "on_change", "stop_on_delete"})
 
-    Two specs that mean the same (one writes a default out) hash the same; the operator keeps the
-    current run when a new generation has the same hash.
+
+def spec_hash(spec: MLOpsSpec) -> str:
+    """First 8 hex digits of the SHA-256 of the spec with every default filled in, but for the
+    fields in :data:`NOT_THE_RUN`.
+
+    Two specs that mean the same run (one writes a default out, or suspends it) hash the same;
+    the operator keeps the current run when a new generation has the same hash.
     """
-    data = spec.model_dump(mode="json", by_alias=True, exclude_none=False)
+    data = spec.model_dump(
+        mode="json", by_alias=True, exclude_none=False, exclude=set(NOT_THE_RUN)
+    )
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:8]
 
 
@@ -91,8 +100,10 @@ def config_map_name(run: str) -> str:
     return f"{run}-config"
 
 
-def workflow_name(run: str) -> str:
-    return run
+def workflow_name(run: str, segment: int = 0) -> str:
+    """The Workflow of one segment of a run: the first is the run id itself; each resume after
+    ``spec.suspend`` is a new Workflow of the same run (same output folder, same checkpoints)."""
+    return run if segment == 0 else f"{run}-r{segment}"
 
 
 def label_value(value: str) -> str:

@@ -222,6 +222,10 @@ class MLOpsSpec(_Model):
     stop_on_delete: bool = Field(
         True, description="Stop a running Workflow before its MLOps object is deleted."
     )
+    suspend: bool = Field(
+        False,
+        description="Stop the current run (its trainer checkpoints) and start nothing; false again resumes the same run from its checkpoint.",
+    )
 
     @field_validator("data")
     @classmethod
@@ -273,7 +277,7 @@ class ObjectMeta(BaseModel):
 
 # === Status ===
 
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Stopped"]
+Phase = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed", "Stopped"]
 
 
 class Condition(_Model):
@@ -313,7 +317,10 @@ class MLOpsStatus(_Model):
     spec_hash: str | None = Field(None, description="Hash of the run's spec, defaults filled in.")
     workflow: str | None = None
     config_map: str | None = None
-    submitted: bool = Field(False, description="The run's Workflow was created.")
+    submitted: bool = Field(False, description="The run's (current segment's) Workflow was created.")
+    segment: int = Field(
+        0, description="Resumes of the run after spec.suspend; its Workflow is <runId>-r<segment>."
+    )
     output: str | None = Field(None, description="This run's output URL.")
     latest_checkpoint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)

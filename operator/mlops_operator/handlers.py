@@ -135,7 +135,14 @@ def _needs_resync(body: kopf.Body, **_: Any) -> bool:
 
 
 def _rerun_asked(body: kopf.Body, **_: Any) -> bool:
-    return not body.metadata.get("deletionTimestamp") and _undecided(body)
+    """A new rerun value on a decided generation (a new generation is the update handler's)."""
+    status = parse_status(body.get("status"))
+    rerun = body.metadata.annotations.get(ANNOTATION_RERUN) or None
+    return (
+        not body.metadata.get("deletionTimestamp")
+        and status.observed_generation == body.metadata.get("generation")
+        and status.rerun != rerun
+    )
 
 
 @kopf.timer(

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from mlops_api.naming import LABEL_MANAGED_BY, LABEL_OWNER_UID, MANAGED_BY
+from mlops_api.naming import LABEL_MANAGED_BY, LABEL_OWNER_UID, LABEL_RUN_ID, MANAGED_BY
 from mlops_api.spec import GROUP, PLURAL, VERSION
 from urllib3.exceptions import HTTPError
 
@@ -252,14 +252,15 @@ def stop_workflow(namespace: str, name: str, mode: str = "Stop") -> None:
             raise
 
 
-def live_pods(namespace: str, owner_uid: str) -> list[str]:
-    """Trainer pods of an MLOps object that have not ended yet. A stopped Workflow is marked
-    finished at once; its trainer is still checkpointing until its pod has ended."""
+def live_pods(namespace: str, owner_uid: str, *, run: str | None = None) -> list[str]:
+    """Trainer pods of an MLOps object (of one of its runs) that have not ended yet. A stopped
+    Workflow is marked finished at once; its trainer is still checkpointing until its pod ends."""
+    selector = f"{LABEL_OWNER_UID}={owner_uid}" + (f",{LABEL_RUN_ID}={run}" if run else "")
     pods = call(
         f"list pods of {owner_uid}",
         _core().list_namespaced_pod,
         namespace,
-        label_selector=f"{LABEL_OWNER_UID}={owner_uid}",
+        label_selector=selector,
     )
     return sorted(
         str(p.metadata.name if p.metadata else "")

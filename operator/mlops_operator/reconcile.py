@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from mlops_api import ManifestError, parse_manifest
+from mlops_api.guardrails import Guardrails, check_guardrails
 from mlops_api.naming import ANNOTATION_RERUN, spec_hash
 from mlops_api.spec import Condition, MLOps, MLOpsStatus, Retries
 from mlops_workflows.render import RenderedRun, RenderSettings, render
@@ -200,6 +201,9 @@ class Decision:
     stop: tuple[Stop, ...] = ()
     prune: tuple[str, ...] = ()  # Workflow names whose run (Workflow + ConfigMap) is deleted
     events: tuple[Event, ...] = ()
+    # A suspended run is to resume: decide again once it is known whether this run's stopped
+    # trainer pods are still alive (they share its output folder).
+    check_trainers: str | None = None
 
     @property
     def acts(self) -> bool:
@@ -213,6 +217,7 @@ class Policy:
 
     render: RenderSettings = field(default_factory=RenderSettings)
     default_image: str | None = None
+    guardrails: Guardrails = field(default_factory=Guardrails)
 
 
 def decide(
@@ -220,8 +225,13 @@ def decide(
     workflows: Iterable[WorkflowView],
     policy: Policy,
     at: datetime | None = None,
+    *,
+    trainers_alive: bool | None = None,
 ) -> Decision:
-    """The whole lifecycle of one MLOps object (see the module docstring). Pure."""
+    """The whole lifecycle of one MLOps object (see the module docstring). Pure.
+
+    ``trainers_alive``: whether the current run's trainer pods are still alive, when the caller
+    knows; a decision that needs it (a resume) asks for it with ``check_trainers``."""
     at = at or now()
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
@@ -237,7 +247,7 @@ def decide(
             obj = parse_manifest(manifest_of(with_default_image(body, policy.default_image)))
         except ManifestError:
             return Decision()  # cannot happen for a decided run; never act on a bad spec
-        return _follow(body, obj, current, owned, policy, at=at)
+        return _follow(body, obj, current, owned, policy, at=at, trainers_alive=trainers_alive)
     desired = desired_children(
         with_default_image(body, policy.default_image), policy.render, rerun=rerun
     )
@@ -257,18 +267,19 @@ def _new_generation(
     generation: int,
     rerun: str,
 ) -> Decision:
-    if desired.error is not None:
-        message = str(desired.error)[:MESSAGE_MAX]
+    problem = _refusal(desired, policy)
+    if problem is not None:
+        reason, message = problem
         conds = set_condition(
-            current.conditions, "Validated", "False", "SpecInvalid", message, generation=generation
+            current.conditions, "Validated", "False", reason, message, generation=generation
         )
         conds = set_condition(
-            conds, "Ready", "False", "SpecInvalid", message, generation=generation, at=at
+            conds, "Ready", "False", reason, message, generation=generation, at=at
         )
         status = current.model_copy(
             update={
                 "phase": "Failed",
-                "reason": "SpecInvalid",
+                "reason": reason,
                 "message": message,
                 "conditions": conds,
                 "observed_generation": generation,
@@ -276,7 +287,7 @@ def _new_generation(
                 **_no_run(),
             }
         )
-        return Decision(status=status, events=(Event("Warning", "SpecInvalid", message),))
+        return Decision(status=status, events=(Event("Warning", reason, message),))
     rendered, obj = desired.rendered, desired.obj
     assert rendered is not None and obj is not None
     digest = spec_hash(obj.spec)
@@ -332,6 +343,18 @@ def _new_generation(
     return _follow(body, obj, status, owned, policy, at=at, rendered=rendered, changed=True)
 
 
+def _refusal(desired: Desired, policy: Policy) -> tuple[str, str] | None:
+    """(reason, message) when the spec cannot become a run here: invalid (SpecInvalid), or
+    against the cluster's guardrails (PolicyViolation); None when it can."""
+    if desired.error is not None:
+        return "SpecInvalid", str(desired.error)[:MESSAGE_MAX]
+    assert desired.obj is not None
+    errors = check_guardrails(desired.obj.spec, policy.guardrails)
+    if errors:
+        return "PolicyViolation", str(ManifestError(errors))[:MESSAGE_MAX]
+    return None
+
+
 def _no_run() -> dict[str, Any]:
     return {
         "run_id": None,
@@ -372,24 +395,73 @@ def _follow(
     at: datetime,
     rendered: RenderedRun | None = None,
     changed: bool = False,
+    trainers_alive: bool | None = None,
 ) -> Decision:
-    """The decided run of the current generation: create it, wait, follow it, enforce budgets."""
+    """The decided run of the current generation: create it, wait, follow it, enforce budgets,
+    suspend and resume it."""
     original = parse_status(body.get("status"))
     spec = obj.spec
     generation = status.observed_generation
     run = status.run_id
-    workflow = next((w for w in owned if w.run_id == run), None)
+    # The run's current Workflow, and all of its segments (one more per resume).
+    segments = tuple(w for w in owned if w.run_id == run)
+    workflow = next((w for w in segments if w.name == status.workflow), None)
     events: list[Event] = []
     create: tuple[dict[str, Any], ...] = ()
     stop: list[Stop] = []
+
+    def phase(phase: str, reason: str, message: str) -> MLOpsStatus:
+        return _phase(status, phase, reason, message, generation=generation, at=at)
+
+    def submit(segment: int, reason: str, message: str) -> None:
+        nonlocal create, status, rendered
+        if rendered is None or segment:
+            # Rendered under the decided run id: an upgrade between the decision and the start
+            # (a run that waited its turn, or was suspended) changes no id and no folder.
+            rendered = render(
+                obj, policy.render, rerun=status.rerun or "", run_id=run, segment=segment
+            )
+        create = (_adopt(body, rendered.config_map), _adopt(body, rendered.workflow))
+        status = status.model_copy(
+            update={
+                "submitted": True,
+                "segment": segment,
+                "workflow": rendered.workflow["metadata"]["name"],
+            }
+        )
+        status = phase("Queued", reason, message)
+        events.append(Event("Normal", reason, f"{message}: Workflow {status.workflow}"))
+
     if status.phase in FINAL_PHASES and not changed:
         # Finished stays finished: late details (metrics in a summary) may still arrive, but
         # nothing is ever submitted again, whatever happened to the Workflow — and nothing of
         # it keeps running (a budget stop whose first attempt did not land).
         if workflow is not None:
-            status = _details(status, workflow)
+            status = _details(status, workflow, segments)
             if not workflow.finished and not workflow.shutdown:
                 stop.append(Stop(workflow.name, "Terminate"))
+    elif spec.suspend:
+        if workflow is not None:
+            status = _details(status, workflow, segments)
+            if not workflow.finished and not workflow.shutdown:
+                stop.append(Stop(workflow.name))  # SIGTERM: the trainer checkpoints and exits
+        message = (
+            f"run {run} suspended: its trainer checkpoints and stops; set spec.suspend: false "
+            "to resume it from its checkpoint"
+        )
+        if original.phase != "Suspended":
+            events.append(Event("Normal", "Suspended", message))
+        status = phase("Suspended", "Suspended", message)
+    elif status.phase == "Suspended" and status.submitted:
+        if trainers_alive is None and (workflow is None or workflow.finished):
+            return Decision(check_trainers=run)
+        if (workflow is not None and not workflow.finished) or trainers_alive:
+            # The same output folder: never two trainers at once, so wait for the stopped one.
+            status = phase(
+                "Suspended", "Resuming", f"run {run} resumes once its stopped trainer has exited"
+            )
+        else:
+            submit(status.segment + 1, "Resumed", f"run {run} resumed from its checkpoint")
     elif workflow is None:
         if status.submitted:
             message = (
@@ -397,18 +469,14 @@ def _follow(
                 f"while no operator ran); the run's files are under {status.output}. To run "
                 "again, set the annotation mlops.dev/rerun to a new value."
             )
-            status = _phase(
-                status, "Failed", "WorkflowMissing", message, generation=generation, at=at
-            )
+            status = phase("Failed", "WorkflowMissing", message)
             events.append(Event("Warning", "WorkflowMissing", message))
         else:
             active = _active(owned, exclude=run)
             if active and spec.on_change != "replace":
                 names = ", ".join(w.name for w in active)
                 message = f"waiting for run(s) {names} to finish (onChange: {spec.on_change})"
-                status = _phase(
-                    status, "Queued", "WaitingForPreviousRun", message, generation=generation, at=at
-                )
+                status = phase("Queued", "WaitingForPreviousRun", message)
             else:
                 if active:
                     stop.extend(Stop(w.name) for w in active if not w.shutdown)
@@ -419,26 +487,12 @@ def _follow(
                             f"stopping {', '.join(w.name for w in active)} for run {run}",
                         )
                     )
-                if rendered is None:
-                    # Rendered under the decided run id: an upgrade between the decision and
-                    # the start (a run that waited its turn) changes no id and no folder.
-                    rendered = render(obj, policy.render, rerun=status.rerun or "", run_id=run)
-                create = (_adopt(body, rendered.config_map), _adopt(body, rendered.workflow))
-                status = status.model_copy(update={"submitted": True})
-                status = _phase(
-                    status,
-                    "Queued",
-                    "Submitted",
-                    f"run {run} submitted",
-                    generation=generation,
-                    at=at,
-                )
-                events.append(
-                    Event("Normal", "RunSubmitted", f"run {run}: Workflow {status.workflow}")
-                )
+                submit(0, "RunSubmitted", f"run {run} submitted")
     else:
         status = status.model_copy(update={"submitted": True})
-        status, budget_stop, budget_event = _from_workflow(status, workflow, spec.retries, at)
+        status, budget_stop, budget_event = _from_workflow(
+            status, workflow, segments, spec.retries, at
+        )
         if budget_stop is not None:
             stop.append(budget_stop)
         if budget_event is not None:
@@ -529,11 +583,15 @@ def _phase(
     return status.model_copy(update=update)
 
 
-def _details(status: MLOpsStatus, workflow: WorkflowView) -> MLOpsStatus:
-    """Progress, checkpoint, metrics, counts and times from the run's Workflow."""
+def _details(
+    status: MLOpsStatus, workflow: WorkflowView, segments: Sequence[WorkflowView] = ()
+) -> MLOpsStatus:
+    """Progress, checkpoint, metrics and times from the run's current Workflow; the attempt
+    counts from all of its segments (a resumed run keeps what it used of its budgets)."""
+    segments = segments or (workflow,)
     update: dict[str, Any] = {
-        "preemptions": workflow.preemptions,
-        "app_errors": workflow.app_errors,
+        "preemptions": sum(w.preemptions for w in segments),
+        "app_errors": sum(w.app_errors for w in segments),
     }
     progress = next(
         (a.progress for a in reversed(workflow.attempts) if a.progress), workflow.progress
@@ -546,8 +604,9 @@ def _details(status: MLOpsStatus, workflow: WorkflowView) -> MLOpsStatus:
             update["latest_checkpoint"] = summary.latest_checkpoint
         if summary.metrics:
             update["metrics"] = dict(summary.metrics)
-    if workflow.started_at and workflow.attempts:
-        update["started_at"] = _time(workflow.attempts[0].started_at or workflow.started_at)
+    starts = [w.attempts[0].started_at for w in segments if w.attempts and w.attempts[0].started_at]
+    if status.started_at is None and starts:
+        update["started_at"] = _time(min(s for s in starts if s))
     if workflow.finished and workflow.finished_at:
         update["finished_at"] = _time(workflow.finished_at)
     return status.model_copy(update=update)
@@ -563,14 +622,18 @@ def _time(value: str | None) -> datetime | None:
 
 
 def _from_workflow(
-    status: MLOpsStatus, workflow: WorkflowView, retries: Retries, at: datetime
+    status: MLOpsStatus,
+    workflow: WorkflowView,
+    segments: Sequence[WorkflowView],
+    retries: Retries,
+    at: datetime,
 ) -> tuple[MLOpsStatus, Stop | None, Event | None]:
     """The run's status from its Workflow, and a stop when a retry budget is spent."""
     generation = status.observed_generation
-    status = _details(status, workflow)
+    status = _details(status, workflow, segments)
     budgets = (
-        ("preemption", workflow.preemptions, retries.preemption),
-        ("error", workflow.app_errors, retries.error),
+        ("preemption", status.preemptions, retries.preemption),
+        ("error", status.app_errors, retries.error),
     )
     if workflow.phase != "Succeeded":
         # Also once Argo has failed the run by itself (its one limit is both budgets together

@@ -119,13 +119,22 @@ def sync(
     cache; a decision that creates, stops or deletes anything is only acted on with fresh data.
     Raises :class:`kube.ApiError` (transient) after recording it in status, for a retry.
     """
-    policy = Policy(render=settings.render, default_image=settings.default_image)
+    policy = Policy(
+        render=settings.render,
+        default_image=settings.default_image,
+        guardrails=settings.guardrails,
+    )
     body = copy.deepcopy(dict(body))
     uid = body["metadata"]["uid"]
     with _lock(uid):
         for _ in range(5):
             owned = _confirm(body, list(workflows))
             decision = decide(body, owned, policy)
+            if decision.check_trainers is not None:
+                alive = kube.live_pods(
+                    body["metadata"]["namespace"], uid, run=decision.check_trainers
+                )
+                decision = decide(body, owned, policy, trainers_alive=bool(alive))
             if decision.acts and not fresh:
                 latest = kube.get_mlops(body["metadata"]["namespace"], body["metadata"]["name"])
                 if latest is None:
@@ -164,7 +173,10 @@ def sync(
                 (c for c in parse_status(body.get("status")).conditions if c.type == "Synced"),
                 None,
             )
-            if synced is not None and synced.status == "False":
+            # An action that failed before (Synced: False) went through this time: clear it. A
+            # final failure (a ChildConflict, a refused request) is never retried, so never
+            # cleared by a later sync that does nothing.
+            if synced is not None and synced.status == "False" and decision.acts:
                 base = status or parse_status(body.get("status"))
                 status = base.model_copy(
                     update={

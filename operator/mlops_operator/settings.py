@@ -6,12 +6,19 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from mlops_api.guardrails import Guardrails
 from mlops_workflows.render import RenderSettings
 
 
 def _env_json(name: str, default: object) -> object:
     raw = os.environ.get(name)
     return default if raw is None or raw == "" else json.loads(raw)
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    value = _env_json(name, [])
+    assert isinstance(value, list), f"{name} must be a JSON list"
+    return tuple(str(v) for v in value)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -37,6 +44,8 @@ class OperatorSettings:
     # Create what a run needs in a namespace that has none of it (the trainer ServiceAccount,
     # the Argo executor's Role and RoleBinding); off: report what is missing instead.
     provision_namespaces: bool = True
+    # What a spec may ask for in this cluster (the chart's `policy` values).
+    guardrails: Guardrails = field(default_factory=Guardrails)
     trainer_sa_annotations: tuple[tuple[str, str], ...] = ()
     # kopf's discovery of namespaces and CRDs appearing at runtime. It needs cluster-wide list/watch
     # of namespaces and CRDs; with namespaced RBAC kopf retries the 403s for about a minute before
@@ -90,6 +99,14 @@ class OperatorSettings:
             api_stale_s=float(os.environ.get("MLOPS_API_STALE_S", "90")),
             resource_scanning=_env_bool("MLOPS_RESOURCE_SCANNING", True),
             provision_namespaces=_env_bool("MLOPS_PROVISION_NAMESPACES", True),
+            guardrails=Guardrails(
+                image_prefixes=_env_list("MLOPS_ALLOWED_IMAGE_PREFIXES"),
+                data_prefixes=_env_list("MLOPS_ALLOWED_DATA_PREFIXES"),
+                output_prefixes=_env_list("MLOPS_ALLOWED_OUTPUT_PREFIXES"),
+                max_gpus=int(os.environ["MLOPS_MAX_GPUS_PER_RUN"])
+                if os.environ.get("MLOPS_MAX_GPUS_PER_RUN")
+                else None,
+            ),
             trainer_sa_annotations=tuple(
                 sorted((str(k), str(v)) for k, v in sa_annotations.items())
             ),

@@ -19,6 +19,8 @@ from mlops_workflows.render import PREEMPTION_MESSAGES
 
 FINAL_WORKFLOW_PHASES = frozenset({"Succeeded", "Failed", "Error"})
 _PREEMPTION = re.compile("|".join(re.escape(m) for m in PREEMPTION_MESSAGES), re.IGNORECASE)
+# Argo's message on the attempts of a Workflow it was asked to shut down.
+_SHUTDOWN = re.compile(r"shutdown with strategy|stopped with strategy", re.IGNORECASE)
 
 FailureKind = Literal["preemption", "app-error"]
 
@@ -45,8 +47,8 @@ class Attempt:
         failure — a trainer exception (exit 1 or 2), an import crash, an OOM kill — is an
         application error.
         """
-        if self.phase not in ("Failed", "Error"):
-            return None
+        if self.phase not in ("Failed", "Error") or _SHUTDOWN.search(self.message):
+            return None  # not failed, or stopped on purpose (onChange: replace, suspend, delete)
         if _PREEMPTION.search(self.message) or self.exit_code == str(EXIT_PREEMPTED):
             return "preemption"
         return "app-error"

@@ -62,12 +62,12 @@ def pod(phase: str, message: str = "", exit_code: str | None = None, **kw: Any) 
     return Attempt(name=f"p-{phase}", phase=phase, message=message, exit_code=exit_code, **kw)
 
 
-def wf(run: str, phase: str = "Running", *attempts: Attempt, **kw: Any) -> WorkflowView:
+def wf(name: str, phase: str = "Running", *attempts: Attempt, **kw: Any) -> WorkflowView:
     return WorkflowView(
-        name=run,
+        name=name,
         namespace="ml",
         owner_uid="uid-1",
-        run_id=run,
+        run_id=kw.pop("run_id", name),
         generation=kw.pop("generation", 1),
         phase=phase,
         attempts=attempts,
@@ -468,3 +468,85 @@ def test_a_budget_spent_when_argo_failed_the_run_by_itself_is_named() -> None:
     assert done.status is not None
     assert (done.status.phase, done.status.reason) == ("Failed", "ErrorBudgetExhausted")
     assert done.stop == ()  # nothing left to stop
+
+
+def test_guardrails_refuse_a_spec_before_anything_is_created() -> None:
+    from mlops_api.guardrails import Guardrails
+
+    strict = Policy(
+        render=RenderSettings(),
+        default_image="registry.example/ml/trainer:1",
+        guardrails=Guardrails(image_prefixes=("registry.example/ml/",), max_gpus=0),
+    )
+    refused = decide(body(image="docker.io/evil/x:1"), [], strict, AT)
+    assert refused.create == ()
+    status = refused.status
+    assert status is not None and (status.phase, status.reason) == ("Failed", "PolicyViolation")
+    assert "spec.image" in status.message and "spec.resources.gpu.count" in status.message
+    assert [e.reason for e in refused.events] == ["PolicyViolation"]
+    # The default image is allowed; a CPU run is within the GPU cap.
+    ok = decide(body(resources={"gpu": {"count": 0}}), [], strict, AT)
+    assert len(ok.create) == 2
+
+
+def test_suspend_stops_the_run_and_resume_continues_it_in_a_new_segment() -> None:
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    running = wf(run, "Running", pod("Running", progress="4/10"))
+    b = applied(b, decide(b, [running], POLICY, AT))
+    # spec.suspend: true is a new generation of the same run (not a new run).
+    b = {
+        **b,
+        "metadata": {**b["metadata"], "generation": 2},
+        "spec": {**b["spec"], "suspend": True},
+    }
+    suspended = decide(b, [running], POLICY, AT)
+    assert suspended.status is not None and suspended.status.run_id == run
+    b = applied(b, suspended)
+    again = decide(b, [running], POLICY, AT)
+    assert again.stop == (Stop(run, "Stop"),), "the trainer gets SIGTERM and checkpoints"
+    status = again.status or parse_status(b["status"])
+    assert status.phase == "Suspended" and status.run_id == run
+    assert "Suspended" in [e.reason for e in again.events]
+    b = applied(b, again)
+    stopped = wf(
+        run, "Failed", pod("Failed", "workflow shutdown with strategy:  Stop"), shutdown="Stop"
+    )
+    assert decide(b, [stopped], POLICY, AT).create == ()  # suspended: nothing starts
+    # spec.suspend: false — the same run resumes, in a new Workflow, once its trainer has exited.
+    b = {
+        **b,
+        "metadata": {**b["metadata"], "generation": 3},
+        "spec": {**b["spec"], "suspend": False},
+    }
+    b = applied(b, decide(b, [stopped], POLICY, AT, trainers_alive=True))
+    assert decide(b, [stopped], POLICY, AT).check_trainers == run
+    waiting = decide(b, [stopped], POLICY, AT, trainers_alive=True)
+    assert waiting.create == ()
+    resumed = decide(b, [stopped], POLICY, AT, trainers_alive=False)
+    assert [c["metadata"]["name"] for c in resumed.create] == [f"{run}-config", f"{run}-r1"]
+    status = resumed.status
+    assert status is not None
+    assert (status.run_id, status.segment, status.workflow) == (run, 1, f"{run}-r1")
+    assert status.output == f"gs://b/o/{run}", "the same folder: it resumes from its checkpoint"
+    # A shutdown is not an app error: the budgets are untouched by the suspend.
+    b = applied(b, resumed)
+    second = wf(f"{run}-r1", "Running", pod("Running"), run_id=run)
+    followed = decide(b, [stopped, second], POLICY, AT)
+    status = followed.status or parse_status(b["status"])
+    assert (status.phase, status.app_errors, status.preemptions) == ("Running", 0, 0)
+
+
+def test_policy_fields_do_not_change_the_run() -> None:
+    from mlops_api import MLOpsSpec
+    from mlops_api.naming import spec_hash
+
+    base = MLOpsSpec.model_validate(SPEC)
+    for change in (
+        {"suspend": True},
+        {"keepRuns": 9},
+        {"onChange": "replace"},
+        {"stopOnDelete": False},
+    ):
+        assert spec_hash(MLOpsSpec.model_validate({**SPEC, **change})) == spec_hash(base), change
+    assert spec_hash(MLOpsSpec.model_validate({**SPEC, "epochs": 3})) != spec_hash(base)

@@ -111,7 +111,9 @@ class Summary(BaseModel):
 
 # === Run ids ===
 
-RUN_ID_MAX = 63  # a DNS label and a label value: run ids are used as both
+# A DNS label and a label value hold 63 characters; a run's Workflows are named <run id> and,
+# after a suspend and resume, <run id>-r<N>, so run ids keep 5 characters for that suffix.
+RUN_ID_MAX = 58
 _RUN_ID = re.compile(
     r"^(?P<stem>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-g(?P<generation>\d+)-(?P<digest>[0-9a-f]{8})$"
 )

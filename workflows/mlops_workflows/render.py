@@ -35,6 +35,8 @@ from mlops_trainers.contract import (
 CONFIG_DIR = "/etc/mlops"
 GCS_KEY_DIR = "/var/run/secrets/gcs"
 CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
+ANNOTATION_ARGO_TITLE = "workflows.argoproj.io/title"
+ANNOTATION_ARGO_DESCRIPTION = "workflows.argoproj.io/description"
 
 # Messages Argo (and the kubelet) put on a node whose pod was lost to a spot preemption.
 PREEMPTION_MESSAGES = (
@@ -171,6 +173,7 @@ def render_workflow(
     labels: dict[str, str],
     annotations: dict[str, str],
     settings: RenderSettings,
+    segment: int = 0,
 ) -> dict[str, Any]:
     spec = obj.spec
     selector, tolerations = _placement(obj, settings)
@@ -250,7 +253,7 @@ def render_workflow(
     wf = Workflow(
         api_version="argoproj.io/v1alpha1",
         kind="Workflow",
-        name=workflow_name(plan.run_id),
+        name=workflow_name(plan.run_id, segment),
         namespace=plan.namespace,
         labels=labels,
         annotations=annotations,
@@ -283,9 +286,11 @@ def render(
     *,
     rerun: str = "",
     run_id: str | None = None,
+    segment: int = 0,
 ) -> RenderedRun:
     """The ConfigMap and Workflow for the object's current generation (and rerun token);
-    ``run_id`` keeps a run id decided earlier."""
+    ``run_id`` keeps a run id decided earlier; ``segment`` > 0 is a resume of that run after
+    ``spec.suspend`` (a new Workflow, the same ConfigMap and output folder)."""
     settings = settings or RenderSettings()
     plan = plan_run(obj, rerun=rerun, run_id=run_id)
     labels = run_labels(
@@ -293,7 +298,13 @@ def render(
     )
     annotations = {ANNOTATION_SPEC_HASH: spec_hash(obj.spec), ANNOTATION_NAME: plan.name}
     config_map = render_config_map(plan, labels, annotations)
-    workflow = render_workflow(obj, plan, labels, annotations, settings)
+    # What Argo's UI shows in its workflow list (Markdown allowed): which trainer, which object,
+    # and where the run's files are.
+    ui = {
+        ANNOTATION_ARGO_TITLE: f"**{obj.spec.trainer.kind}** · {plan.name}",
+        ANNOTATION_ARGO_DESCRIPTION: f"run `{plan.run_id}` → {plan.config.output}",
+    }
+    workflow = render_workflow(obj, plan, labels, {**annotations, **ui}, settings, segment)
     return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)
 
 
