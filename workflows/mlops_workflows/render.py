@@ -173,6 +173,7 @@ def render_workflow(
     labels: dict[str, str],
     annotations: dict[str, str],
     settings: RenderSettings,
+    *,
     segment: int = 0,
 ) -> dict[str, Any]:
     spec = obj.spec
@@ -304,7 +305,9 @@ def render(
         ANNOTATION_ARGO_TITLE: f"**{obj.spec.trainer.kind}** · {plan.name}",
         ANNOTATION_ARGO_DESCRIPTION: f"run `{plan.run_id}` → {plan.config.output}",
     }
-    workflow = render_workflow(obj, plan, labels, {**annotations, **ui}, settings, segment)
+    workflow = render_workflow(
+        obj, plan, labels, {**annotations, **ui}, settings, segment=segment
+    )
     return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)
 
 
