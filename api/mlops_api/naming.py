@@ -54,9 +54,7 @@ def spec_hash(spec: MLOpsSpec) -> str:
     Two specs that mean the same run (one writes a default out, or suspends it) hash the same;
     the operator keeps the current run when a new generation has the same hash.
     """
-    data = spec.model_dump(
-        mode="json", by_alias=True, exclude_none=False, exclude=set(NOT_THE_RUN)
-    )
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=False, exclude=set(NOT_THE_RUN))
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:8]
 
 

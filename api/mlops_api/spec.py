@@ -317,7 +317,9 @@ class MLOpsStatus(_Model):
     spec_hash: str | None = Field(None, description="Hash of the run's spec, defaults filled in.")
     workflow: str | None = None
     config_map: str | None = None
-    submitted: bool = Field(False, description="The run's (current segment's) Workflow was created.")
+    submitted: bool = Field(
+        False, description="The run's (current segment's) Workflow was created."
+    )
     segment: int = Field(
         0, description="Resumes of the run after spec.suspend; its Workflow is <runId>-r<segment>."
     )

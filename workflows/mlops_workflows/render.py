@@ -305,9 +305,7 @@ def render(
         ANNOTATION_ARGO_TITLE: f"**{obj.spec.trainer.kind}** · {plan.name}",
         ANNOTATION_ARGO_DESCRIPTION: f"run `{plan.run_id}` → {plan.config.output}",
     }
-    workflow = render_workflow(
-        obj, plan, labels, {**annotations, **ui}, settings, segment=segment
-    )
+    workflow = render_workflow(obj, plan, labels, {**annotations, **ui}, settings, segment=segment)
     return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)
 
 
