@@ -155,6 +155,7 @@ def build_crd() -> dict[str, Any]:
                             "priority": 1,
                         },
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                        {"name": "ETA", "type": "string", "jsonPath": ".status.eta"},
                         {
                             "name": "Preemptions",
                             "type": "integer",
@@ -162,6 +163,12 @@ def build_crd() -> dict[str, Any]:
                             "priority": 1,
                         },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {
+                            "name": "Message",
+                            "type": "string",
+                            "jsonPath": ".status.message",
+                            "priority": 1,
+                        },
                     ],
                     "schema": {
                         "openAPIV3Schema": {

@@ -327,6 +327,9 @@ class MLOpsStatus(_Model):
     latest_checkpoint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     progress: str | None = Field(None, description="Steps done/total, as the trainer reports it.")
+    eta: str | None = Field(
+        None, description="Time left at the run's pace so far (e.g. 12m), when progress is known."
+    )
     preemptions: int = Field(0, description="Attempts lost to a spot preemption.")
     app_errors: int = Field(0, description="Attempts that failed in the trainer itself.")
     started_at: datetime | None = None

@@ -372,6 +372,7 @@ def _fresh_progress() -> dict[str, Any]:
         "latest_checkpoint": None,
         "metrics": {},
         "progress": None,
+        "eta": None,
         "preemptions": 0,
         "app_errors": 0,
         "started_at": None,
@@ -497,6 +498,11 @@ def _follow(
             stop.append(budget_stop)
         if budget_event is not None:
             events.append(budget_event)
+        if status.phase != "Running":
+            status = status.model_copy(update={"eta": None})
+        elif status.progress != original.progress:
+            # Only when progress moved: a resync must not rewrite the status just for the clock.
+            status = status.model_copy(update={"eta": eta(status.progress, status.started_at, at)})
         if status.phase != original.phase or status.reason != original.reason:
             if status.phase in FINAL_PHASES and budget_event is None:
                 kind: Literal["Normal", "Warning"] = (
@@ -610,6 +616,22 @@ def _details(
     if workflow.finished and workflow.finished_at:
         update["finished_at"] = _time(workflow.finished_at)
     return status.model_copy(update=update)
+
+
+def eta(progress: str | None, started: datetime | None, at: datetime) -> str | None:
+    """Time left at the pace so far, from Argo's ``done/total`` progress: ``"12m"``, ``"3h05m"``."""
+    if not progress or started is None:
+        return None
+    try:
+        done, total = (int(x) for x in progress.split("/"))
+    except ValueError:
+        return None
+    elapsed = (at - started).total_seconds()
+    if done <= 0 or total <= done or elapsed <= 0:
+        return None
+    left = int(elapsed * (total - done) / done)
+    hours, minutes = divmod(left // 60, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{max(minutes, 1)}m"
 
 
 def _time(value: str | None) -> datetime | None:

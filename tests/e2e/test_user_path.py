@@ -71,6 +71,21 @@ def test_suspend_stops_the_run_and_resume_continues_the_same_run(
     assert {"Suspended", "Resumed"} <= env.events("nap")
 
 
+def test_kubectl_get_shows_phase_progress_eta_and_wide_reason_message(
+    cluster: Any, env: Env, start_operator: OperatorFactory
+) -> None:
+    start_operator(env)
+    env.apply(env.manifest("columns", epochs=0))  # invalid: a Failed status with a reason
+    wait_for("Failed", lambda: env.phase_is("columns", "Failed"))
+    narrow = cluster.kubectl("get", "mlops", "columns", f"--namespace={env.ns}").stdout
+    wide = cluster.kubectl("get", "mlops", "columns", f"--namespace={env.ns}", "-o", "wide").stdout
+    assert narrow.split()[:6] == ["NAME", "PHASE", "TRAINER", "PROGRESS", "ETA", "AGE"], narrow
+    header, row = wide.splitlines()[:2]
+    for column in ("REASON", "RUN", "PREEMPTIONS", "MESSAGE"):
+        assert column in header.split(), header
+    assert "SpecInvalid" in row and "spec.epochs" in row, row
+
+
 def test_guardrails_refuse_what_the_platform_team_did_not_allow(
     env: Env, start_operator: OperatorFactory
 ) -> None:

@@ -550,3 +550,15 @@ def test_policy_fields_do_not_change_the_run() -> None:
     ):
         assert spec_hash(MLOpsSpec.model_validate({**SPEC, **change})) == spec_hash(base), change
     assert spec_hash(MLOpsSpec.model_validate({**SPEC, "epochs": 3})) != spec_hash(base)
+
+
+def test_eta_from_progress_and_the_pace_so_far() -> None:
+    from datetime import timedelta
+
+    from mlops_operator.reconcile import eta
+
+    start = AT - timedelta(minutes=10)
+    assert eta("25/100", start, AT) == "30m"
+    assert eta("1/100", start, AT) == "16h30m"
+    assert eta("100/100", start, AT) is None and eta(None, start, AT) is None
+    assert eta("x", start, AT) is None and eta("0/10", start, AT) is None
