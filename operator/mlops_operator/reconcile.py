@@ -252,7 +252,15 @@ def decide(
         with_default_image(body, policy.default_image), policy.render, rerun=rerun
     )
     return _new_generation(
-        body, desired, current, owned, policy, at=at, generation=generation, rerun=rerun
+        body,
+        desired,
+        current,
+        owned,
+        policy,
+        at=at,
+        generation=generation,
+        rerun=rerun,
+        trainers_alive=trainers_alive,
     )
 
 
@@ -266,6 +274,7 @@ def _new_generation(
     at: datetime,
     generation: int,
     rerun: str,
+    trainers_alive: bool | None = None,
 ) -> Decision:
     problem = _refusal(desired, policy)
     if problem is not None:
@@ -298,7 +307,8 @@ def _new_generation(
         # The same effective spec (a default written out, a field reordered): the run goes on.
         conds = set_condition(conds, "Accepted", "True", "SameRun", generation=generation, at=at)
         status = current.model_copy(update={"observed_generation": generation, "conditions": conds})
-        return Decision(status=status)
+        # ...under this generation's handling (suspend, keepRuns, onChange) from now on.
+        return _follow(body, obj, status, owned, policy, at=at, trainers_alive=trainers_alive)
     run = rendered.plan.run_id
     active = _active(owned, exclude=run)
     if active and obj.spec.on_change == "reject" and not any(w.run_id == run for w in owned):
