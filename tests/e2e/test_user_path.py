@@ -75,7 +75,8 @@ def test_kubectl_get_shows_phase_progress_eta_and_wide_reason_message(
     cluster: Any, env: Env, start_operator: OperatorFactory
 ) -> None:
     start_operator(env)
-    env.apply(env.manifest("columns", epochs=0))  # invalid: a Failed status with a reason
+    # Invalid where only the operator can tell (the trainer's config): Failed, with a reason.
+    env.apply(env.manifest("columns", trainer={"kind": "vqvae", "config": {"batch_size": -4}}))
     wait_for("Failed", lambda: env.phase_is("columns", "Failed"))
     narrow = cluster.kubectl("get", "mlops", "columns", f"--namespace={env.ns}").stdout
     wide = cluster.kubectl("get", "mlops", "columns", f"--namespace={env.ns}", "-o", "wide").stdout
@@ -83,7 +84,7 @@ def test_kubectl_get_shows_phase_progress_eta_and_wide_reason_message(
     header, row = wide.splitlines()[:2]
     for column in ("REASON", "RUN", "PREEMPTIONS", "MESSAGE"):
         assert column in header.split(), header
-    assert "SpecInvalid" in row and "spec.epochs" in row, row
+    assert "SpecInvalid" in row and "spec.trainer.config.batch_size" in row, row
 
 
 def test_guardrails_refuse_what_the_platform_team_did_not_allow(
