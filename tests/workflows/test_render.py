@@ -196,3 +196,19 @@ def test_gcs_key_comes_from_a_secret_never_the_config_map() -> None:
     env = {e["name"]: e["value"] for e in spec["templates"][0]["container"]["env"]}
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/run/secrets/gcs/key.json"
     assert "gcs-key" not in rendered.config_map["data"]["run.yaml"]
+
+
+def test_argo_ui_title_description_and_link_annotations() -> None:
+    from mlops_workflows.render import browser_url
+
+    rendered = render(read_manifest(EXAMPLES[0]))
+    annotations = rendered.workflow["metadata"]["annotations"]
+    kind, output = rendered.plan.config.trainer.kind, rendered.plan.config.output
+    assert annotations["workflows.argoproj.io/title"].startswith(f"**{kind}**")
+    assert output in annotations["workflows.argoproj.io/description"]
+    assert annotations["mlops.dev/output"] == output
+    assert annotations["mlops.dev/tensorboard-logdir"] == f"{output}/tb"
+    assert (
+        browser_url("gs://b/runs/r") == "https://console.cloud.google.com/storage/browser/b/runs/r"
+    )
+    assert browser_url("/tmp/x") == "/tmp/x"

@@ -30,11 +30,15 @@ from mlops_trainers.contract import (
     SUMMARY_ENV,
     SUMMARY_PARAMETER,
     SUMMARY_PATH,
+    TB_DIR,
 )
 
 CONFIG_DIR = "/etc/mlops"
 GCS_KEY_DIR = "/var/run/secrets/gcs"
 CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
+ANNOTATION_OUTPUT = "mlops.dev/output"
+ANNOTATION_OUTPUT_BROWSER = "mlops.dev/output-browser"
+ANNOTATION_TENSORBOARD_LOGDIR = "mlops.dev/tensorboard-logdir"
 ANNOTATION_ARGO_TITLE = "workflows.argoproj.io/title"
 ANNOTATION_ARGO_DESCRIPTION = "workflows.argoproj.io/description"
 
@@ -91,6 +95,17 @@ class RenderedRun:
     plan: RunPlan
     config_map: dict[str, Any]
     workflow: dict[str, Any]
+
+
+def browser_url(url: str) -> str:
+    """Where a person opens ``url`` in a browser: Cloud Storage's console for ``gs://``, the S3
+    console for ``s3://``, else the URL itself."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("gs", "gcs") and rest:
+        return f"https://console.cloud.google.com/storage/browser/{rest}"
+    if scheme == "s3" and rest:
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{rest.replace('/', '?prefix=', 1)}/"
+    return url
 
 
 def retry_expression() -> str:
@@ -304,6 +319,12 @@ def render(
     ui = {
         ANNOTATION_ARGO_TITLE: f"**{obj.spec.trainer.kind}** · {plan.name}",
         ANNOTATION_ARGO_DESCRIPTION: f"run `{plan.run_id}` → {plan.config.output}",
+        # For links in Argo's UI (its ConfigMap's `links`, e.g.
+        # ${workflow.metadata.annotations.mlops.dev/output-browser}): the run's folder, in a
+        # browser, and its TensorBoard log dir.
+        ANNOTATION_OUTPUT: plan.config.output,
+        ANNOTATION_OUTPUT_BROWSER: browser_url(plan.config.output),
+        ANNOTATION_TENSORBOARD_LOGDIR: f"{plan.config.output}/{TB_DIR}",
     }
     workflow = render_workflow(obj, plan, labels, {**annotations, **ui}, settings, segment=segment)
     return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)
