@@ -12,7 +12,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from mlops_trainers.config import TrainerSpec
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "mlops.dev"
@@ -198,6 +205,12 @@ class MLOpsSpec(_Model):
         description="Run on spot (preemptible) nodes: adds their node selector and toleration.",
     )
     retries: Retries = Field(default_factory=Retries)
+    fallback_after_preemptions: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="With spot: true, after this many preemptions the run goes on on-demand nodes: a new Workflow of the same run, resuming from its checkpoint.",
+    )
     epochs: int = Field(10, ge=1, le=100000, description="Passes over the data.")
     checkpoint_every: int = Field(
         500,
@@ -226,6 +239,21 @@ class MLOpsSpec(_Model):
         False,
         description="Stop the current run (its trainer checkpoints) and start nothing; false again resumes the same run from its checkpoint.",
     )
+
+    @field_validator("fallback_after_preemptions")
+    @classmethod
+    def _fallback_needs_spot(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            return value
+        if info.data.get("spot") is False:
+            raise ValueError("is for spot runs: set spot: true too, or leave it out")
+        retries = info.data.get("retries")
+        if isinstance(retries, Retries) and value > retries.preemption:
+            raise ValueError(
+                f"must be at most retries.preemption ({retries.preemption}): the run would "
+                "fail before it falls back"
+            )
+        return value
 
     @field_validator("data")
     @classmethod
@@ -321,7 +349,11 @@ class MLOpsStatus(_Model):
         False, description="The run's (current segment's) Workflow was created."
     )
     segment: int = Field(
-        0, description="Resumes of the run after spec.suspend; its Workflow is <runId>-r<segment>."
+        0,
+        description="Workflows of the run after its first (a resume, a fallback); the current is <runId>-r<segment>.",
+    )
+    placement: str | None = Field(
+        None, description="Where the run trains now: spot, or on-demand (after a fallback)."
     )
     output: str | None = Field(None, description="This run's output URL.")
     latest_checkpoint: str | None = None

@@ -426,11 +426,17 @@ def _follow(
 
     def submit(segment: int, reason: str, message: str) -> None:
         nonlocal create, status, rendered
+        placement = status.placement or ("spot" if spec.spot else "on-demand")
         if rendered is None or segment:
             # Rendered under the decided run id: an upgrade between the decision and the start
             # (a run that waited its turn, or was suspended) changes no id and no folder.
             rendered = render(
-                obj, policy.render, rerun=status.rerun or "", run_id=run, segment=segment
+                obj,
+                policy.render,
+                rerun=status.rerun or "",
+                run_id=run,
+                segment=segment,
+                on_demand=placement == "on-demand",
             )
         create = (_adopt(body, rendered.config_map), _adopt(body, rendered.workflow))
         status = status.model_copy(
@@ -438,6 +444,7 @@ def _follow(
                 "submitted": True,
                 "segment": segment,
                 "workflow": rendered.workflow["metadata"]["name"],
+                "placement": placement,
             }
         )
         status = phase("Queued", reason, message)
@@ -463,16 +470,24 @@ def _follow(
         if original.phase != "Suspended":
             events.append(Event("Normal", "Suspended", message))
         status = phase("Suspended", "Suspended", message)
-    elif status.phase == "Suspended" and status.submitted:
+    elif status.submitted and (status.phase == "Suspended" or status.reason == "FallingBack"):
+        # A new Workflow of the same run: resumed after a suspend, or moved to on-demand nodes.
         if trainers_alive is None and (workflow is None or workflow.finished):
             return Decision(check_trainers=run)
         if (workflow is not None and not workflow.finished) or trainers_alive:
             # The same output folder: never two trainers at once, so wait for the stopped one.
-            status = phase(
-                "Suspended", "Resuming", f"run {run} resumes once its stopped trainer has exited"
-            )
-        else:
+            if status.phase == "Suspended":
+                status = phase(
+                    "Suspended", "Resuming", f"run {run} resumes once its stopped trainer exited"
+                )
+        elif status.phase == "Suspended":
             submit(status.segment + 1, "Resumed", f"run {run} resumed from its checkpoint")
+        else:
+            submit(
+                status.segment + 1,
+                "OnDemand",
+                f"run {run} goes on on-demand nodes from its checkpoint",
+            )
     elif workflow is None:
         if status.submitted:
             message = (
@@ -508,6 +523,25 @@ def _follow(
             stop.append(budget_stop)
         if budget_event is not None:
             events.append(budget_event)
+        fallback = spec.fallback_after_preemptions
+        if (
+            fallback is not None
+            and spec.spot
+            and status.placement != "on-demand"
+            and status.preemptions >= fallback
+            and status.phase not in FINAL_PHASES
+        ):
+            # Flyte's interruptible-failure-threshold: a run that spot capacity keeps taking
+            # away goes on on-demand nodes (a new Workflow, resuming from its checkpoint).
+            if not workflow.finished and not workflow.shutdown:
+                stop.append(Stop(workflow.name))
+            message = (
+                f"run {run}: {status.preemptions} preemptions on spot nodes "
+                f"(fallbackAfterPreemptions: {fallback}); it goes on on on-demand nodes"
+            )
+            status = status.model_copy(update={"placement": "on-demand"})
+            status = phase("Queued", "FallingBack", message)
+            events.append(Event("Normal", "FallingBack", message))
         if status.phase != "Running":
             status = status.model_copy(update={"eta": None})
         elif status.progress != original.progress:

@@ -560,3 +560,44 @@ def test_eta_from_progress_and_the_pace_so_far() -> None:
     assert eta("1/100", start, AT) == "16h30m"
     assert eta("100/100", start, AT) is None and eta(None, start, AT) is None
     assert eta("x", start, AT) is None and eta("0/10", start, AT) is None
+
+
+def test_fallback_moves_a_run_preempted_too_often_to_on_demand_nodes() -> None:
+    b, decision = first_run(body(spot=True, fallbackAfterPreemptions=2))
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    first = decision.create[1]
+    assert first["spec"]["templates"][0]["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    assert parse_status(applied(b, decision)["status"]).placement == "spot"
+    b = applied(b, decision)
+    once = wf(run, "Running", pod("Failed", SHUTDOWN), pod("Running"))
+    b = applied(b, decide(b, [once], POLICY, AT))
+    assert parse_status(b["status"]).placement == "spot"
+    twice = wf(run, "Running", pod("Failed", SHUTDOWN), pod("Failed", SHUTDOWN))
+    falling = decide(b, [twice], POLICY, AT)
+    assert falling.stop == (Stop(run, "Stop"),)
+    status = falling.status
+    assert status is not None and (status.reason, status.placement) == ("FallingBack", "on-demand")
+    b = applied(b, falling)
+    stopped = wf(run, "Failed", *twice.attempts, shutdown="Stop")
+    assert decide(b, [stopped], POLICY, AT).check_trainers == run
+    moved = decide(b, [stopped], POLICY, AT, trainers_alive=False)
+    (_, new) = moved.create
+    assert new["metadata"]["name"] == f"{run}-r1"
+    template = new["spec"]["templates"][0]
+    assert "cloud.google.com/gke-spot" not in (template.get("nodeSelector") or {})
+    env = {e["name"]: e["value"] for e in template["container"]["env"]}
+    assert env["MLOPS_PLACEMENT"] == "on-demand"
+    status = moved.status
+    assert status is not None and (status.segment, status.placement) == (1, "on-demand")
+    assert status.preemptions == 2, "the preemptions on spot still count against the budget"
+
+
+def test_kueue_mode_labels_the_trainer_pod_with_its_local_queue() -> None:
+    kueue = Policy(render=RenderSettings(queue_mode="kueue"), default_image="x.io/t:1")
+    decision = decide(body(queue="team-a"), [], kueue, AT)
+    workflow = decision.create[1]
+    assert workflow["spec"]["podMetadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "synchronization" not in workflow["spec"]
+    semaphore = decide(body(queue="gpu"), [], POLICY, AT).create[1]
+    assert "kueue.x-k8s.io/queue-name" not in semaphore["spec"]["podMetadata"]["labels"]
+    assert semaphore["spec"]["synchronization"]["semaphores"][0]["configMapKeyRef"]["key"] == "gpu"

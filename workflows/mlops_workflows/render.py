@@ -7,7 +7,7 @@ fixed argv with no shell, so no string from a manifest is ever interpreted by a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from hera.workflows import Container, Workflow
@@ -36,6 +36,8 @@ from mlops_trainers.contract import (
 CONFIG_DIR = "/etc/mlops"
 GCS_KEY_DIR = "/var/run/secrets/gcs"
 CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PLACEMENT_ENV = "MLOPS_PLACEMENT"
 ANNOTATION_OUTPUT = "mlops.dev/output"
 ANNOTATION_OUTPUT_BROWSER = "mlops.dev/output-browser"
 ANNOTATION_TENSORBOARD_LOGDIR = "mlops.dev/tensorboard-logdir"
@@ -60,6 +62,9 @@ class RenderSettings:
     # Where the queue ConfigMap lives: the operator's namespace, so that one GPU queue counts
     # the runs of every namespace (None: each run's own namespace).
     queue_namespace: str | None = None
+    # semaphore: spec.queue names a key of the queue ConfigMap (Argo's semaphore, and the
+    # operator's GPU accounting); kueue: it names a Kueue LocalQueue in the run's namespace.
+    queue_mode: Literal["semaphore", "kueue"] = "semaphore"
     image_pull_policy: str = "IfNotPresent"
     spot_node_selector: dict[str, str] = field(
         default_factory=lambda: {"cloud.google.com/gke-spot": "true"}
@@ -165,10 +170,12 @@ def _resources(obj: MLOps, settings: RenderSettings) -> m.ResourceRequirements:
     )
 
 
-def _placement(obj: MLOps, settings: RenderSettings) -> tuple[dict[str, str], list[m.Toleration]]:
+def _placement(
+    obj: MLOps, settings: RenderSettings, *, on_demand: bool = False
+) -> tuple[dict[str, str], list[m.Toleration]]:
     selector: dict[str, str] = {}
     tolerations: list[m.Toleration] = []
-    if obj.spec.spot:
+    if obj.spec.spot and not on_demand:
         selector.update(settings.spot_node_selector)
         tolerations.extend(m.Toleration(**t) for t in settings.spot_tolerations)
     gpu = obj.spec.resources.gpu
@@ -190,14 +197,17 @@ def render_workflow(
     settings: RenderSettings,
     *,
     segment: int = 0,
+    on_demand: bool = False,
 ) -> dict[str, Any]:
     spec = obj.spec
-    selector, tolerations = _placement(obj, settings)
+    selector, tolerations = _placement(obj, settings, on_demand=on_demand)
     env = {
         SUMMARY_ENV: SUMMARY_PATH,
         "HOME": "/tmp",  # the root filesystem is read-only; Keras and TF write caches under HOME
         "KERAS_BACKEND": "tensorflow",
         "PYTHONUNBUFFERED": "1",
+        # Recorded in run.json: where this segment of the run trained.
+        PLACEMENT_ENV: "spot" if spec.spot and not on_demand else "on-demand",
         "TF_CPP_MIN_LOG_LEVEL": "1",
         **dict(settings.extra_env),
     }
@@ -254,7 +264,12 @@ def render_workflow(
         outputs=outputs,
     )
     synchronization = None
-    if spec.queue:
+    pod_labels = dict(labels)
+    if spec.queue and settings.queue_mode == "kueue":
+        # Kueue admits the trainer pod against its ClusterQueue's quota (its pod integration
+        # gates the pod until then); each attempt is a pod, so each is admitted on its own.
+        pod_labels[KUEUE_QUEUE_LABEL] = spec.queue
+    elif spec.queue:
         # One GPU → runs wait their turn; Argo grants a semaphore in creation order (FIFO).
         synchronization = m.Synchronization(
             semaphores=[
@@ -275,7 +290,9 @@ def render_workflow(
         annotations=annotations,
         entrypoint="train",
         service_account_name=settings.service_account,
-        pod_metadata=m.Metadata(labels=labels, annotations=dict(settings.pod_annotations) or None),
+        pod_metadata=m.Metadata(
+            labels=pod_labels, annotations=dict(settings.pod_annotations) or None
+        ),
         security_context=m.PodSecurityContext(
             run_as_non_root=True,
             run_as_user=1000,
@@ -303,10 +320,11 @@ def render(
     rerun: str = "",
     run_id: str | None = None,
     segment: int = 0,
+    on_demand: bool = False,
 ) -> RenderedRun:
     """The ConfigMap and Workflow for the object's current generation (and rerun token);
-    ``run_id`` keeps a run id decided earlier; ``segment`` > 0 is a resume of that run after
-    ``spec.suspend`` (a new Workflow, the same ConfigMap and output folder)."""
+    ``run_id`` keeps a run id decided earlier; ``segment`` > 0 is a later Workflow of that run
+    (a resume after ``spec.suspend``, a fallback ``on_demand``): the same ConfigMap and folder."""
     settings = settings or RenderSettings()
     plan = plan_run(obj, rerun=rerun, run_id=run_id)
     labels = run_labels(
@@ -326,7 +344,9 @@ def render(
         ANNOTATION_OUTPUT_BROWSER: browser_url(plan.config.output),
         ANNOTATION_TENSORBOARD_LOGDIR: f"{plan.config.output}/{TB_DIR}",
     }
-    workflow = render_workflow(obj, plan, labels, {**annotations, **ui}, settings, segment=segment)
+    workflow = render_workflow(
+        obj, plan, labels, {**annotations, **ui}, settings, segment=segment, on_demand=on_demand
+    )
     return RenderedRun(plan=plan, config_map=config_map, workflow=workflow)
 
 
