@@ -71,6 +71,7 @@ class OperatorSettings:
             service_account=os.environ.get("MLOPS_TRAINER_SERVICE_ACCOUNT", base.service_account),
             queue_config_map=os.environ.get("MLOPS_QUEUE_CONFIGMAP", base.queue_config_map),
             queue_namespace=os.environ.get("MLOPS_QUEUE_NAMESPACE") or None,
+            queue_mode="kueue" if os.environ.get("MLOPS_QUEUE_MODE") == "kueue" else "semaphore",
             image_pull_policy=os.environ.get("MLOPS_IMAGE_PULL_POLICY", base.image_pull_policy),
             spot_node_selector={str(k): str(v) for k, v in spot_selector.items()},
             spot_tolerations=tuple(

@@ -205,3 +205,38 @@ def test_new_runs_start_from_a_parent_run_or_a_checkpoint_url(
         resume={"from_url": parent["output"]},
     )
     assert run(RunConfig.model_validate(other)) == 2
+
+
+def test_run_json_records_where_each_attempt_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that fell back from spot to on-demand nodes says so in its provenance."""
+    import json
+
+    from mlops_trainers.config import RunConfig
+    from mlops_trainers.contract import PLACEMENT_ENV
+    from mlops_trainers.run_record import RunRecord
+
+    config = RunConfig.model_validate(
+        {
+            "run_id": "r-g1-00000000",
+            "name": "r",
+            "trainer": {"kind": "vqvae", "config": {}},
+            "data": "sample://skimage",
+            "output_prefix": str(tmp_path),
+            "output": str(tmp_path / "r-g1-00000000"),
+            "epochs": 1,
+            "checkpoint_every": 1,
+        }
+    )
+    for placement in ("spot", "on-demand"):
+        monkeypatch.setenv(PLACEMENT_ENV, placement)
+        record = RunRecord(config)
+        record.begin()
+        record.started(total_steps=1, inputs={})
+    saved = json.loads((tmp_path / "r-g1-00000000" / "run.json").read_text())
+    assert saved["placement"] == "on-demand"
+    assert [(p["attempt"], p["placement"]) for p in saved["placements"]] == [
+        (1, "spot"),
+        (2, "on-demand"),
+    ]

@@ -24,6 +24,7 @@ __all__ = [
     "LOGS_DIR",
     "METRICS_FILE",
     "MODEL_FILE",
+    "PLACEMENT_ENV",
     "RUN_FILE",
     "STATUS_FILE",
     "SUMMARY_ENV",
@@ -66,6 +67,8 @@ def attempt_log(attempt: int) -> str:
 SUMMARY_ENV = "MLOPS_SUMMARY_FILE"  # where the trainer writes it (a path in the pod)
 SUMMARY_PATH = "/tmp/mlops/summary.json"  # the path the rendered Workflow sets
 SUMMARY_PARAMETER = "summary"  # the name of the Argo output parameter carrying it
+# Where this attempt trains ("spot" or "on-demand"), set by the Workflow; run.json records it.
+PLACEMENT_ENV = "MLOPS_PLACEMENT"
 
 
 class Summary(BaseModel):

@@ -35,6 +35,7 @@ from mlops_trainers.config import RunConfig
 from mlops_trainers.contract import (
     ATTEMPTS_FILE,
     METRICS_FILE,
+    PLACEMENT_ENV,
     RUN_FILE,
     STATUS_FILE,
     SUMMARY_ENV,
@@ -168,6 +169,12 @@ class RunRecord:
             "python": platform.python_version(),
             "image": config.image,
             "host": socket.gethostname(),
+            # Where each attempt trained: a run that fell back from spot to on-demand says so.
+            "placement": os.environ.get(PLACEMENT_ENV) or "local",
+            "placements": [
+                *(previous.get("placements") or []),
+                {"attempt": self.attempt, "placement": os.environ.get(PLACEMENT_ENV) or "local"},
+            ],
             # Unix times (find_run orders runs by them), and the same as text for people.
             "first_started": previous.get("first_started") or self.started_unix,
             "started": self.started_unix,

@@ -27,6 +27,7 @@ from mlops_api.spec import MLOps
 from mlops_trainers.contract import (
     EXIT_APP_ERROR,
     EXIT_PREEMPTED,
+    PLACEMENT_ENV,
     SUMMARY_ENV,
     SUMMARY_PARAMETER,
     SUMMARY_PATH,
@@ -37,7 +38,6 @@ CONFIG_DIR = "/etc/mlops"
 GCS_KEY_DIR = "/var/run/secrets/gcs"
 CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-PLACEMENT_ENV = "MLOPS_PLACEMENT"
 ANNOTATION_OUTPUT = "mlops.dev/output"
 ANNOTATION_OUTPUT_BROWSER = "mlops.dev/output-browser"
 ANNOTATION_TENSORBOARD_LOGDIR = "mlops.dev/tensorboard-logdir"
