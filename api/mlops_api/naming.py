@@ -28,6 +28,9 @@ LABEL_TRAINER = f"{GROUP}/trainer"
 LABEL_SEGMENT = f"{GROUP}/segment"
 ANNOTATION_NAME = f"{GROUP}/name"  # the full object name (a label value holds at most 63)
 ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+# On a queued run's Workflow: the queue it holds units of (<namespace>/<key>) and how many GPUs.
+ANNOTATION_QUEUE = f"{GROUP}/queue"
+ANNOTATION_GPUS = f"{GROUP}/gpus"
 # Set by a user to start the current spec again as a new run: any new value is a new run.
 ANNOTATION_RERUN = f"{GROUP}/rerun"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -102,6 +105,12 @@ def workflow_name(run: str, segment: int = 0) -> str:
     """The Workflow of one segment of a run: the first is the run id itself; each resume after
     ``spec.suspend`` is a new Workflow of the same run (same output folder, same checkpoints)."""
     return run if segment == 0 else f"{run}-r{segment}"
+
+
+def queue_key(queue: str, run_namespace: str | None, queue_namespace: str | None) -> str:
+    """Queues are cluster-wide when their ConfigMap is in one namespace (the chart's), else one
+    per run namespace: ``<namespace of the ConfigMap>/<key>``."""
+    return f"{queue_namespace or run_namespace or 'default'}/{queue}"
 
 
 def label_value(value: str) -> str:

@@ -364,6 +364,12 @@ class MLOpsStatus(_Model):
     )
     preemptions: int = Field(0, description="Attempts lost to a spot preemption.")
     app_errors: int = Field(0, description="Attempts that failed in the trainer itself.")
+    queue: str | None = Field(
+        None, description="The queue the run waits for or holds units of (<namespace>/<key>)."
+    )
+    queued_at: datetime | None = Field(
+        None, description="When the run started to wait for its queue (FIFO order)."
+    )
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

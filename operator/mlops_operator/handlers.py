@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import Any, cast
 
 import kopf
-from mlops_api.naming import ANNOTATION_RERUN, LABEL_MANAGED_BY, MANAGED_BY
+from mlops_api.naming import ANNOTATION_RERUN, LABEL_MANAGED_BY, MANAGED_BY, queue_key
 from mlops_api.spec import GROUP, PLURAL, VERSION, MLOpsSpec
 
 from mlops_operator import kube, metrics, service
+from mlops_operator.queueing import QueueView, Waiting, queue_view
 from mlops_operator.reconcile import FINAL_PHASES, Event, compact_essence, now, parse_status
 from mlops_operator.settings import OperatorSettings
 from mlops_operator.views import WorkflowView, owner_uid, view_workflow
@@ -78,6 +79,50 @@ def mlops_by_uid(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[s
     return {uid: copy.deepcopy(dict(body))} if uid else None
 
 
+@kopf.index(*ARGO, labels=OURS)
+def workflows_by_queue(body: kopf.Body, **_: Any) -> dict[str, WorkflowView] | None:
+    view = view_workflow(body)
+    return {view.queue: view} if view.queue else None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def waiting_by_queue(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, Waiting] | None:
+    status = parse_status(body.get("status"))
+    if not uid or status.reason != "WaitingForQueue" or not status.queue:
+        return None
+    waiting = Waiting(
+        created=str(body.metadata.get("creationTimestamp") or ""),
+        since=status.queued_at or now(),
+        uid=uid,
+        name=str(body.metadata.name),
+        namespace=str(body.metadata.namespace),
+    )
+    return {status.queue: waiting}
+
+
+def _queues(
+    by_queue: Mapping[str, Iterable[WorkflowView]], waiting: Mapping[str, Iterable[Waiting]]
+) -> service.QueueLookup:
+    """How a queue stands for one object, from the indexes (and the queue ConfigMap's size)."""
+
+    def look(body: Mapping[str, Any], queue: str) -> QueueView:
+        meta = body["metadata"]
+        render = SETTINGS.render
+        key = queue_key(queue, meta["namespace"], render.queue_namespace)
+        status = parse_status(body.get("status"))
+        me = Waiting(
+            created=str(meta.get("creationTimestamp") or ""),
+            since=status.queued_at or now(),
+            uid=str(meta["uid"]),
+        )
+        capacity = kube.queue_capacity(
+            render.queue_namespace or meta["namespace"], render.queue_config_map, queue
+        )
+        return queue_view(key, capacity, by_queue.get(key, []), waiting.get(key, []), me)
+
+    return look
+
+
 # kopf passes each index as a keyword argument named after its function; the defaults only keep
 # the handlers' signatures compatible with kopf's callback protocols.
 Owned = Mapping[str, Iterable[WorkflowView]]
@@ -106,7 +151,10 @@ def reconcile(
     body: kopf.Body,
     uid: str,
     retry: int,
+    *,
     workflows_by_owner: Owned = NO_INDEX,
+    workflows_by_queue: Owned = NO_INDEX,
+    waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
     **_: Any,
 ) -> None:
     try:
@@ -117,6 +165,7 @@ def reconcile(
             fresh=True,
             handler="reconcile",
             post=_post,
+            queues=_queues(workflows_by_queue, waiting_by_queue),
         )
     except kube.ApiError as exc:
         raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
@@ -168,7 +217,15 @@ def resync(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, when=_rerun_asked)
-def rerun(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_: Any) -> None:
+def rerun(
+    body: kopf.Body,
+    uid: str,
+    *,
+    workflows_by_owner: Owned = NO_INDEX,
+    workflows_by_queue: Owned = NO_INDEX,
+    waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
+    **_: Any,
+) -> None:
     """A new ``mlops.dev/rerun`` value. kopf's update handlers never see it: kopf leaves the
     annotations under its own storage prefix (``mlops.dev/``) out of what it compares."""
     try:
@@ -179,6 +236,7 @@ def rerun(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_: 
             fresh=False,
             handler="rerun",
             post=_post,
+            queues=_queues(workflows_by_queue, waiting_by_queue),
         )
     except kube.ApiError as exc:
         log.warning("rerun of %s failed (the resync retries): %s", body.metadata.name, exc)
@@ -187,26 +245,39 @@ def rerun(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_: 
 @kopf.on.event(*ARGO, labels=OURS)
 def follow_workflow(
     body: kopf.Body,
+    type: str | None,
+    *,
     mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]] = NO_INDEX,
     workflows_by_owner: Owned = NO_INDEX,
+    workflows_by_queue: Owned = NO_INDEX,
+    waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
     **_: Any,
 ) -> None:
-    """A Workflow changed: sync its owner (its status follows the run)."""
-    uid = owner_uid(body)
-    parents = list(mlops_by_uid.get(uid, [])) if uid else []
-    if not parents:
-        return  # not an MLOps object's (or it is gone: garbage collection follows)
-    try:
-        service.sync(
-            parents[0],
-            _owned(workflows_by_owner, uid),
-            SETTINGS,
-            fresh=False,
-            handler="follow",
-            post=_post,
-        )
-    except kube.ApiError as exc:
-        log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
+    """A Workflow changed: sync its owner (its status follows the run); when a queued run ends,
+    also the run that waited longest for that queue (its units are free now)."""
+    queues = _queues(workflows_by_queue, waiting_by_queue)
+    uids = [owner_uid(body)]
+    view = view_workflow(body)
+    if view.queue and (view.finished or type == "DELETED"):
+        head = min(waiting_by_queue.get(view.queue, []), default=None)
+        if head is not None:
+            uids.append(head.uid)
+    for uid in uids:
+        parents = list(mlops_by_uid.get(uid, [])) if uid else []
+        if not parents:
+            continue  # not an MLOps object's (or it is gone: garbage collection follows)
+        try:
+            service.sync(
+                parents[0],
+                _owned(workflows_by_owner, uid),
+                SETTINGS,
+                fresh=False,
+                handler="follow",
+                post=_post,
+                queues=queues,
+            )
+        except kube.ApiError as exc:
+            log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

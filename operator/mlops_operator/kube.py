@@ -354,6 +354,35 @@ def replace_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> dict[s
         raise
 
 
+# === Queues ===
+
+_capacity_cache: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+CAPACITY_TTL_S = 10.0
+
+
+def queue_capacity(namespace: str, config_map: str, key: str) -> int | None:
+    """Units of queue ``key`` (the queue ConfigMap's value), read at most every 10 s; None when
+    the ConfigMap or the key is missing or not a number."""
+    cached = _capacity_cache.get((namespace, config_map))
+    if cached is None or time.monotonic() - cached[0] > CAPACITY_TTL_S:
+        try:
+            cm = call(
+                f"get ConfigMap {namespace}/{config_map}",
+                _core().read_namespaced_config_map,
+                config_map,
+                namespace,
+            )
+            data = dict(cm.data or {})
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            data = {}
+        cached = (time.monotonic(), data)
+        _capacity_cache[(namespace, config_map)] = cached
+    value = cached[1].get(key, "")
+    return int(value) if value.strip().isdigit() else None
+
+
 # === What a run namespace needs ===
 
 # Argo's executor (emissary) reports a pod's outputs as WorkflowTaskResults (Argo >= 3.4).

@@ -35,6 +35,7 @@ from mlops_api.naming import ANNOTATION_RERUN, spec_hash
 from mlops_api.spec import Condition, MLOps, MLOpsStatus, Retries
 from mlops_workflows.render import RenderedRun, RenderSettings, render
 
+from mlops_operator.queueing import QueueView, units
 from mlops_operator.views import WorkflowView
 
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
@@ -204,6 +205,8 @@ class Decision:
     # A suspended run is to resume: decide again once it is known whether this run's stopped
     # trainer pods are still alive (they share its output folder).
     check_trainers: str | None = None
+    # A run is to start in a queue (semaphore mode): decide again with that queue's view.
+    check_queue: str | None = None
 
     @property
     def acts(self) -> bool:
@@ -227,11 +230,13 @@ def decide(
     at: datetime | None = None,
     *,
     trainers_alive: bool | None = None,
+    queue: QueueView | None = None,
 ) -> Decision:
     """The whole lifecycle of one MLOps object (see the module docstring). Pure.
 
     ``trainers_alive``: whether the current run's trainer pods are still alive, when the caller
-    knows; a decision that needs it (a resume) asks for it with ``check_trainers``."""
+    knows; a decision that needs it (a resume) asks for it with ``check_trainers``. ``queue``:
+    the run's queue as it stands, asked for with ``check_queue`` before a queued run starts."""
     at = at or now()
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
@@ -247,7 +252,9 @@ def decide(
             obj = parse_manifest(manifest_of(with_default_image(body, policy.default_image)))
         except ManifestError:
             return Decision()  # cannot happen for a decided run; never act on a bad spec
-        return _follow(body, obj, current, owned, policy, at=at, trainers_alive=trainers_alive)
+        return _follow(
+            body, obj, current, owned, policy, at=at, trainers_alive=trainers_alive, queue=queue
+        )
     desired = desired_children(
         with_default_image(body, policy.default_image), policy.render, rerun=rerun
     )
@@ -261,6 +268,7 @@ def decide(
         generation=generation,
         rerun=rerun,
         trainers_alive=trainers_alive,
+        queue=queue,
     )
 
 
@@ -275,6 +283,7 @@ def _new_generation(
     generation: int,
     rerun: str,
     trainers_alive: bool | None = None,
+    queue: QueueView | None = None,
 ) -> Decision:
     problem = _refusal(desired, policy)
     if problem is not None:
@@ -308,7 +317,9 @@ def _new_generation(
         conds = set_condition(conds, "Accepted", "True", "SameRun", generation=generation, at=at)
         status = current.model_copy(update={"observed_generation": generation, "conditions": conds})
         # ...under this generation's handling (suspend, keepRuns, onChange) from now on.
-        return _follow(body, obj, status, owned, policy, at=at, trainers_alive=trainers_alive)
+        return _follow(
+            body, obj, status, owned, policy, at=at, trainers_alive=trainers_alive, queue=queue
+        )
     run = rendered.plan.run_id
     active = _active(owned, exclude=run)
     if active and obj.spec.on_change == "reject" and not any(w.run_id == run for w in owned):
@@ -350,7 +361,9 @@ def _new_generation(
             **_fresh_progress(),
         }
     )
-    return _follow(body, obj, status, owned, policy, at=at, rendered=rendered, changed=True)
+    return _follow(
+        body, obj, status, owned, policy, at=at, rendered=rendered, changed=True, queue=queue
+    )
 
 
 def _refusal(desired: Desired, policy: Policy) -> tuple[str, str] | None:
@@ -407,6 +420,7 @@ def _follow(
     rendered: RenderedRun | None = None,
     changed: bool = False,
     trainers_alive: bool | None = None,
+    queue: QueueView | None = None,
 ) -> Decision:
     """The decided run of the current generation: create it, wait, follow it, enforce budgets,
     suspend and resume it."""
@@ -424,8 +438,25 @@ def _follow(
     def phase(phase: str, reason: str, message: str) -> MLOpsStatus:
         return _phase(status, phase, reason, message, generation=generation, at=at)
 
+    gated = bool(spec.queue) and policy.render.queue_mode == "semaphore"
+
     def submit(segment: int, reason: str, message: str) -> None:
         nonlocal create, status, rendered
+        if gated and queue is not None and not queue.admits(spec.resources.gpu.count):
+            gpus = spec.resources.gpu.count
+            if queue.capacity is not None and units(gpus) > queue.capacity:
+                message = (
+                    f"run {run} asks {gpus} GPUs; queue {queue.key} has {queue.capacity} "
+                    "units: it can never start (lower resources.gpu.count or use another queue)"
+                )
+                status = phase("Failed", "QueueTooSmall", message)
+                events.append(Event("Warning", "QueueTooSmall", message))
+                return
+            status = status.model_copy(
+                update={"queued_at": status.queued_at or at, "queue": queue.key}
+            )
+            status = phase("Queued", "WaitingForQueue", f"run {run} {queue.explain(gpus)}")
+            return
         placement = status.placement or ("spot" if spec.spot else "on-demand")
         if rendered is None or segment:
             # Rendered under the decided run id: an upgrade between the decision and the start
@@ -445,11 +476,25 @@ def _follow(
                 "segment": segment,
                 "workflow": rendered.workflow["metadata"]["name"],
                 "placement": placement,
+                "queued_at": None,
+                "queue": queue.key if gated and queue is not None else None,
             }
         )
         status = phase("Queued", reason, message)
         events.append(Event("Normal", reason, f"{message}: Workflow {status.workflow}"))
 
+    starting = (
+        status.phase not in FINAL_PHASES
+        and not spec.suspend
+        and (
+            (workflow is None and not status.submitted)
+            or (
+                status.submitted and (status.phase == "Suspended" or status.reason == "FallingBack")
+            )
+        )
+    )
+    if gated and queue is None and starting and not _active(owned, exclude=run):
+        return Decision(check_queue=spec.queue)
     if status.phase in FINAL_PHASES and not changed:
         # Finished stays finished: late details (metrics in a summary) may still arrive, but
         # nothing is ever submitted again, whatever happened to the Workflow — and nothing of

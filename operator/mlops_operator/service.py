@@ -17,6 +17,7 @@ from typing import Any
 from mlops_api.naming import config_map_name
 
 from mlops_operator import kube, metrics
+from mlops_operator.queueing import QueueView
 from mlops_operator.reconcile import (
     Decision,
     Event,
@@ -37,6 +38,8 @@ _locks_guard = threading.Lock()
 _ready_namespaces: set[str] = set()
 
 EventSink = Callable[[Mapping[str, Any], Event], None]
+# (the object, its queue's name) -> the queue as that object sees it.
+QueueLookup = Callable[[Mapping[str, Any], str], QueueView]
 
 
 def _lock(uid: str) -> threading.Lock:
@@ -112,6 +115,7 @@ def sync(
     fresh: bool,
     handler: str,
     post: EventSink,
+    queues: QueueLookup | None = None,
 ) -> Outcome:
     """Bring one MLOps object's children and status in line with its spec.
 
@@ -130,11 +134,27 @@ def sync(
         for _ in range(5):
             owned = _confirm(body, list(workflows))
             decision = decide(body, owned, policy)
-            if decision.check_trainers is not None:
-                alive = kube.live_pods(
-                    body["metadata"]["namespace"], uid, run=decision.check_trainers
-                )
-                decision = decide(body, owned, policy, trainers_alive=bool(alive))
+            # A decision may ask for more than the indexes hold: whether a run's stopped
+            # trainers have exited, how its queue stands. Answer, and decide again.
+            alive: bool | None = None
+            view: QueueView | None = None
+            for _ in range(3):
+                if decision.check_trainers is not None and alive is None:
+                    alive = bool(
+                        kube.live_pods(
+                            body["metadata"]["namespace"], uid, run=decision.check_trainers
+                        )
+                    )
+                elif decision.check_queue is not None and view is None:
+                    # No lookup (a test, a tool): the queue does not hold the run back.
+                    view = (
+                        queues(body, decision.check_queue)
+                        if queues is not None
+                        else QueueView(key=decision.check_queue, capacity=None)
+                    )
+                else:
+                    break
+                decision = decide(body, owned, policy, trainers_alive=alive, queue=view)
             if decision.acts and not fresh:
                 latest = kube.get_mlops(body["metadata"]["namespace"], body["metadata"]["name"])
                 if latest is None:

@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mlops_api.naming import LABEL_GENERATION, LABEL_OWNER_UID, LABEL_RUN_ID
+from mlops_api.naming import (
+    ANNOTATION_GPUS,
+    ANNOTATION_QUEUE,
+    LABEL_GENERATION,
+    LABEL_OWNER_UID,
+    LABEL_RUN_ID,
+)
 from mlops_api.spec import GROUP, KIND
 from mlops_trainers.contract import EXIT_PREEMPTED, SUMMARY_PARAMETER, Summary
 from mlops_workflows.render import PREEMPTION_MESSAGES
@@ -72,6 +78,8 @@ class WorkflowView:
     waiting: bool = False  # waiting for its semaphore (the queue)
     attempts: tuple[Attempt, ...] = ()
     created: str | None = None
+    queue: str | None = None  # the queue key it holds units of (semaphore mode)
+    gpus: int = 0
 
     @property
     def finished(self) -> bool:
@@ -132,6 +140,7 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
     )
     semaphore = (status.get("synchronization") or {}).get("semaphore") or {}
     generation = labels.get(LABEL_GENERATION, "")
+    gpus = (meta.get("annotations") or {}).get(ANNOTATION_GPUS, "")
     return WorkflowView(
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or ""),
@@ -147,4 +156,6 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
         waiting=bool(semaphore.get("waiting")),
         attempts=tuple(_attempt(n) for n in pods),
         created=meta.get("creationTimestamp"),
+        queue=(meta.get("annotations") or {}).get(ANNOTATION_QUEUE),
+        gpus=int(gpus) if gpus.isdigit() else 0,
     )

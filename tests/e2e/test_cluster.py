@@ -113,8 +113,8 @@ def test_kwok_nodes_are_ready_and_look_like_gke(api: client.ApiClient) -> None:
     gpu = nodes[GPU_NODE]
     assert gpu.metadata.labels["cloud.google.com/gke-spot"] == "true"
     assert gpu.metadata.labels["cloud.google.com/gke-accelerator"] == "nvidia-tesla-t4"
-    assert gpu.status.capacity["nvidia.com/gpu"] == "1"
-    assert gpu.status.allocatable["nvidia.com/gpu"] == "1"
+    assert gpu.status.capacity["nvidia.com/gpu"] == "2"
+    assert gpu.status.allocatable["nvidia.com/gpu"] == "2"
     assert (gpu.status.capacity["cpu"], gpu.status.capacity["memory"]) == ("8", "32Gi")
     assert [(t.key, t.value, t.effect) for t in gpu.spec.taints] == [
         ("nvidia.com/gpu", "present", "NoSchedule")

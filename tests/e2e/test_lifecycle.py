@@ -310,7 +310,12 @@ def test_gpu_queue_runs_one_at_a_time_in_apply_order(
     for name in names:
         # On the CPU node: only the queue (not the one fake GPU) can keep them apart.
         env.apply(env.manifest(name, queue="gpu", **ON_CPU))
-        _run(env, name)  # each Workflow exists before the next is applied: apply order
+        time.sleep(1.1)  # creation times a second apart: apply order is FIFO order
+    waiting = wait_for(
+        "fifo-3 waiting for the queue",
+        lambda: env.phase_is("fifo-3", "Queued") and env.status("fifo-3").get("reason"),
+    )
+    assert waiting == "WaitingForQueue", waiting
     started: dict[str, float] = {}
     phases_seen: dict[str, list[str]] = {n: [] for n in names}
     deadline = time.monotonic() + 240
@@ -455,3 +460,31 @@ def test_delete_waits_for_the_stopped_run_with_production_timeouts(
     wait_for("the object deleted", lambda: "slow-stop" not in env.names(), timeout=90)
     waited = time.monotonic() - asked
     assert 115 <= waited <= 180, waited
+
+
+def test_a_two_gpu_run_holds_two_units_of_its_queue(
+    cluster: Any, env: Env, start_operator: OperatorFactory
+) -> None:
+    """Queue "pair" has 2 units: a 2-GPU run takes both, so a 1-GPU run applied after it waits
+    (Argo's semaphore alone would count one unit per run and let both run)."""
+    env.core.patch_namespaced_config_map("mlops-queues", env.ns, {"data": {"pair": "2"}})
+    start_operator(
+        env,
+        env_vars={"MLOPS_POD_ANNOTATIONS": '{"pod-complete.stage.kwok.x-k8s.io/delay": "10s"}'},
+    )
+    big = {"cpu": "100m", "memory": "256Mi", "gpu": {"count": 2, "type": "nvidia-tesla-t4"}}
+    small = {"cpu": "100m", "memory": "256Mi", "gpu": {"count": 1, "type": "nvidia-tesla-t4"}}
+    env.apply(env.manifest("big", queue="pair", resources=big))
+    _run(env, "big")
+    time.sleep(1.1)
+    env.apply(env.manifest("small", queue="pair", resources=small))
+    status = wait_for("small waiting", lambda: env.phase_is("small", "Queued"))
+    wait_for(
+        "small waits for the queue",
+        lambda: env.status("small").get("reason") == "WaitingForQueue",
+    )
+    assert "2 of 2 in use" in env.status("small")["message"], env.status("small")
+    assert not env.workflows("small")
+    wait_for("big done", lambda: env.phase_is("big", "Succeeded"), timeout=120)
+    done = wait_for("small done", lambda: env.phase_is("small", "Succeeded"), timeout=120)
+    assert done["queue"] == f"{env.ns}/pair" and status

@@ -11,16 +11,17 @@ import jsonschema
 import pytest
 from mlops_api.crd import status_schema
 from mlops_api.spec import Condition, MLOpsStatus
+from mlops_operator.queueing import QueueView, Waiting, queue_view
 from mlops_operator.reconcile import (
     Decision,
     Policy,
     Stop,
     compact_essence,
-    decide,
     parse_status,
     set_condition,
     status_json,
 )
+from mlops_operator.reconcile import decide as _decide
 from mlops_operator.views import Attempt, WorkflowView, view_workflow
 from mlops_workflows.render import RenderSettings
 
@@ -32,6 +33,15 @@ SPEC: dict[str, Any] = {
     "output": "gs://b/o",
     "retries": {"preemption": 2, "error": 1},
 }
+
+
+# Most cases are not about queues: an empty queue admits every run.
+OPEN = QueueView(key="ml/gpu", capacity=None)
+
+
+def decide(*args: Any, **kwargs: Any) -> Decision:
+    kwargs.setdefault("queue", OPEN)
+    return _decide(*args, **kwargs)
 
 
 def body(
@@ -601,3 +611,80 @@ def test_kueue_mode_labels_the_trainer_pod_with_its_local_queue() -> None:
     semaphore = decide(body(queue="gpu"), [], POLICY, AT).create[1]
     assert "kueue.x-k8s.io/queue-name" not in semaphore["spec"]["podMetadata"]["labels"]
     assert semaphore["spec"]["synchronization"]["semaphores"][0]["configMapKeyRef"]["key"] == "gpu"
+
+
+# === GPU-aware queues (semaphore mode) ===
+
+
+def _waiting(name: str, created: str, gpus: int = 1) -> Waiting:
+    return Waiting(
+        created=created, since=AT, uid=f"uid-{name}", name=name, namespace="ml", gpus=gpus
+    )
+
+
+def test_a_queued_run_asks_for_its_queue_before_it_starts() -> None:
+    asked = _decide(body(queue="gpu"), [], POLICY, AT)
+    assert asked == Decision(check_queue="gpu")
+    unqueued = _decide(body(queue=None), [], POLICY, AT)
+    assert len(unqueued.create) == 2, "a run without a queue starts at once"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "holders", "ahead", "starts"),
+    [
+        (1, [], [], True),
+        (1, [("a", 1)], [], True),  # 1 + 1 <= 2
+        (2, [("a", 1)], [], False),  # a 2-GPU run holds both units: it waits
+        (1, [("a", 2)], [], False),
+        (1, [], ["ml/earlier"], False),  # FIFO: no overtaking, even with room
+        (0, [("a", 1)], [], True),  # a CPU run takes one unit
+    ],
+)
+def test_runs_start_when_their_gpus_are_free_and_nobody_waited_longer(
+    gpus: int, holders: list[tuple[str, int]], ahead: list[str], starts: bool
+) -> None:
+    view = QueueView(key="ml/gpu", capacity=2, holders=tuple(holders), ahead=tuple(ahead))
+    b = body(queue="gpu", resources={"gpu": {"count": gpus}})
+    decision = _decide(b, [], POLICY, AT, queue=view)
+    assert bool(decision.create) == starts
+    status = decision.status
+    assert status is not None
+    if not starts:
+        assert (status.phase, status.reason) == ("Queued", "WaitingForQueue")
+        assert "queue ml/gpu" in status.message and status.queued_at == AT
+    else:
+        assert status.queued_at is None
+
+
+def test_a_run_bigger_than_its_queue_fails_at_once() -> None:
+    view = QueueView(key="ml/gpu", capacity=1)
+    decision = _decide(
+        body(queue="gpu", resources={"gpu": {"count": 2}}), [], POLICY, AT, queue=view
+    )
+    assert decision.status is not None and decision.status.reason == "QueueTooSmall"
+    assert decision.create == ()
+
+
+def test_queue_view_counts_gpus_of_unfinished_runs_and_orders_waiters_fifo() -> None:
+    running = [
+        WorkflowView("a", "ml", "u", "a", 1, "Running", queue="ml/gpu", gpus=2),
+        WorkflowView("b", "ml", "u", "b", 1, "Succeeded", queue="ml/gpu", gpus=1),
+    ]
+    waiting = [
+        _waiting("second", "2026-01-01T00:00:02Z"),
+        _waiting("first", "2026-01-01T00:00:01Z"),
+    ]
+    me = _waiting("third", "2026-01-01T00:00:03Z")
+    view = queue_view("ml/gpu", 3, running, waiting, me)
+    assert view.holders == (("a", 2),) and view.used == 2
+    assert view.ahead == ("ml/first", "ml/second")
+    assert not view.admits(1)
+    first = queue_view("ml/gpu", 3, running, waiting, waiting[1])
+    assert first.ahead == () and first.admits(1) and not first.admits(2)
+
+
+def test_queued_workflows_say_their_queue_and_gpus() -> None:
+    decision = _decide(body(queue="gpu"), [], POLICY, AT, queue=OPEN)
+    annotations = decision.create[1]["metadata"]["annotations"]
+    assert (annotations["mlops.dev/queue"], annotations["mlops.dev/gpus"]) == ("ml/gpu", "1")
+    assert view_workflow({**decision.create[1], "status": {}}).queue == "ml/gpu"

@@ -14,10 +14,13 @@ from hera.workflows import Container, Workflow
 from hera.workflows import models as m
 from mlops_api.errors import FieldError, ManifestError
 from mlops_api.naming import (
+    ANNOTATION_GPUS,
     ANNOTATION_NAME,
+    ANNOTATION_QUEUE,
     ANNOTATION_SPEC_HASH,
     CONFIG_FILE,
     config_map_name,
+    queue_key,
     run_labels,
     spec_hash,
     workflow_name,
@@ -270,6 +273,13 @@ def render_workflow(
         # gates the pod until then); each attempt is a pod, so each is admitted on its own.
         pod_labels[KUEUE_QUEUE_LABEL] = spec.queue
     elif spec.queue:
+        # The operator admits queued runs by GPUs (mlops_operator.queueing); these say which
+        # queue this run holds units of, and how many, for its accounting.
+        annotations = {
+            **annotations,
+            ANNOTATION_QUEUE: queue_key(spec.queue, plan.namespace, settings.queue_namespace),
+            ANNOTATION_GPUS: str(spec.resources.gpu.count),
+        }
         # One GPU → runs wait their turn; Argo grants a semaphore in creation order (FIFO).
         synchronization = m.Synchronization(
             semaphores=[
