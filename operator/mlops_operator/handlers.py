@@ -105,7 +105,9 @@ def _queues(
 ) -> service.QueueLookup:
     """How a queue stands for one object, from the indexes (and the queue ConfigMap's size)."""
 
-    def look(body: Mapping[str, Any], queue: str) -> QueueView:
+    def look(
+        body: Mapping[str, Any], queue: str, admitted: Mapping[str, Mapping[str, int]]
+    ) -> QueueView:
         meta = body["metadata"]
         render = SETTINGS.render
         key = queue_key(queue, meta["namespace"], render.queue_namespace)
@@ -118,7 +120,14 @@ def _queues(
         capacity = kube.queue_capacity(
             render.queue_namespace or meta["namespace"], render.queue_config_map, queue
         )
-        return queue_view(key, capacity, by_queue.get(key, []), waiting.get(key, []), me)
+        return queue_view(
+            key,
+            capacity,
+            by_queue.get(key, []),
+            waiting.get(key, []),
+            me,
+            admitted=admitted.get(key),
+        )
 
     return look
 

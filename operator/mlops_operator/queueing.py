@@ -12,7 +12,7 @@ Pure: :func:`queue_view` turns what the operator's indexes hold into the view th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -69,8 +69,18 @@ def queue_view(
     workflows: Iterable[WorkflowView],
     waiting: Iterable[Waiting],
     me: Waiting,
+    *,
+    admitted: Mapping[str, int] | None = None,
 ) -> QueueView:
-    """The queue ``key`` for the run ``me``: who holds units, who waited longer."""
-    holders = tuple(sorted((w.name, units(w.gpus)) for w in workflows if not w.finished))
+    """The queue ``key`` for the run ``me``: who holds units, who waited longer. ``admitted``:
+    Workflows this operator just created (name -> units) that ``workflows`` (its index, a watch
+    behind) may not show yet; they hold their units too."""
+    workflows = list(workflows)
+    held = {w.name: units(w.gpus) for w in workflows if not w.finished}
+    seen = {w.name for w in workflows}
+    for name, n in (admitted or {}).items():
+        if name not in seen:
+            held[name] = n
+    holders = tuple(sorted(held.items()))
     ahead = tuple(f"{w.namespace}/{w.name}" for w in sorted(waiting) if w < me and w.uid != me.uid)
     return QueueView(key=key, capacity=capacity, holders=holders, ahead=ahead)

@@ -7,17 +7,19 @@ and writes the status with optimistic concurrency, so that no two writers can un
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlops_api.naming import config_map_name
+from mlops_api.naming import ANNOTATION_GPUS, ANNOTATION_QUEUE, config_map_name
 
 from mlops_operator import kube, metrics
-from mlops_operator.queueing import QueueView
+from mlops_operator.queueing import QueueView, units
 from mlops_operator.reconcile import (
     Decision,
     Event,
@@ -38,8 +40,41 @@ _locks_guard = threading.Lock()
 _ready_namespaces: set[str] = set()
 
 EventSink = Callable[[Mapping[str, Any], Event], None]
-# (the object, its queue's name) -> the queue as that object sees it.
-QueueLookup = Callable[[Mapping[str, Any], str], QueueView]
+# (the object, its queue's name) -> the queue as that object sees it, given the Workflows just
+# admitted (see Admissions) that the indexes may not show yet.
+QueueLookup = Callable[[Mapping[str, Any], str, Mapping[str, Mapping[str, int]]], QueueView]
+
+
+class Admissions:
+    """Runs admitted to a queue, one at a time (a check-then-create across objects), and the
+    Workflows just created for them until the operator's index has seen them (a watch behind):
+    without both, two runs could take the last free units at once."""
+
+    HOLD_S = 120.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._created: dict[str, dict[str, tuple[int, float]]] = {}
+
+    def recent(self) -> dict[str, dict[str, int]]:
+        """queue key -> {Workflow: units} created in the last HOLD_S seconds."""
+        cutoff = time.monotonic() - self.HOLD_S
+        return {
+            key: {name: n for name, (n, at) in made.items() if at > cutoff}
+            for key, made in self._created.items()
+        }
+
+    def record(self, created: Iterable[Mapping[str, Any]]) -> None:
+        for child in created:
+            annotations = (child.get("metadata") or {}).get("annotations") or {}
+            key = annotations.get(ANNOTATION_QUEUE)
+            if child.get("kind") == "Workflow" and key:
+                n = units(int(annotations.get(ANNOTATION_GPUS, "0") or 0))
+                made = self._created.setdefault(key, {})
+                made[child["metadata"]["name"]] = (n, time.monotonic())
+
+
+ADMISSIONS = Admissions()
 
 
 def _lock(uid: str) -> threading.Lock:
@@ -135,7 +170,9 @@ def sync(
             owned = _confirm(body, list(workflows))
             decision = decide(body, owned, policy)
             # A decision may ask for more than the indexes hold: whether a run's stopped
-            # trainers have exited, how its queue stands. Answer, and decide again.
+            # trainers have exited, how its queue stands. Answer, and decide again. Admitting
+            # a run to a queue holds the admission lock until its Workflow is created.
+            admitting = contextlib.ExitStack()
             alive: bool | None = None
             view: QueueView | None = None
             for _ in range(3):
@@ -146,9 +183,10 @@ def sync(
                         )
                     )
                 elif decision.check_queue is not None and view is None:
+                    admitting.enter_context(ADMISSIONS.lock)
                     # No lookup (a test, a tool): the queue does not hold the run back.
                     view = (
-                        queues(body, decision.check_queue)
+                        queues(body, decision.check_queue, ADMISSIONS.recent())
                         if queues is not None
                         else QueueView(key=decision.check_queue, capacity=None)
                     )
@@ -166,7 +204,9 @@ def sync(
                     body = latest
                     continue
             try:
-                _act(body, decision, settings)
+                with admitting:
+                    _act(body, decision, settings)
+                    ADMISSIONS.record(decision.create)
             except kube.ChildConflictError as exc:
                 return _report(
                     body, decision, handler, "ChildConflict", str(exc), post=post, final=True

@@ -67,7 +67,7 @@ def test_a_quota_refusal_is_reported_retried_with_backoff_and_recovers(
     )
     assert synced["reason"] == "Forbidden" and "quota" in synced["message"], synced
     assert env.status("over-quota")["phase"] == "Queued"
-    assert "Forbidden" in env.events("over-quota")
+    wait_for("the Forbidden event", lambda: "Forbidden" in env.events("over-quota"))
     first = _metric(op, "mlops_api_errors_total", code="403")
     time.sleep(60)
     tries = _metric(op, "mlops_api_errors_total", code="403") - first

@@ -224,7 +224,7 @@ def test_a_child_name_taken_by_someone_else_is_a_condition_not_adoption(
     squatter = env.core.read_namespaced_config_map(config_map_name(run), env.ns)
     assert not squatter.metadata.owner_references and squatter.data == {"mine": "yes"}
     assert not env.workflows("squatted")
-    assert "ChildConflict" in env.events("squatted")
+    wait_for("the ChildConflict event", lambda: "ChildConflict" in env.events("squatted"))
 
 
 # --- 8. status: one writer, repaired by the resync, no event spam ------------------------------------
@@ -378,7 +378,7 @@ def test_on_change_replace_stops_the_old_run_and_the_new_one_succeeds(
     end_pod(env, pod, exit_code=0)
     status = wait_for("the new run Succeeded", lambda: env.phase_is("swap", "Succeeded"))
     assert status["runId"] == second["runId"], "the old run's events never land on the new run"
-    assert "Replaced" in env.events("swap")
+    wait_for("the Replaced event", lambda: "Replaced" in env.events("swap"))
 
 
 def test_on_change_reject_keeps_the_run_and_a_rerun_starts_the_new_spec(

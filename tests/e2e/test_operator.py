@@ -86,7 +86,7 @@ def test_apply_runs_to_succeeded(env: Env, operator: Operator) -> None:
     assert conditions["Succeeded"]["status"] == "True"
     assert final["observedGeneration"] == 1
     assert final["startedAt"] and final["finishedAt"]
-    assert {"RunSubmitted", "Succeeded"} <= env.events("happy")
+    wait_for("the events", lambda: {"RunSubmitted", "Succeeded"} <= env.events("happy"))
     assert "mlops_reconciles_total" in operator.metrics()
 
 

@@ -68,7 +68,7 @@ def test_suspend_stops_the_run_and_resume_continues_the_same_run(
     end_pod(env, _running_pod(env, "nap", f"{run}-r1"), exit_code=0)
     done = wait_for("Succeeded", lambda: env.phase_is("nap", "Succeeded"), timeout=120)
     assert (done["runId"], done["appErrors"], done["preemptions"]) == (run, 0, 0)
-    assert {"Suspended", "Resumed"} <= env.events("nap")
+    wait_for("the events", lambda: {"Suspended", "Resumed"} <= env.events("nap"))
 
 
 def test_kubectl_get_shows_phase_progress_eta_and_wide_reason_message(
@@ -113,5 +113,8 @@ def test_guardrails_refuse_what_the_platform_team_did_not_allow(
         status = wait_for(f"{name} refused", lambda n=name: env.phase_is(n, "Failed"))
         assert status["reason"] == "PolicyViolation" and field in status["message"], status
         assert not env.workflows(name) and not env.config_maps(name)
-        assert "PolicyViolation" in env.events(name)
+        # kopf posts events in the background: they may trail the status a little.
+        wait_for(
+            f"{name}'s PolicyViolation event", lambda n=name: "PolicyViolation" in env.events(n)
+        )
     assert wait_for("allowed", lambda: env.phase_is("allowed", "Succeeded"), timeout=180)

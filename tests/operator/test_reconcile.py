@@ -688,3 +688,25 @@ def test_queued_workflows_say_their_queue_and_gpus() -> None:
     annotations = decision.create[1]["metadata"]["annotations"]
     assert (annotations["mlops.dev/queue"], annotations["mlops.dev/gpus"]) == ("ml/gpu", "1")
     assert view_workflow({**decision.create[1], "status": {}}).queue == "ml/gpu"
+
+
+def test_a_workflow_just_created_holds_its_units_before_the_index_sees_it() -> None:
+    me = _waiting("next", "2026-01-01T00:00:05Z")
+    view = queue_view("ml/gpu", 1, [], [], me, admitted={"fifo-1-g1-x": 1})
+    assert view.holders == (("fifo-1-g1-x", 1),) and not view.admits(1)
+    seen = WorkflowView("fifo-1-g1-x", "ml", "u", "r", 1, "Succeeded", queue="ml/gpu", gpus=1)
+    assert queue_view("ml/gpu", 1, [seen], [], me, admitted={"fifo-1-g1-x": 1}).admits(1)
+
+
+def test_admissions_remember_created_queued_workflows() -> None:
+    from mlops_operator.service import Admissions
+
+    admissions = Admissions()
+    decision = _decide(
+        body(queue="gpu", resources={"gpu": {"count": 2}}), [], POLICY, AT, queue=OPEN
+    )
+    admissions.record(decision.create)
+    (name,) = admissions.recent()["ml/gpu"]
+    assert (
+        admissions.recent()["ml/gpu"][name] == 2 and name == decision.create[1]["metadata"]["name"]
+    )
