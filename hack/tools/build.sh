@@ -35,7 +35,7 @@ if [[ ! -x "${out}/${name}" ]]; then
     tmp="${out}.tmp.$$"
     rm -rf "${tmp}"
     mkdir -p "${tmp}"
-    log "${name} ${version}: building from the Go module proxy (about 2 min on 2 cores, once)"
+    log "${name} ${version}: building from the Go module proxy (2-4 min on 2 cores, once)"
     start=${SECONDS}
     (
       cd "${moddir}"

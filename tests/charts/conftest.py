@@ -61,7 +61,7 @@ def render(helm: str) -> Callable[..., list[dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def kube_score() -> str:
     """kube-score, built from ``hack/tools/kube-score`` (go.mod/go.sum pinned) by
-    ``hack/tools/build.sh`` and cached like the cluster's binaries (about 2 min cold, then
+    ``hack/tools/build.sh`` and cached like the cluster's binaries (2-4 min cold on 2 cores, then
     instant). A build that fails fails the tests that need it, with the reason: never a skip."""
     result = subprocess.run(
         ["bash", str(ROOT / "hack" / "tools" / "build.sh"), "kube-score"],
