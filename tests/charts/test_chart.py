@@ -175,3 +175,158 @@ def test_chart_readme_values_table_is_current() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_fullname_override_names_every_object(helm: str) -> None:
+    docs = _template(helm, None, "--set=fullnameOverride=ml-platform")
+    # Named by the release: everything but what is named by its own value (the trainer
+    # ServiceAccount and its executor Role/RoleBinding, which Workflows name).
+    trainer = {"mlops-trainer", "mlops-trainer-executor"}
+    names = {d["metadata"]["name"] for d in docs if d["kind"] != "CustomResourceDefinition"}
+    assert names - trainer
+    assert all(n.startswith("ml-platform") for n in names - trainer), sorted(names)
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert deploy["metadata"]["name"] == "ml-platform"
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "ml-platform"
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MLOPS_QUEUE_CONFIGMAP"] == "ml-platform-queues"
+    # 63 characters at most, whatever the override.
+    long = _template(helm, None, f"--set=fullnameOverride={'x' * 63}")
+    assert all(len(d["metadata"]["name"]) <= 63 for d in long)
+
+
+def test_name_override_changes_names_and_labels_consistently(helm: str) -> None:
+    docs = _template(helm, None, "--set=nameOverride=mlctl")
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert deploy["metadata"]["name"] == "mlops-mlctl"
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "mlctl", "app.kubernetes.io/instance": "mlops"}
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+    policy = next(
+        d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mlops-mlctl"
+    )
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    # The default stays what existing releases have (the Deployment selector is immutable).
+    default = next(d for d in _template(helm) if d["kind"] == "Deployment")
+    assert default["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "mlops-operator",
+        "app.kubernetes.io/instance": "mlops",
+    }
+
+
+def test_operator_pull_secrets_resources_and_placement(helm: str, tmp_path: Path) -> None:
+    values = tmp_path / "placement.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "imagePullSecrets": [{"name": "regcred"}],
+                "operator": {
+                    "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "2"}},
+                    "nodeSelector": {"cloud.google.com/gke-nodepool": "system"},
+                    "tolerations": [
+                        {"key": "system", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [
+                                    {
+                                        "matchExpressions": [
+                                            {"key": "spot", "operator": "DoesNotExist"}
+                                        ]
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                    "priorityClassName": "system-cluster-critical",
+                },
+            }
+        )
+    )
+    docs = _template(helm, values)
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-nodepool": "system"}
+    assert pod["tolerations"][0]["key"] == "system"
+    assert "nodeAffinity" in pod["affinity"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    # Helm merges maps with the defaults: the keys not set keep their default (null removes one).
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == "100m" and resources["limits"]["cpu"] == "2"
+    assert resources["limits"]["memory"] == "512Mi"
+    # The test pod runs where the operator may run.
+    test_pod = next(d for d in docs if d["kind"] == "Pod")["spec"]
+    for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
+        assert test_pod[key] == pod[key]
+
+
+def test_operator_defaults(helm: str) -> None:
+    """What kube-score asks of the operator's pod, by default (tests/charts/test_kube_score.py
+    runs kube-score itself): CPU and ephemeral-storage limits, a UID/GID above 10000."""
+    pod = next(d for d in _template(helm) if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert (
+        set(resources["limits"])
+        == set(resources["requests"])
+        == {
+            "cpu",
+            "memory",
+            "ephemeral-storage",
+        }
+    )
+    assert pod["securityContext"]["runAsUser"] > 10000
+    assert pod["securityContext"]["runAsGroup"] > 10000
+    (tmp,) = pod["volumes"]
+    assert tmp["emptyDir"]["sizeLimit"]
+    assert "imagePullSecrets" not in pod and "priorityClassName" not in pod
+
+
+def _notes(helm: str, values: Path | None = None, *extra: str) -> str:
+    """NOTES.txt as `helm install` prints it (a client-side dry run: no cluster needed)."""
+    args = [
+        helm,
+        "install",
+        "mlops",
+        str(CHART),
+        "--namespace",
+        "mlops-system",
+        "--dry-run=client",
+        "-o",
+        "json",
+        *extra,
+    ]
+    if values is not None:
+        args += ["-f", str(values)]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["info"]["notes"])
+
+
+def test_notes_say_what_was_installed_and_the_next_three_commands(helm: str) -> None:
+    notes = _notes(helm)
+    assert "release mlops in namespace mlops-system" in notes
+    assert "Deployment mlops-mlops-operator" in notes and "all namespaces" in notes
+    assert "ghcr.io/mlops-operator/operator:0.1.0" in notes
+    assert "kubectl apply -n mlops-system -f examples/vqvae.yaml" in notes
+    assert "kubectl get mlops -n mlops-system -w" in notes
+    assert "kubectl -n argo port-forward svc/argo-server 2746:2746" in notes
+    assert "helm test mlops -n mlops-system --timeout 15m --logs" in notes
+    # The CRD upgrade path, where it matters (the chart README, "Upgrading").
+    assert "kubectl apply --server-side" in notes
+    # Runs go where the operator watches; the Argo server where it is.
+    notes = _notes(
+        helm,
+        CHART / "ci" / "namespaced-values.yaml",
+        "--set=argoServer.namespace=workflows",
+        "--set=tests.enabled=false",
+    )
+    assert "the namespaces ml-team-a, ml-team-b" in notes and "a Role in each" in notes
+    assert "kubectl apply -n ml-team-a -f examples/vqvae.yaml" in notes
+    assert "kubectl get mlops -n ml-team-a -w" in notes
+    assert "kubectl -n workflows port-forward" in notes
+    assert "helm test" not in notes

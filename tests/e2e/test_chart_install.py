@@ -5,10 +5,16 @@ runs in it. The operator itself therefore runs as a local process, with the Depl
 and env and authenticated with nothing but the chart's ServiceAccount token (as its Pod would be):
 what the chart contributes for real here is the CRD, the RBAC, the ServiceAccounts, the queue
 ConfigMap and the Deployment object, all accepted and used by a real API server.
+
+The same holds for the ``helm test`` hook: its Pod is faked too, so its script runs here as a
+local process with the hook ServiceAccount's token (as in its Pod), against the operator run as
+above; ``helm test`` itself is run as well, for the hook objects and their order and cleanup.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -190,6 +196,21 @@ def test_every_rendered_object_passes_server_side_dry_run(
             cluster.create_namespace(ns)
             created.append(ns)
     try:
+        # A Pod is admitted only once its ServiceAccount exists, which a dry run never creates:
+        # the `helm test` Pod's is created for real first (helm creates it first too).
+        pod_accounts = {
+            (d["metadata"]["namespace"], d["spec"]["serviceAccountName"])
+            for d in docs
+            if d["kind"] == "Pod"
+        }
+        accounts = [
+            d
+            for d in docs
+            if d["kind"] == "ServiceAccount"
+            and (d["metadata"]["namespace"], d["metadata"]["name"]) in pod_accounts
+        ]
+        assert len(accounts) == len(pod_accounts), pod_accounts
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(accounts))
         proc = cluster.kubectl(
             "apply",
             "--dry-run=server",
@@ -207,3 +228,209 @@ def test_every_rendered_object_passes_server_side_dry_run(
     finally:
         for ns in [namespace, *created]:
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_notes_say_what_was_installed_and_what_to_do_next(
+    cluster: Cluster, release: Release
+) -> None:
+    """NOTES.txt as the installed release shows it (`helm get notes`)."""
+    notes = cluster.helm("get", "notes", release.name, f"--namespace={release.namespace}").stdout
+    ns, fullname = release.namespace, release.deployment["metadata"]["name"]
+    assert f"release {release.name} in namespace {ns}" in notes
+    assert f"Deployment {fullname}" in notes
+    assert f"kubectl apply -n {ns} -f examples/vqvae.yaml" in notes
+    assert f"kubectl get mlops -n {ns} -w" in notes
+    assert "port-forward svc/argo-server 2746:2746" in notes
+    assert f"helm test {release.name} -n {ns}" in notes
+
+
+def _hooks(cluster: Cluster, release: Release) -> list[dict[str, Any]]:
+    """The release's `helm test` hook objects, as helm stores them (`helm get hooks`)."""
+    out = cluster.helm("get", "hooks", release.name, f"--namespace={release.namespace}").stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in docs if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+
+
+def test_helm_test_script_runs_a_tiny_mlops_to_succeeded(
+    cluster: Cluster, release: Release, tmp_path: Path
+) -> None:
+    """The hook's script, run as a local process (kwok would only fake its Pod) with the token of
+    the hook's ServiceAccount and the hook's Role, exactly as helm creates them, against the
+    operator run from the chart's Deployment: the tiny MLOps it creates reaches Succeeded (kwok
+    fakes the trainer pod), and the script deletes it and exits 0. The hook's RBAC is proven
+    sufficient by this run and minimal by `kubectl auth can-i`."""
+    ns = release.namespace
+    hooks = _hooks(cluster, release)
+    (pod,) = [d for d in hooks if d["kind"] == "Pod"]
+    (config_map,) = [d for d in hooks if d["kind"] == "ConfigMap"]
+    support = [d for d in hooks if d["kind"] != "Pod"]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(support))
+    try:
+        sa = pod["spec"]["serviceAccountName"]
+        user = f"system:serviceaccount:{ns}:{sa}"
+        for verb in ("create", "get", "delete"):
+            assert _can(cluster, verb, "mlops.mlops.dev", ns, user), verb
+        for verb, resource in [
+            ("list", "mlops.mlops.dev"),
+            ("update", "mlops.mlops.dev/status"),
+            ("patch", "mlops.mlops.dev"),
+            ("create", "pods"),
+            ("get", "secrets"),
+            ("create", "workflows.argoproj.io"),
+        ]:
+            assert not _can(cluster, verb, resource, ns, user), (verb, resource)
+        assert not _can(cluster, "create", "mlops.mlops.dev", "default", user)
+
+        script = tmp_path / "helm-test.py"
+        script.write_text(config_map["data"]["helm-test.py"])
+        manifest = tmp_path / "mlops.yaml"
+        manifest.write_text(config_map["data"]["mlops.yaml"])
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["MLOPS_TEST_MANIFEST"] == "/etc/mlops-test/mlops.yaml"
+        test_kubeconfig = cluster.write_token_kubeconfig(
+            tmp_path / "kubeconfig-test", cluster.service_account_token(ns, sa), user=sa
+        )
+        operator_sa = release.deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        operator = Operator.from_deployment(
+            release.deployment,
+            cluster.write_token_kubeconfig(
+                tmp_path / "kubeconfig-operator",
+                cluster.service_account_token(ns, operator_sa),
+                user=operator_sa,
+            ),
+            tmp_path / "operator.log",
+        )
+        name = yaml.safe_load(manifest.read_text())["metadata"]["name"]
+        operator.start()
+        try:
+            result = subprocess.run(
+                [sys.executable, str(script)],
+                env={
+                    **cluster.env(),
+                    **env,
+                    "MLOPS_TEST_MANIFEST": str(manifest),
+                    "KUBECONFIG": str(test_kubeconfig),
+                },
+                capture_output=True,
+                text=True,
+                timeout=float(env["MLOPS_TEST_TIMEOUT_S"]) + 60,
+                check=False,
+            )
+            output = result.stdout + result.stderr
+            assert result.returncode == 0, (output, operator.log_tail())
+            assert "phase=Succeeded" in output and "PASS" in output, output
+            with cluster.api_client() as api:
+                assert name not in Env(api, ns).names()  # cleaned up
+        finally:
+            operator.stop()
+    finally:
+        cluster.kubectl(
+            "delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(support)
+        )
+
+
+def _can(cluster: Cluster, verb: str, resource: str, namespace: str, user: str) -> bool:
+    proc = cluster.kubectl(
+        "auth", "can-i", verb, resource, f"--namespace={namespace}", f"--as={user}", check=False
+    )
+    return proc.stdout.strip() == "yes"
+
+
+def test_helm_test_creates_its_hooks_and_cleans_up(cluster: Cluster, release: Release) -> None:
+    """`helm test` for real. kwok fakes the hook's Pod (Succeeded a second after it starts, nothing
+    runs), so this proves what helm and the API server do with the hooks — created in order and
+    accepted (the Pod is admitted only once its ServiceAccount exists), scheduled, waited for,
+    then all deleted after the pass — not what the script does (the test above runs it)."""
+    ns = release.namespace
+    hooks = _hooks(cluster, release)
+    (pod,) = [h for h in hooks if h["kind"] == "Pod"]
+    proc = cluster.helm("test", release.name, f"--namespace={ns}", "--timeout=120s")
+    assert "Phase:          Succeeded" in proc.stdout, proc.stdout
+    assert "Failed" not in proc.stdout, proc.stdout
+    # It ran somewhere: scheduled for real (kube-scheduler), onto a kwok node.
+    events = cluster.kubectl(
+        "get",
+        "events",
+        f"--namespace={ns}",
+        f"--field-selector=involvedObject.name={pod['metadata']['name']},reason=Scheduled",
+        "-o",
+        "name",
+    ).stdout
+    assert events.strip(), f"the test pod was never scheduled:\n{proc.stdout}"
+    for hook in hooks:
+        kind, name = hook["kind"].lower(), hook["metadata"]["name"]
+        hook_ns = hook["metadata"]["namespace"]
+        wait_for(
+            f"{kind}/{name} to be deleted after the passed test",
+            lambda kind=kind, name=name, hook_ns=hook_ns: (
+                cluster.kubectl("get", kind, name, f"--namespace={hook_ns}", check=False).returncode
+                != 0
+            ),
+            timeout=60,
+        )
+
+
+def test_overrides_install(cluster: Cluster, tmp_path: Path) -> None:
+    """A second release with the name, pull-secret and placement values set: every object is
+    named by fullnameOverride, the operator pod lands on the node its nodeSelector names, and its
+    NetworkPolicy selects exactly that pod (the API server's own label selection)."""
+    suffix = uuid.uuid4().hex[:6]
+    namespace = cluster.create_namespace(f"e2e-ovr-{suffix}")
+    name, fullname = f"ovr-{suffix}", f"ml-platform-{suffix}"
+    values = tmp_path / "overrides.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "fullnameOverride": fullname,
+                "nameOverride": "mlctl",
+                "imagePullSecrets": [{"name": "regcred"}],
+                "operator": {
+                    "nodeSelector": {"kubernetes.io/hostname": "kwok-cpu-0"},
+                    "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                    "resources": {"limits": {"cpu": "500m"}},
+                },
+                "trainer": {"reportSummary": False},
+            }
+        )
+    )
+    try:
+        cluster.helm(
+            "install",
+            name,
+            str(CHART),
+            f"--namespace={namespace}",
+            f"--values={values}",
+            "--wait",
+            "--timeout=180s",
+        )
+        manifest = cluster.helm("get", "manifest", name, f"--namespace={namespace}").stdout
+        docs = [d for d in yaml.safe_load_all(manifest) if d]
+        trainer = {"mlops-trainer", "mlops-trainer-executor"}
+        assert {d["metadata"]["name"] for d in docs} - trainer
+        assert all(
+            d["metadata"]["name"].startswith(fullname)
+            for d in docs
+            if d["metadata"]["name"] not in trainer
+        )
+        with cluster.api_client() as api:
+            pods = (
+                client.CoreV1Api(api)
+                .list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=mlctl")
+                .items
+            )
+            (pod,) = pods
+            assert pod.spec.node_name == "kwok-cpu-0"
+            assert [s.name for s in pod.spec.image_pull_secrets] == ["regcred"]
+            assert pod.spec.containers[0].resources.limits["cpu"] == "500m"
+            policy = client.NetworkingV1Api(api).read_namespaced_network_policy(fullname, namespace)
+            selector = ",".join(
+                f"{k}={v}" for k, v in policy.spec.pod_selector.match_labels.items()
+            )
+            selected = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector)
+            assert [p.metadata.name for p in selected.items] == [pod.metadata.name]
+        notes = cluster.helm("get", "notes", name, f"--namespace={namespace}").stdout
+        assert f"Deployment {fullname}" in notes
+    finally:
+        cluster.helm("uninstall", name, f"--namespace={namespace}", "--wait", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
