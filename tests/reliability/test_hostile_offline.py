@@ -85,7 +85,8 @@ def test_yaml_attacks_fail_fast_and_clean(
 
 def test_no_manifest_string_reaches_a_shell() -> None:
     """Every string field set to something a shell would love, yet valid: the workflow's
-    container runs the fixed argv, and the values live only in the ConfigMap's data."""
+    container runs the fixed argv, and the values reach its pods only through the ConfigMap's
+    data (the Workflow's annotations show the output to people, never to a process)."""
     doc = {
         "apiVersion": "mlops.dev/v1alpha1",
         "kind": "MLOps",
@@ -103,7 +104,9 @@ def test_no_manifest_string_reaches_a_shell() -> None:
     assert containers
     for container in containers:
         assert container["command"] + container.get("args", []) == FIXED_ARGV
-    text = json.dumps(rendered.workflow)
+    text = json.dumps(
+        {"spec": rendered.workflow["spec"], "labels": rendered.workflow["metadata"]["labels"]}
+    )
     for value in ("x~y=z,w+v!", "o#frag?q=1"):
         assert value not in text  # only in the run file the trainer parses as YAML
     assert "x~y=z,w+v!" in rendered.config_map["data"]["run.yaml"]
