@@ -1,6 +1,7 @@
 """Preemption: a training process killed mid-epoch (SIGTERM, then SIGKILL) resumes from its last
-checkpoint, loses at most one checkpoint interval, and ends with the weights of an uninterrupted
-run; on a local folder and on the GCS emulator.
+checkpoint, loses at most one checkpoint interval, and ends with the weights (and optimizer
+state) of an uninterrupted run; the VQ-VAE on a local folder and on the GCS emulator, every other
+trainer kind with randomness of its own (drawn per step) on a local folder.
 
 The trainers run as real subprocesses (``python -m mlops_trainers --config FILE``), as in a pod.
 Progress is read from ``ARGO_PROGRESS_FILE``, which the runtime rewrites after every step.
@@ -13,15 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
+import h5py
 import numpy as np
 import pytest
 import yaml
 from mlops_trainers import storage
-from mlops_trainers.trainers.vqvae.vqvae import VQVAE  # registers the class for load_model
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,23 @@ CONFIG = {
 }
 EPOCHS = 3
 EVERY = 5
-TOTAL = EPOCHS * CONFIG["steps_per_epoch"]  # type: ignore[operator]
+STEPS_PER_EPOCH = 12  # every case: 3 epochs of 12 steps, a checkpoint every 5
+TOTAL = EPOCHS * STEPS_PER_EPOCH
 DEADLINE_S = 240.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """A trainer kind's tiny run: its config (``steps_per_epoch`` = STEPS_PER_EPOCH) and data."""
+
+    kind: str
+    config: dict[str, Any]
+    data: str
+
+
+CASES = {
+    "vqvae": Case("vqvae", CONFIG, "sample://skimage"),
+}
 
 
 class Trainer:
@@ -92,13 +108,14 @@ class Trainer:
             pytest.fail(f"trainer did not finish in {DEADLINE_S}s:\n{self.log.read_text()}")
 
 
-def _run_file(tmp_path: Path, make_run_file: Any, prefix: str, run_id: str) -> Path:
+def _run_file(tmp_path: Path, make_run_file: Any, case: Case, prefix: str, run_id: str) -> Path:
+    assert case.config["steps_per_epoch"] == STEPS_PER_EPOCH
     config = make_run_file(
         prefix,
         run_id,
-        "vqvae",
-        CONFIG,
-        data="sample://skimage",
+        case.kind,
+        case.config,
+        data=case.data,
         epochs=EPOCHS,
         checkpoint_every=EVERY,
         seed=7,
@@ -108,25 +125,42 @@ def _run_file(tmp_path: Path, make_run_file: Any, prefix: str, run_id: str) -> P
     return path
 
 
-def _final_weights(output: str, scratch: Path) -> list[np.ndarray]:
-    local = scratch / f"{abs(hash(output))}.keras"
-    storage.get_file(storage.join(output, "model.keras"), local)
-    model = keras.saving.load_model(local)
-    assert isinstance(model, VQVAE)
-    return [np.asarray(w) for w in model.get_weights()]
+def _final_weights(output: str, scratch: Path) -> dict[str, np.ndarray]:
+    """Every array of the last checkpoint's weights file (model and optimizer), by path."""
+    from mlops_trainers.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output)
+    assert checkpoint is not None and checkpoint.step == TOTAL
+    local = scratch / f"{abs(hash(output))}.weights.h5"
+    storage.get_file(checkpoint.weights_url, local)
+    arrays: dict[str, np.ndarray] = {}
+
+    def keep(name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = np.asarray(item)
+
+    with h5py.File(local, "r") as f:
+        f.visititems(keep)
+    assert arrays
+    return arrays
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=sorted(CASES))
 def uninterrupted(
-    tmp_path_factory: pytest.TempPathFactory, make_run_file: Any, subprocess_env: Any
-) -> tuple[list[np.ndarray], str]:
-    """The weights and metrics.csv of the same run trained without interruption."""
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    path = _run_file(tmp, make_run_file, str(tmp / "runs"), "straight-g1-0123abcd")
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_run_file: Any,
+    subprocess_env: Any,
+) -> tuple[Case, dict[str, np.ndarray], str]:
+    """A case, and the weights and metrics.csv of its run trained without interruption."""
+    case = CASES[request.param]
+    tmp = tmp_path_factory.mktemp(f"uninterrupted-{case.kind}")
+    path = _run_file(tmp, make_run_file, case, str(tmp / "runs"), "straight-g1-0123abcd")
     trainer = Trainer(path, tmp, subprocess_env(), "straight")
     assert trainer.wait() == 0, trainer.log.read_text()
     output = str(tmp / "runs" / "straight-g1-0123abcd")
-    return _final_weights(output, tmp), storage.read_text(storage.join(output, "metrics.csv"))
+    weights = _final_weights(output, tmp)
+    return case, weights, storage.read_text(storage.join(output, "metrics.csv"))
 
 
 def test_killed_runs_resume_and_match_an_uninterrupted_run(
@@ -134,13 +168,16 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(
     storage_root: str,
     make_run_file: Any,
     subprocess_env: Any,
-    uninterrupted: tuple[list[np.ndarray], str],
+    uninterrupted: tuple[Case, dict[str, np.ndarray], str],
 ) -> None:
     from mlops_trainers.checkpoints import latest_checkpoint
 
+    case, weights, metrics = uninterrupted
+    if case.kind != "vqvae" and storage_root.startswith("gs://"):
+        pytest.skip("storage is the same for every kind: the GCS emulator runs the VQ-VAE only")
     run_id = "killed-g1-0123abcd"
     output = storage.join(storage_root, run_id)
-    path = _run_file(tmp_path, make_run_file, storage_root, run_id)
+    path = _run_file(tmp_path, make_run_file, case, storage_root, run_id)
     env = subprocess_env()
 
     # 1. SIGTERM mid-epoch (a spot preemption): checkpoint at that very step, exit 143.
@@ -180,12 +217,12 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(
     assert json.loads(third.summary.read_text())["state"] == "succeeded"
     assert third.progress.read_text().strip() == f"{TOTAL}/{TOTAL}"
 
-    # Same batches, same optimizer state, same quantizer RNG: the same model and epoch metrics.
-    weights, metrics = uninterrupted
+    # Same batches, same optimizer state, same quantizer RNG, the same draws per step: the
+    # same model, optimizer and epoch metrics.
     ours = _final_weights(output, tmp_path)
-    assert len(ours) == len(weights)
-    for a, b in zip(ours, weights, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert ours.keys() == weights.keys()
+    for name, array in ours.items():
+        np.testing.assert_allclose(array, weights[name], rtol=1e-4, atol=1e-5, err_msg=name)
     ours_rows = storage.read_text(storage.join(output, "metrics.csv")).splitlines()
     theirs_rows = metrics.splitlines()
     assert ours_rows[0] == theirs_rows[0]
