@@ -62,5 +62,6 @@ def test_spec_requires_trainer_data_output() -> None:
         "pixelcnn",
         "segmenter",
         "tokenizer",
+        "vle",
         "vqvae",
     ]

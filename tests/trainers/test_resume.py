@@ -57,6 +57,26 @@ class Case:
 
 CASES = {
     "vqvae": Case("vqvae", CONFIG, "sample://skimage"),
+    # T drawn per step, the mask head and the baselines all resume.
+    "vle": Case(
+        "vle",
+        {
+            "image_size": 16,
+            "channels": 1,
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "max_tokens": 2,
+            "variant": "mask",
+            "filters": 8,
+            "downsample": 1,
+            "latent_channels": 8,
+            "baseline": True,
+            "validation_images": 8,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "previews": 2,
+        },
+        "sample://fashion-mnist-canvases",
+    ),
 }
 
 
