@@ -60,6 +60,7 @@ def test_spec_requires_trainer_data_output() -> None:
     # Every trainer folder, in name order (mlops_trainers.registry).
     assert spec["properties"]["trainer"]["properties"]["kind"]["enum"] == [
         "floodpred",
+        "maskgit",
         "pixelcnn",
         "segmenter",
         "tokenizer",

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,23 @@ DEADLINE_S = 240.0
 
 
 @dataclass(frozen=True)
+class Parent:
+    """A run a case reads (a prior's tokenizer): trained once, named in ``config[field]``."""
+
+    field: str
+    kind: str
+    config: dict[str, Any]
+    data: str
+
+
+@dataclass(frozen=True)
 class Case:
     """A trainer kind's tiny run: its config (``steps_per_epoch`` = STEPS_PER_EPOCH) and data."""
 
     kind: str
     config: dict[str, Any]
     data: str
+    parent: Parent | None = None
 
 
 CASES = {
@@ -94,6 +105,41 @@ CASES = {
             "predictions": 1,
         },
         "sample://shallow-water",
+    ),
+    # Masks drawn per step, over the codes of a tokenizer run named by its URL.
+    "maskgit": Case(
+        "maskgit",
+        {
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "dim": 16,
+            "layers": 1,
+            "heads": 2,
+            "mlp_dim": 32,
+            "decode_steps": 4,
+            "validation_grids": 8,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "samples": 0,  # the sampler holds no state; the quality test draws samples
+        },
+        "sample://webcam",
+        Parent(
+            "tokenizer",
+            "tokenizer",
+            {
+                "image_size": 16,
+                "channels": 3,
+                "batch_size": 8,
+                "base_filters": 8,
+                "channel_multipliers": [1, 2, 2],
+                "groups": 4,
+                "latent_dim": 4,
+                "num_embeddings": 16,
+                "sky_mask": {"enabled": False},
+                "steps_per_epoch": 4,
+                "reconstructions": 0,
+            },
+            "sample://webcam",
+        ),
     ),
 }
 
@@ -191,8 +237,25 @@ def uninterrupted(
     subprocess_env: Any,
 ) -> tuple[Case, dict[str, np.ndarray], str]:
     """A case, and the weights and metrics.csv of its run trained without interruption."""
+    from mlops_trainers.config import RunConfig
+    from mlops_trainers.runtime import run
+
     case = CASES[request.param]
     tmp = tmp_path_factory.mktemp(f"uninterrupted-{case.kind}")
+    if case.parent is not None:
+        # Trained once, in this process; both runs of the case name it by its URL.
+        parent = case.parent
+        config = make_run_file(
+            str(tmp / "parents"),
+            "parent-g1-0123abcd",
+            parent.kind,
+            parent.config,
+            data=parent.data,
+            epochs=1,
+            checkpoint_every=100,
+        )
+        assert run(RunConfig.model_validate(config)) == 0
+        case = replace(case, config={**case.config, parent.field: config["output"]})
     path = _run_file(tmp, make_run_file, case, str(tmp / "runs"), "straight-g1-0123abcd")
     trainer = Trainer(path, tmp, subprocess_env(), "straight")
     assert trainer.wait() == 0, trainer.log.read_text()
