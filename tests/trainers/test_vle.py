@@ -171,8 +171,9 @@ def test_canvases_know_their_objects() -> None:
 
 @pytest.mark.slow
 def test_mse_falls_with_tokens(tmp_path: Path, make_run_file: Any) -> None:
-    # 200 steps on the canvases, through the runtime: the held-out MSE after k tokens falls
-    # with k at every epoch (an embedding of the total T instead of the tokens so far did not).
+    # 120 steps on the canvases, through the runtime: the held-out MSE after k tokens falls
+    # with k (with an embedding of the total T instead of the tokens so far, it had not after
+    # 300 steps).
     config = make_run_file(
         str(tmp_path / "runs"),
         "vle-g1-0123abcd",
@@ -189,7 +190,7 @@ def test_mse_falls_with_tokens(tmp_path: Path, make_run_file: Any) -> None:
             "latent_channels": 8,
             "baseline": True,
             "validation_images": 64,
-            "steps_per_epoch": 100,
+            "steps_per_epoch": 60,
             "previews": 3,
         },
         data="sample://fashion-mnist-canvases",
@@ -206,7 +207,7 @@ def test_mse_falls_with_tokens(tmp_path: Path, make_run_file: Any) -> None:
     assert curve[0] > curve[1] > curve[2]
     assert float(rows[-1]["val_mse_k3"]) < float(rows[0]["val_mse_k3"])
     # Being able to stop after any k costs little against a plain autoencoder that always
-    # gets the whole budget (measured here: within a few per cent after 200 steps).
+    # gets the whole budget (measured while writing this: within 15 % after 100 and 200 steps).
     assert curve[2] < 1.5 * baseline[2]
     for epoch in (1, 2):
         assert (out / "reconstructions" / f"epoch-{epoch:04d}.png").stat().st_size > 0
