@@ -59,8 +59,11 @@ def test_spec_requires_trainer_data_output() -> None:
     assert set(spec["required"]) == {"trainer", "data", "output"}
     # Every trainer folder, in name order (mlops_trainers.registry).
     assert spec["properties"]["trainer"]["properties"]["kind"]["enum"] == [
+        "floodpred",
+        "maskgit",
         "pixelcnn",
         "segmenter",
         "tokenizer",
+        "vle",
         "vqvae",
     ]

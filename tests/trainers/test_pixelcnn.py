@@ -142,3 +142,72 @@ def test_prior_trains_on_the_codes_of_a_vqvae_run(tmp_path: Path, make_run_file:
     assert record["inputs"]["vqvae"]["run_id"] == "fashion-vq-g1-0123abcd"
     assert record["inputs"]["vqvae"]["checkpoint"].endswith("step-0000000020")
     assert record["final_metrics"]["uniform_bits_per_code"] == pytest.approx(4.0)
+
+
+def test_a_prior_refuses_a_parent_that_makes_no_codes(tmp_path: Path) -> None:
+    from mlops_trainers.checkpoints import CheckpointInfo
+    from mlops_trainers.code_grids import load_code_source
+    from mlops_trainers.errors import ConfigError
+
+    segmenter = CheckpointInfo(
+        "file:///runs/seg/checkpoints/step-0000000010", {"kind": "segmenter"}
+    )
+    with pytest.raises(ConfigError, match="segmenter checkpoint; a prior reads the codes"):
+        load_code_source(segmenter, tmp_path)
+
+
+@pytest.mark.slow
+def test_prior_trains_on_the_codes_of_a_tokenizer_run(tmp_path: Path, make_run_file: Any) -> None:
+    prefix = str(tmp_path / "runs")
+    tokenizer = make_run_file(
+        prefix,
+        "sky-tok-g1-0123abcd",
+        "tokenizer",
+        {
+            "image_size": 32,
+            "channels": 3,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "base_filters": 8,
+            "channel_multipliers": [1, 2, 2],  # 32 px -> 8x8 tokens
+            "groups": 4,
+            "latent_dim": 8,
+            "num_embeddings": 32,
+            "steps_per_epoch": 10,
+            "reconstructions": 0,
+        },
+        data="sample://webcam",
+        epochs=1,
+        checkpoint_every=100,
+        name="sky-tok",
+    )
+    assert run(RunConfig.model_validate(tokenizer)) == 0
+    prior = make_run_file(
+        prefix,
+        "sky-prior-g1-0123abcd",
+        "pixelcnn",
+        {
+            "vqvae": "sky-tok",  # the field names the parent, a tokenizer run here
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "filters": 16,
+            "layers": 3,
+            "kernel_size": 3,
+            "steps_per_epoch": 15,
+            "samples": 4,
+        },
+        data="sample://webcam",
+        epochs=1,
+        checkpoint_every=100,
+        name="sky-prior",
+    )
+    assert run(RunConfig.model_validate(prior)) == 0
+    out = Path(prior["output"])
+    record = json.loads((out / "run.json").read_text())
+    assert record["inputs"]["vqvae"]["kind"] == "tokenizer"
+    assert record["inputs"]["data"]["images"] == 64
+    final = record["final_metrics"]
+    assert final["bits_per_code"] < math.log2(32)
+    # Sky codes only: the ground's codes are constant and would flatter the prior.
+    assert final["bits_per_valid_code"] < math.log2(32)
+    assert (out / "samples" / "epoch-0001.png").stat().st_size > 0

@@ -1,6 +1,7 @@
 """Preemption: a training process killed mid-epoch (SIGTERM, then SIGKILL) resumes from its last
-checkpoint, loses at most one checkpoint interval, and ends with the weights of an uninterrupted
-run; on a local folder and on the GCS emulator.
+checkpoint, loses at most one checkpoint interval, and ends with the weights (and optimizer
+state) of an uninterrupted run; the VQ-VAE on a local folder and on the GCS emulator, every other
+trainer kind with randomness of its own (drawn per step) on a local folder.
 
 The trainers run as real subprocesses (``python -m mlops_trainers --config FILE``), as in a pod.
 Progress is read from ``ARGO_PROGRESS_FILE``, which the runtime rewrites after every step.
@@ -13,15 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import keras
+import h5py
 import numpy as np
 import pytest
 import yaml
 from mlops_trainers import storage
-from mlops_trainers.trainers.vqvae.vqvae import VQVAE  # registers the class for load_model
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,108 @@ CONFIG = {
 }
 EPOCHS = 3
 EVERY = 5
-TOTAL = EPOCHS * CONFIG["steps_per_epoch"]  # type: ignore[operator]
+STEPS_PER_EPOCH = 12  # every case: 3 epochs of 12 steps, a checkpoint every 5
+TOTAL = EPOCHS * STEPS_PER_EPOCH
 DEADLINE_S = 240.0
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A run a case reads (a prior's tokenizer): trained once, named in ``config[field]``."""
+
+    field: str
+    kind: str
+    config: dict[str, Any]
+    data: str
+
+
+@dataclass(frozen=True)
+class Case:
+    """A trainer kind's tiny run: its config (``steps_per_epoch`` = STEPS_PER_EPOCH) and data."""
+
+    kind: str
+    config: dict[str, Any]
+    data: str
+    parent: Parent | None = None
+
+
+CASES = {
+    "vqvae": Case("vqvae", CONFIG, "sample://skimage"),
+    # T drawn per step and the mask head resume (the baselines are plain weights, left out here
+    # to keep the test short: each process traces the whole unrolled loop).
+    "vle": Case(
+        "vle",
+        {
+            "image_size": 16,
+            "channels": 1,
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "max_tokens": 2,
+            "variant": "mask",
+            "filters": 8,
+            "downsample": 1,
+            "latent_channels": 8,
+            "baseline": False,
+            "validation_images": 8,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "previews": 2,
+        },
+        "sample://fashion-mnist-canvases",
+    ),
+    # Windows drawn per epoch, rotations per step, normalisation recomputed on every restart.
+    "floodpred": Case(
+        "floodpred",
+        {
+            "past": 2,
+            "future": 2,
+            "window_stride": 2,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "filters": 8,
+            "downsample": 1,
+            "latent_blocks": 1,
+            "augment": True,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "predictions": 1,
+        },
+        "sample://shallow-water",
+    ),
+    # Masks drawn per step, over the codes of a tokenizer run named by its URL.
+    "maskgit": Case(
+        "maskgit",
+        {
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "dim": 16,
+            "layers": 1,
+            "heads": 2,
+            "mlp_dim": 32,
+            "decode_steps": 4,
+            "validation_grids": 8,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "samples": 0,  # the sampler holds no state; the quality test draws samples
+        },
+        "sample://webcam",
+        Parent(
+            "tokenizer",
+            "tokenizer",
+            {
+                "image_size": 16,
+                "channels": 3,
+                "batch_size": 8,
+                "base_filters": 8,
+                "channel_multipliers": [1, 2, 2],
+                "groups": 4,
+                "latent_dim": 4,
+                "num_embeddings": 16,
+                "sky_mask": {"enabled": False},
+                "steps_per_epoch": 4,
+                "reconstructions": 0,
+            },
+            "sample://webcam",
+        ),
+    ),
+}
 
 
 class Trainer:
@@ -92,13 +193,14 @@ class Trainer:
             pytest.fail(f"trainer did not finish in {DEADLINE_S}s:\n{self.log.read_text()}")
 
 
-def _run_file(tmp_path: Path, make_run_file: Any, prefix: str, run_id: str) -> Path:
+def _run_file(tmp_path: Path, make_run_file: Any, case: Case, prefix: str, run_id: str) -> Path:
+    assert case.config["steps_per_epoch"] == STEPS_PER_EPOCH
     config = make_run_file(
         prefix,
         run_id,
-        "vqvae",
-        CONFIG,
-        data="sample://skimage",
+        case.kind,
+        case.config,
+        data=case.data,
         epochs=EPOCHS,
         checkpoint_every=EVERY,
         seed=7,
@@ -108,25 +210,59 @@ def _run_file(tmp_path: Path, make_run_file: Any, prefix: str, run_id: str) -> P
     return path
 
 
-def _final_weights(output: str, scratch: Path) -> list[np.ndarray]:
-    local = scratch / f"{abs(hash(output))}.keras"
-    storage.get_file(storage.join(output, "model.keras"), local)
-    model = keras.saving.load_model(local)
-    assert isinstance(model, VQVAE)
-    return [np.asarray(w) for w in model.get_weights()]
+def _final_weights(output: str, scratch: Path) -> dict[str, np.ndarray]:
+    """Every array of the last checkpoint's weights file (model and optimizer), by path."""
+    from mlops_trainers.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(output)
+    assert checkpoint is not None and checkpoint.step == TOTAL
+    local = scratch / f"{abs(hash(output))}.weights.h5"
+    storage.get_file(checkpoint.weights_url, local)
+    arrays: dict[str, np.ndarray] = {}
+
+    def keep(name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = np.asarray(item)
+
+    with h5py.File(local, "r") as f:
+        f.visititems(keep)
+    assert arrays
+    return arrays
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=sorted(CASES))
 def uninterrupted(
-    tmp_path_factory: pytest.TempPathFactory, make_run_file: Any, subprocess_env: Any
-) -> tuple[list[np.ndarray], str]:
-    """The weights and metrics.csv of the same run trained without interruption."""
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    path = _run_file(tmp, make_run_file, str(tmp / "runs"), "straight-g1-0123abcd")
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_run_file: Any,
+    subprocess_env: Any,
+) -> tuple[Case, dict[str, np.ndarray], str]:
+    """A case, and the weights and metrics.csv of its run trained without interruption."""
+    from mlops_trainers.config import RunConfig
+    from mlops_trainers.runtime import run
+
+    case = CASES[request.param]
+    tmp = tmp_path_factory.mktemp(f"uninterrupted-{case.kind}")
+    if case.parent is not None:
+        # Trained once, in this process; both runs of the case name it by its URL.
+        parent = case.parent
+        config = make_run_file(
+            str(tmp / "parents"),
+            "parent-g1-0123abcd",
+            parent.kind,
+            parent.config,
+            data=parent.data,
+            epochs=1,
+            checkpoint_every=100,
+        )
+        assert run(RunConfig.model_validate(config)) == 0
+        case = replace(case, config={**case.config, parent.field: config["output"]})
+    path = _run_file(tmp, make_run_file, case, str(tmp / "runs"), "straight-g1-0123abcd")
     trainer = Trainer(path, tmp, subprocess_env(), "straight")
     assert trainer.wait() == 0, trainer.log.read_text()
     output = str(tmp / "runs" / "straight-g1-0123abcd")
-    return _final_weights(output, tmp), storage.read_text(storage.join(output, "metrics.csv"))
+    weights = _final_weights(output, tmp)
+    return case, weights, storage.read_text(storage.join(output, "metrics.csv"))
 
 
 def test_killed_runs_resume_and_match_an_uninterrupted_run(
@@ -134,13 +270,16 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(
     storage_root: str,
     make_run_file: Any,
     subprocess_env: Any,
-    uninterrupted: tuple[list[np.ndarray], str],
+    uninterrupted: tuple[Case, dict[str, np.ndarray], str],
 ) -> None:
     from mlops_trainers.checkpoints import latest_checkpoint
 
+    case, weights, metrics = uninterrupted
+    if case.kind != "vqvae" and storage_root.startswith("gs://"):
+        pytest.skip("storage is the same for every kind: the GCS emulator runs the VQ-VAE only")
     run_id = "killed-g1-0123abcd"
     output = storage.join(storage_root, run_id)
-    path = _run_file(tmp_path, make_run_file, storage_root, run_id)
+    path = _run_file(tmp_path, make_run_file, case, storage_root, run_id)
     env = subprocess_env()
 
     # 1. SIGTERM mid-epoch (a spot preemption): checkpoint at that very step, exit 143.
@@ -180,16 +319,17 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(
     assert json.loads(third.summary.read_text())["state"] == "succeeded"
     assert third.progress.read_text().strip() == f"{TOTAL}/{TOTAL}"
 
-    # Same batches, same optimizer state, same quantizer RNG: the same model and epoch metrics.
-    weights, metrics = uninterrupted
+    # Same batches, same optimizer state, same quantizer RNG, the same draws per step: the
+    # same model, optimizer and epoch metrics.
     ours = _final_weights(output, tmp_path)
-    assert len(ours) == len(weights)
-    for a, b in zip(ours, weights, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert ours.keys() == weights.keys()
+    for name, array in ours.items():
+        np.testing.assert_allclose(array, weights[name], rtol=1e-4, atol=1e-5, err_msg=name)
     ours_rows = storage.read_text(storage.join(output, "metrics.csv")).splitlines()
     theirs_rows = metrics.splitlines()
     assert ours_rows[0] == theirs_rows[0]
     for mine, straight in zip(ours_rows[1:], theirs_rows[1:], strict=True):
-        a = [float(v) for v in mine.split(",")[3:]]
-        b = [float(v) for v in straight.split(",")[3:]]
+        # Empty cells: a metric only some epochs have (e.g. the test split's, at the last one).
+        a = [float(v or "nan") for v in mine.split(",")[3:]]
+        b = [float(v or "nan") for v in straight.split(",")[3:]]
         np.testing.assert_allclose(a, b, rtol=1e-3)

@@ -10,13 +10,13 @@ __all__ = ["PixelCNNConfig"]
 
 
 class PixelCNNConfig(TrainerConfig):
-    """Gated PixelCNN prior (van den Oord et al. 2016, arXiv:1606.05328) over a VQ-VAE's code grid."""
+    """Gated PixelCNN prior (van den Oord et al. 2016, arXiv:1606.05328) over a VQ-VAE's or tokenizer's code grid."""
 
     vqvae: str = Field(
         ...,
         min_length=1,
         max_length=2048,
-        description="The VQ-VAE whose codes are modelled: a run name (looked up under the output prefix) or a run/checkpoint URL.",
+        description="The VQ-VAE or tokenizer run whose codes are modelled: a run name (looked up under the output prefix) or a run/checkpoint URL.",
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Code grids per step.")
     learning_rate: float = Field(3e-4, gt=0, le=1, description="Adam learning rate.")

@@ -1,16 +1,17 @@
-"""The ``pixelcnn`` trainer: a gated PixelCNN prior over the codes of a trained VQ-VAE run.
+"""The ``pixelcnn`` trainer: a gated PixelCNN prior over the codes of a VQ-VAE or tokenizer run.
 
-``config.vqvae`` names the VQ-VAE: a run name (its newest run under the same output prefix) or a
-run/checkpoint URL, resolved by :func:`mlops_trainers.checkpoints.resolve_model_reference` to a
-complete checkpoint whose manifest holds the VQ-VAE's config; the model is rebuilt from it and
-its weights loaded. The resolved reference (run, checkpoint, step) is recorded in ``run.json``
-(``inputs.vqvae``).
+``config.vqvae`` names the parent: a ``vqvae`` or a ``tokenizer`` run, by run name (its newest
+run under the same output prefix) or run/checkpoint URL, resolved by
+:func:`mlops_trainers.checkpoints.resolve_model_reference` to a complete checkpoint whose
+manifest holds the parent's kind and config; the model is rebuilt from it and its weights loaded
+(:func:`mlops_trainers.code_grids.load_code_source`). The resolved reference (run, checkpoint,
+step) is recorded in ``run.json`` (``inputs.vqvae``).
 
-The training images (``run.data``) are padded and encoded once into code grids ``(N, h, w)``
-with a validity mask of the latents; batches are drawn per ``(seed, epoch)`` like every trainer.
-Each epoch reports bits per code (vs ``log2(K)`` for a uniform prior) and writes
-``samples/epoch-NNNN.png``: ``samples`` grids drawn by the compiled sampler, decoded by the
-VQ-VAE's decoder.
+The training data (``run.data``) is encoded once into code grids ``(N, h, w)`` with a validity
+mask of the latents (real pixels for a VQ-VAE; sky for a tokenizer, by the camera's sky mask);
+batches are drawn per ``(seed, epoch)`` like every trainer. Each epoch reports bits per code (vs
+``log2(K)`` for a uniform prior) and writes ``samples/epoch-NNNN.png``: ``samples`` grids drawn
+by the compiled sampler, decoded by the parent's decoder.
 """
 
 from __future__ import annotations
@@ -22,58 +23,25 @@ from typing import Any
 import numpy as np
 
 from mlops_trainers.artifacts import image_grid
-from mlops_trainers.data import ArrayBatches, ImageData, list_images
+from mlops_trainers.data import ArrayBatches
 from mlops_trainers.errors import ConfigError
 from mlops_trainers.trainer import Trainer
 from mlops_trainers.trainers.pixelcnn.config import PixelCNNConfig
-from mlops_trainers.trainers.vqvae.config import VQVAEConfig
 
-__all__ = ["PixelCNNTrainer", "encode_images", "load_vqvae"]
-
-
-# === Data ===
-
-
-def load_vqvae(checkpoint: Any, scratch: Any, seed: int = 0) -> Any:
-    """The VQ-VAE of a complete ``vqvae`` checkpoint, weights loaded."""
-    from mlops_trainers.checkpoints import load_checkpoint
-    from mlops_trainers.trainers.vqvae.trainer import build_vqvae
-
-    if checkpoint.kind != "vqvae":
-        raise ConfigError(
-            f"pixelcnn needs a vqvae checkpoint, but {checkpoint.url} is a {checkpoint.kind} one"
-        )
-    config = VQVAEConfig.model_validate(checkpoint.trainer_config)
-    model = build_vqvae(config, seed=seed)
-    load_checkpoint(model, checkpoint, scratch, optimizer=True)
-    return model
-
-
-def encode_images(vqvae: Any, data: ImageData, batch_size: int = 64) -> tuple[Any, Any]:
-    """Codes (N, h, w) int32 and latent validity (N, h, w) float32 of every image of ``data``."""
-    from keras import ops
-
-    images, masks = data.arrays()
-    codes, valid = [], []
-    for start in range(0, len(images), batch_size):
-        image = images[start : start + batch_size]
-        mask = masks[start : start + batch_size]
-        latents = vqvae.encode(image)
-        codes.append(ops.convert_to_numpy(vqvae.quantizer.codes(latents)).astype(np.int32))
-        valid.append(ops.convert_to_numpy(vqvae.latent_mask(mask)).astype(np.float32))
-    return np.concatenate(codes), np.concatenate(valid)
+__all__ = ["PixelCNNTrainer"]
 
 
 # === Trainer ===
 
 
 class PixelCNNTrainer(Trainer[PixelCNNConfig]):
-    """Gated PixelCNN prior over a VQ-VAE's codes; see the module docstring."""
+    """Gated PixelCNN prior over a VQ-VAE's or tokenizer's codes; see the module docstring."""
 
     config_class = PixelCNNConfig
 
     def prepare(self) -> None:
         from mlops_trainers.checkpoints import resolve_model_reference
+        from mlops_trainers.code_grids import load_code_source
 
         checkpoint, provenance = resolve_model_reference(
             self.config.vqvae,
@@ -81,38 +49,40 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
             namespace=self.run.namespace,
             exclude=self.run.run_id,
         )
-        self.vqvae = load_vqvae(checkpoint, self.context.scratch / "vqvae", seed=self.run.seed)
-        self.vqvae_config = VQVAEConfig.model_validate(checkpoint.trainer_config)
+        self.source = load_code_source(
+            checkpoint, self.context.scratch / "parent", seed=self.run.seed
+        )
         self.inputs["vqvae"] = provenance
-        self.files = list_images(self.run.data)
-        self.inputs["data"] = {"url": self.run.data, "images": len(self.files)}
         self.context.log.info(
-            "VQ-VAE %s (step %d): K=%d, %dx%d codes; %d images at %s",
+            "%s %s (step %d): K=%d, %dx%d codes; data %s",
+            checkpoint.kind,
             checkpoint.url,
             checkpoint.step,
-            self.vqvae.num_embeddings,
-            self.vqvae.latent_size,
-            self.vqvae.latent_size,
-            len(self.files),
+            self.source.num_embeddings,
+            self.source.grid_size,
+            self.source.grid_size,
             self.run.data,
         )
         self.sample_metrics: dict[str, float] = {}
 
     def datasets(self) -> ArrayBatches:
-        v = self.vqvae_config
-        images = ImageData(
-            self.files, v.image_size, v.channels, batch_size=1, seed=self.run.seed, cache=True
-        )
-        self.codes, self.valid = encode_images(self.vqvae, images)
+        grids = self.source.encode(self.run.data)
+        if not len(grids):
+            raise ConfigError(f"no images to encode at {self.run.data}")
+        self.codes, self.valid = grids.codes, grids.valid
+        self.inputs["data"] = {"url": self.run.data, "images": len(grids)}
         used = len(np.unique(self.codes))
         self.context.log.info(
-            "encoded %d images: %d of %d codes used", len(self.codes), used, v.num_embeddings
+            "encoded %d images: %d of %d codes used",
+            len(self.codes),
+            used,
+            self.source.num_embeddings,
         )
         self.inputs["codes_used"] = used
         c = self.config
         # Code grids and their validity as {"codes", "valid"} batches.
-        grids = {"codes": self.codes, "valid": self.valid}
-        return ArrayBatches(grids, c.batch_size, self.run.seed, c.steps_per_epoch)
+        batches = {"codes": self.codes, "valid": self.valid}
+        return ArrayBatches(batches, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
         import keras
@@ -121,8 +91,8 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
 
         c = self.config
         model = PixelCNN(
-            num_embeddings=self.vqvae.num_embeddings,
-            grid_size=self.vqvae.latent_size,
+            num_embeddings=self.source.num_embeddings,
+            grid_size=self.source.grid_size,
             filters=c.filters,
             layers=c.layers,
             kernel_size=c.kernel_size,
@@ -135,7 +105,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
     def on_epoch_end(self, epoch: int, model: Any, logs: Mapping[str, float]) -> dict[str, float]:
         from keras import ops
 
-        uniform = math.log2(self.vqvae.num_embeddings)
+        uniform = math.log2(self.source.num_embeddings)
         self.sample_metrics = {"uniform_bits_per_code": uniform}
         self.context.log.info(
             "epoch %d: %.3f bits per code (uniform prior: %.3f)",
@@ -149,7 +119,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         codes = model.sample(
             self.config.samples, temperature=self.config.temperature, seed=self.run.seed + 1
         )
-        images = np.clip(ops.convert_to_numpy(self.vqvae.decode_codes(codes)), 0.0, 1.0)
+        images = self.source.decode(codes)
         self.sample_metrics["sample_codes_used"] = float(
             len(np.unique(ops.convert_to_numpy(codes)))
         )

@@ -42,7 +42,7 @@ from mlops_trainers.skymask.frames import (
 from mlops_trainers.trainer import Trainer
 from mlops_trainers.trainers.tokenizer.config import TokenizerConfig
 
-__all__ = ["Camera", "TokenizerTrainer", "find_cameras", "token_stability"]
+__all__ = ["Camera", "TokenizerTrainer", "build_tokenizer", "find_cameras", "token_stability"]
 
 
 # === Data ===
@@ -112,6 +112,30 @@ def code_colours(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
     return colours
 
 
+def build_tokenizer(config: TokenizerConfig) -> Any:
+    """The tokenizer of a config, compiled with Adam and its optimizer built: its variables are
+    exactly those a checkpoint holds, so a prior (PixelCNN, MaskGIT) reloads it this way."""
+    import keras
+
+    from mlops_trainers.trainers.tokenizer.tokenizer import Tokenizer
+
+    model = Tokenizer(
+        channels=config.channels,
+        base_filters=config.base_filters,
+        channel_multipliers=config.channel_multipliers,
+        residual_blocks=config.residual_blocks,
+        groups=config.groups,
+        latent_dim=config.latent_dim,
+        num_embeddings=config.num_embeddings,
+        beta=config.beta,
+        unused_code_weight=config.unused_code_weight,
+        name="tokenizer",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 # === Trainer ===
 
 
@@ -151,26 +175,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         return ArrayBatches(batches, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
-        import keras
-
-        from mlops_trainers.trainers.tokenizer.tokenizer import Tokenizer
-
-        c = self.config
-        model = Tokenizer(
-            channels=c.channels,
-            base_filters=c.base_filters,
-            channel_multipliers=c.channel_multipliers,
-            residual_blocks=c.residual_blocks,
-            groups=c.groups,
-            latent_dim=c.latent_dim,
-            num_embeddings=c.num_embeddings,
-            beta=c.beta,
-            unused_code_weight=c.unused_code_weight,
-            name="tokenizer",
-        )
-        model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
-        model.optimizer.build(model.trainable_variables)
-        return model
+        return build_tokenizer(self.config)
 
     def preview_set(self) -> tuple[np.ndarray, np.ndarray]:
         """A fixed set of frames evenly spread over the data (over the day, for one camera)."""

@@ -1,0 +1,1 @@
+"""The ``floodpred`` trainer: flood frames (depth, velocity) predicted from past frames."""
