@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def quiet_tensorflow() -> None:
+    """No TensorFlow start-up noise (its C++ INFO/WARNING lines, absl's preamble) unless asked:
+    set before TensorFlow is first imported. Errors still show."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # oneDNN's "custom operations are on" notice is one of them; the numerics stay the same.
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.tf_logs:
+        quiet_tensorflow()
     try:
         obj = _load(args.file)
         output = str(Path(args.output).resolve()) if "://" not in args.output else args.output
@@ -80,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run {plan.run_id}: {obj.spec.trainer.kind} on {plan.config.data} -> {plan.config.output}",
         file=sys.stderr,
     )
-    code: int = run(plan.config)
+    code: int = run(plan.config, progress=not args.no_progress)
     return code
 
 
@@ -133,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"output folder or URL prefix (default ./{DEFAULT_LOCAL_OUTPUT})",
     )
     p.add_argument("--data", help="override spec.data (a folder or URL of images)")
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument(
+        "--tf-logs", action="store_true", help="show TensorFlow's own start-up and info logs"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("schema", help="print the JSON schema of an MLOps manifest")

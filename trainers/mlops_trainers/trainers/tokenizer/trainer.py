@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mlops_trainers import storage
-from mlops_trainers.artifacts import image_grid
+from mlops_trainers.artifacts import labelled_rows
 from mlops_trainers.data import ArrayBatches, load_images, resolve_data_url
 from mlops_trainers.errors import DataError
 from mlops_trainers.skymask.algorithm import sky_mask
@@ -151,8 +151,6 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         return ArrayBatches(batches, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
-        import keras
-
         from mlops_trainers.trainers.tokenizer.tokenizer import Tokenizer
 
         c = self.config
@@ -168,7 +166,7 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
             unused_code_weight=c.unused_code_weight,
             name="tokenizer",
         )
-        model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
+        model.compile(optimizer=self.optimizer())
         model.optimizer.build(model.trainable_variables)
         return model
 
@@ -196,9 +194,10 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         tokens = np.repeat(
             np.repeat(code_colours(codes, self.config.num_embeddings), factor, 1), factor, 2
         )
-        if images.shape[-1] == 1:
-            images, pasted = np.repeat(images, 3, -1), np.repeat(pasted, 3, -1)
-        grid = image_grid(np.concatenate([images, pasted, tokens]), columns=len(images))
+        grid = labelled_rows(
+            [("frame", images), ("reconstruction", pasted), ("tokens", tokens)],
+            title=f"{self.run.run_id}, epoch {epoch} (ground dimmed: not modelled)",
+        )
         self.context.write_png(f"reconstructions/epoch-{epoch:04d}.png", grid)
         return dict(self.token_metrics)
 

@@ -6,9 +6,9 @@ Batches come from :class:`~mlops_trainers.data.ImageData` (tf.data, parallel dec
 decoded once into memory when the data set is small), drawn per ``(seed, epoch)`` so a resumed
 run sees the same batches.
 
-Each epoch writes ``reconstructions/epoch-NNNN.png``: the first ``reconstructions`` images (top
-row) over their reconstructions (bottom row), padding included, so the grids of successive
-epochs compare directly.
+Each epoch writes ``reconstructions/epoch-NNNN.png``: the first ``reconstructions`` images (row
+``input``) over their reconstructions (row ``reconstruction``), padding included, so the grids of
+successive epochs compare directly (also in TensorBoard's Images tab).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_trainers.artifacts import image_grid
+from mlops_trainers.artifacts import labelled_rows
 from mlops_trainers.data import ImageData, list_images
 from mlops_trainers.trainer import Trainer
 from mlops_trainers.trainers.vqvae.config import VQVAEConfig
@@ -45,6 +45,9 @@ def build_vqvae(config: VQVAEConfig, seed: int | None = None, *, compile: bool =
         channels=config.channels,
         base_filters=config.base_filters,
         downsample=config.downsample,
+        kernel_size=config.kernel_size,
+        activation=config.activation,
+        kernel_initializer=config.kernel_initializer,
         residual_blocks=config.residual_blocks,
         latent_dim=config.latent_dim,
         num_embeddings=config.num_embeddings,
@@ -108,5 +111,8 @@ class VQVAETrainer(Trainer[VQVAEConfig]):
         images, masks = self.preview()
         out = model({"image": images, "mask": masks}, training=False)
         recon = np.clip(ops.convert_to_numpy(out["reconstruction"]), 0.0, 1.0)
-        grid = image_grid(np.concatenate([images, recon]), columns=len(images))
+        grid = labelled_rows(
+            [("input", images), ("reconstruction", recon)],
+            title=f"{self.run.run_id}, epoch {epoch}",
+        )
         self.context.write_png(f"reconstructions/epoch-{epoch:04d}.png", grid)
