@@ -32,8 +32,8 @@ def _fail(path: str, exc: ManifestError) -> int:
     return EXIT_INVALID
 
 
-def _load(path: str) -> MLOps:
-    return read_manifest(path)
+def _load(path: str, *, cluster: bool) -> MLOps:
+    return read_manifest(path, cluster=cluster)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.files:
         try:
-            obj = _load(path)
+            obj = _load(path, cluster=not args.local)
             rendered = render(obj)  # also checks what only rendering can (ConfigMap size)
         except ManifestError as exc:
             status = _fail(path, exc)
@@ -55,7 +55,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from mlops_workflows.render import RenderSettings, render, to_yaml
 
     try:
-        obj = _load(args.file)
+        obj = _load(args.file, cluster=True)
         if args.namespace:
             obj = obj.model_copy(
                 update={"metadata": obj.metadata.model_copy(update={"namespace": args.namespace})}
@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.tf_logs:
         quiet_tensorflow()
     try:
-        obj = _load(args.file)
+        obj = _load(args.file, cluster=False)  # trains here: local paths are fine
         output = str(Path(args.output).resolve()) if "://" not in args.output else args.output
         plan = plan_run(obj, output=output, data=args.data)
     except ManifestError as exc:
@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check manifests (schema and semantics); exit 1 naming the field"
     )
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="for `mlops run` on this machine: accept local paths (a cluster refuses them)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the ConfigMap and Workflow a cluster would get")
