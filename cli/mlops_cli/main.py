@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
-from mlops_api import ManifestError, plan_run, read_manifest
+from mlops_api import FieldError, ManifestError, plan_run, read_manifest
 from mlops_api.crd import build_crd
 from mlops_api.docs import field_tables
 from mlops_api.spec import MLOps
@@ -44,11 +45,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             obj = _load(path, cluster=not args.local)
             rendered = render(obj)  # also checks what only rendering can (ConfigMap size)
+            if not args.no_memory:
+                _check_memory(path, obj, rendered.plan.config)
         except ManifestError as exc:
             status = _fail(path, exc)
             continue
         print(f"{path}: valid ({obj.spec.trainer.kind}, run {rendered.plan.run_id})")
     return status
+
+
+def _check_memory(path: str, obj: MLOps, config: Any) -> None:
+    """Refuse a run whose estimated peak memory exceeds the pod's (ManifestError naming the
+    numbers); print the estimate otherwise. Builds the model: needs the trainer extra."""
+    quiet_tensorflow()
+    try:
+        from mlops_trainers import memory
+    except ImportError as err:  # pragma: no cover - the operator image: no TensorFlow
+        print(f"{path}: memory not estimated ({err})", file=sys.stderr)
+        return
+    try:
+        estimate = memory.estimate_run(config)
+    except ImportError as err:
+        print(f"{path}: memory not estimated (needs the trainer extra: {err})", file=sys.stderr)
+        return
+    if estimate is None:
+        print(
+            f"{path}: memory not estimated: a {obj.spec.trainer.kind} model depends on what "
+            "the run reads",
+            file=sys.stderr,
+        )
+        return
+    resources = obj.spec.resources
+    gpu = resources.gpu
+    problems = memory.fit_problems(estimate, resources.memory, gpu.count, gpu.type)
+    if problems:
+        raise ManifestError([FieldError(field, message) for field, message in problems])
+    where = "on CPU" if gpu.count == 0 else f"on {gpu.type or 'a GPU of unknown memory'}"
+    device = "" if gpu.count == 0 else f", {memory.gib(estimate.model)} on the GPU"
+    print(
+        f"{path}: memory {where}: about {memory.gib(estimate.host(gpu.count > 0))} of "
+        f"{resources.memory} host{device} ({estimate.parameters:,} parameters, batch_size "
+        f"{estimate.batch_size})",
+        file=sys.stderr,
+    )
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -118,6 +157,14 @@ def cmd_skymask(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_cloud38_eval(args: argparse.Namespace) -> int:
+    quiet_tensorflow()
+    from mlops_trainers.cloud38.cli import evaluate_main
+
+    code: int = evaluate_main(args.rest)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops", description="MLOps runs: validate, render, run locally."
@@ -132,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--local",
         action="store_true",
         help="for `mlops run` on this machine: accept local paths (a cluster refuses them)",
+    )
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory estimate (it builds the model with TensorFlow)",
     )
     p.set_defaults(func=cmd_validate)
 
@@ -167,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_skymask)
+
+    p = sub.add_parser(
+        "cloud38-eval",
+        help="score a segmenter run (Keras or ONNX) on 38-Cloud's test protocol",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_cloud38_eval)
     return parser
 
 

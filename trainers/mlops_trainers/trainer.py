@@ -33,7 +33,12 @@ A trainer is one folder, ``mlops_trainers/trainers/<kind>/`` (the folder name is
    batch is ``(x, y[, sample_weight])``, anything else is ``x``). The returned logs are averaged
    over the epoch by the runtime.
 5. Its models and layers live beside it, one public class per file, registered with
-   ``@keras.saving.register_keras_serializable(package="mlops_trainers")``.
+   ``@keras.saving.register_keras_serializable(package="mlops_trainers")``
+   (:mod:`mlops_trainers.saving` imports every module of the folder, so ``model.keras`` loads).
+6. The config inherits every trainer's training options (clipnorm, schedule, early stopping,
+   spike guard: :mod:`mlops_trainers.config_base`), applied by the runtime to whatever optimizer
+   the model was compiled with (:meth:`Trainer.optimizer` gives Adam at ``learning_rate``);
+   :meth:`Trainer.memory_probe` feeds ``mlops validate``'s memory estimate.
 
 Then ``make generate`` (CRD, README tables) and ``make golden`` (the example's rendered workflow).
 
@@ -150,6 +155,13 @@ class Trainer(abc.ABC, Generic[ConfigT]):
     @abc.abstractmethod
     def build_model(self) -> keras.Model:
         """The model: built (variables exist), compiled, its optimizer built."""
+
+    def memory_probe(self) -> tuple[keras.Model, Any, int, str] | None:
+        """For ``mlops validate``'s memory estimate (:mod:`mlops_trainers.memory`): the model
+        built from the config alone, the ``(shape, dtype)`` structure of one batch's model input
+        (batch dimension included), the bytes of data the trainer holds in memory, and what they
+        are. None when the model depends on something only the run can read."""
+        return None
 
     def optimizer(self) -> keras.optimizers.Optimizer:
         """Adam at ``learning_rate``: what a trainer compiles with. The runtime then applies the

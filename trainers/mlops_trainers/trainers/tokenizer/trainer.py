@@ -170,6 +170,13 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         model.optimizer.build(model.trainable_variables)
         return model
 
+    def memory_probe(self) -> tuple[Any, Any, int, str]:
+        c = self.config
+        batch = (c.batch_size, c.image_size, c.image_size)
+        specs = {"image": ((*batch, c.channels), "float32"), "mask": ((*batch, 1), "float32")}
+        # The frames are held in memory; how many there are is known only once read.
+        return self.build_model(), specs, 0, "frames in memory, not counted: N x size^2 x 16 B"
+
     def preview_set(self) -> tuple[np.ndarray, np.ndarray]:
         """A fixed set of frames evenly spread over the data (over the day, for one camera)."""
         if not hasattr(self, "images"):

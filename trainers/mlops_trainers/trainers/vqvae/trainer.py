@@ -92,6 +92,19 @@ class VQVAETrainer(Trainer[VQVAEConfig]):
     def build_model(self) -> Any:
         return build_vqvae(self.config, seed=self.run.seed)
 
+    def memory_probe(self) -> tuple[Any, Any, int, str]:
+        c = self.config
+        batch = (c.batch_size, c.image_size, c.image_size)
+        specs = {"image": ((*batch, c.channels), "float32"), "mask": ((*batch, 1), "float32")}
+        # tf.data keeps a few batches prefetched besides the cache.
+        prefetch = 4 * c.batch_size * c.image_size**2 * (c.channels + 1) * 4
+        return (
+            self.build_model(),
+            specs,
+            CACHE_BYTES + prefetch,
+            "decoded-image cache, at most 1 GiB",
+        )
+
     def on_train_begin(self, model: Any, *, fresh: bool) -> None:
         if fresh and self.config.kmeans_init:
             # The first batch of epoch 0: deterministic, so a restart before the first
