@@ -7,6 +7,7 @@ import types
 import typing
 from typing import Any, Union, get_args, get_origin
 
+from mlops_trainers.config_base import ConfigModel, TrainerConfig
 from mlops_trainers.registry import trainer_kinds
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -61,9 +62,22 @@ def _sub_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _rows(model: type[BaseModel], prefix: str, *, aliases: bool) -> list[str]:
+def _ordered(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """A trainer config's own fields first, then the options every trainer shares."""
+    fields = list(model.model_fields.items())
+    if not issubclass(model, TrainerConfig):
+        return fields
+    shared = set(TrainerConfig.model_fields)
+    return [f for f in fields if f[0] not in shared] + [f for f in fields if f[0] in shared]
+
+
+def _rows(
+    model: type[BaseModel], prefix: str, *, aliases: bool, defaults: BaseModel | None = None
+) -> list[str]:
+    """One row per field (nested blocks inline). ``defaults``: the instance whose values are the
+    defaults to show (a trainer may change a shared block's defaults)."""
     rows: list[str] = []
-    for name, info in model.model_fields.items():
+    for name, info in _ordered(model):
         key = (info.alias or name) if aliases else name
         path = f"{prefix}{key}"
         if path == "spec.trainer":
@@ -77,12 +91,23 @@ def _rows(model: type[BaseModel], prefix: str, *, aliases: bool) -> list[str]:
         sub = _sub_model(info.annotation)
         doc = (sub.__doc__ or "").strip().splitlines()[0] if sub is not None and sub.__doc__ else ""
         description = (info.description or doc).replace("|", "\\|")
-        rows.append(
-            f"| `{path}` | {_type_name(info.annotation)} | {_default(info)} | {description} |"
-        )
+        default = _default(info)
+        if defaults is not None and sub is None and not info.is_required():
+            default = f"`{json.dumps(getattr(defaults, name))}`"
+        rows.append(f"| `{path}` | {_type_name(info.annotation)} | {default} | {description} |")
         if sub is not None:
-            rows.extend(_rows(sub, f"{path}.", aliases=aliases))
+            inner = None
+            if info.default_factory is not None:
+                inner = info.default_factory()  # type: ignore[call-arg]
+            elif isinstance(info.default, BaseModel):
+                inner = info.default
+            rows.extend(_rows(sub, f"{path}.", aliases=aliases, defaults=inner))
     return rows
+
+
+def _shared(model: type[BaseModel]) -> bool:
+    """A block every trainer has (documented inline in each trainer's table)."""
+    return issubclass(model, ConfigModel) and model.__module__ == ConfigModel.__module__
 
 
 HEADER = ["| field | type | default | description |", "|---|---|---|---|"]
@@ -103,7 +128,7 @@ def field_tables() -> str:
         out += [*HEADER, *_rows(model, "", aliases=False), ""]
         for name, info in model.model_fields.items():
             sub = _sub_model(info.annotation)
-            if sub is not None:
+            if sub is not None and not _shared(sub):
                 nested += [
                     f"#### `{name}` ({kind})",
                     "",

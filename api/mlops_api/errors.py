@@ -132,6 +132,13 @@ def from_validation_error(
             _, parent = _walk(root, loc[:-1])
         else:
             path, parent = _walk(root, loc)
+            if error["type"] == "value_error" and parent is not None:
+                # A model validator's message starts with the field it is about ("image_size
+                # 100 must be a multiple of ...", "schedule.monitor 'x' is not ..."): point the
+                # path at that field.
+                first = _message(error, parent).split(" ", 1)[0]
+                if first.split(".")[0] in parent.model_fields:
+                    path.extend(first.split("."))
         dotted = ".".join(p for p in (prefix, *path) if p)
         errors.append(FieldError(dotted, _message(error, parent)))
     return ManifestError(errors)

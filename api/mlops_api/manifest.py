@@ -10,12 +10,18 @@ from pydantic import ValidationError
 
 from mlops_api.errors import FieldError, ManifestError, from_validation_error
 from mlops_api.spec import API_VERSION, KIND, MLOps
+from mlops_api.validation import semantic_errors
 
 MAX_MANIFEST_BYTES = 1 << 20  # a ConfigMap holds at most 1 MiB; a bigger spec cannot become a run.
 
 
-def parse_manifest(data: Any) -> MLOps:
-    """Validate one manifest (a mapping) into an :class:`MLOps`; raise :class:`ManifestError`."""
+def parse_manifest(data: Any, *, cluster: bool = False) -> MLOps:
+    """Validate one manifest (a mapping) into an :class:`MLOps`; raise :class:`ManifestError`.
+
+    ``cluster``: the manifest is for a cluster (the operator, ``mlops validate``, ``mlops
+    render``), so the URLs a pod reads and writes must not be local paths; ``mlops run``, which
+    trains in this process, passes False. Cross-field checks: :mod:`mlops_api.validation`.
+    """
     if not isinstance(data, dict):
         raise ManifestError(
             [FieldError("", f"a manifest must be a mapping, got {type(data).__name__}")]
@@ -42,9 +48,13 @@ def parse_manifest(data: Any) -> MLOps:
             ]
         )
     try:
-        return MLOps.model_validate(body)
+        obj = MLOps.model_validate(body)
     except ValidationError as exc:
         raise from_validation_error(exc, MLOps) from None
+    problems = semantic_errors(obj, cluster=cluster)
+    if problems:
+        raise ManifestError(problems)
+    return obj
 
 
 def load_manifests(text: str) -> list[Any]:
@@ -60,8 +70,8 @@ def load_manifests(text: str) -> list[Any]:
         raise ManifestError([FieldError("", f"not valid YAML{where}: {problem}")]) from None
 
 
-def read_manifest(path: str | Path) -> MLOps:
-    """Read a file holding exactly one MLOps manifest."""
+def read_manifest(path: str | Path, *, cluster: bool = False) -> MLOps:
+    """Read a file holding exactly one MLOps manifest (``cluster``: see :func:`parse_manifest`)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -71,4 +81,4 @@ def read_manifest(path: str | Path) -> MLOps:
         raise ManifestError(
             [FieldError("", f"{path} must hold exactly one manifest, found {len(docs)}")]
         )
-    return parse_manifest(docs[0])
+    return parse_manifest(docs[0], cluster=cluster)

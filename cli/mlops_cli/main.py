@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
-from mlops_api import ManifestError, plan_run, read_manifest
+from mlops_api import FieldError, ManifestError, plan_run, read_manifest
 from mlops_api.crd import build_crd
 from mlops_api.docs import field_tables
 from mlops_api.spec import MLOps
@@ -31,8 +33,8 @@ def _fail(path: str, exc: ManifestError) -> int:
     return EXIT_INVALID
 
 
-def _load(path: str) -> MLOps:
-    return read_manifest(path)
+def _load(path: str, *, cluster: bool) -> MLOps:
+    return read_manifest(path, cluster=cluster)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -41,8 +43,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.files:
         try:
-            obj = _load(path)
+            obj = _load(path, cluster=not args.local)
             rendered = render(obj)  # also checks what only rendering can (ConfigMap size)
+            if not args.no_memory:
+                _check_memory(path, obj, rendered.plan.config)
         except ManifestError as exc:
             status = _fail(path, exc)
             continue
@@ -50,11 +54,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _check_memory(path: str, obj: MLOps, config: Any) -> None:
+    """Refuse a run whose estimated peak memory exceeds the pod's (ManifestError naming the
+    numbers); print the estimate otherwise. Builds the model: needs the trainer extra."""
+    quiet_tensorflow()
+    try:
+        from mlops_trainers import memory
+    except ImportError as err:  # pragma: no cover - the operator image: no TensorFlow
+        print(f"{path}: memory not estimated ({err})", file=sys.stderr)
+        return
+    try:
+        estimate = memory.estimate_run(config)
+    except ImportError as err:
+        print(f"{path}: memory not estimated (needs the trainer extra: {err})", file=sys.stderr)
+        return
+    if estimate is None:
+        print(
+            f"{path}: memory not estimated: a {obj.spec.trainer.kind} model depends on what "
+            "the run reads",
+            file=sys.stderr,
+        )
+        return
+    resources = obj.spec.resources
+    gpu = resources.gpu
+    problems = memory.fit_problems(estimate, resources.memory, gpu.count, gpu.type)
+    if problems:
+        raise ManifestError([FieldError(field, message) for field, message in problems])
+    where = "on CPU" if gpu.count == 0 else f"on {gpu.type or 'a GPU of unknown memory'}"
+    device = "" if gpu.count == 0 else f", {memory.gib(estimate.model)} on the GPU"
+    print(
+        f"{path}: memory {where}: about {memory.gib(estimate.host(gpu.count > 0))} of "
+        f"{resources.memory} host{device} ({estimate.parameters:,} parameters, batch_size "
+        f"{estimate.batch_size})",
+        file=sys.stderr,
+    )
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from mlops_workflows.render import RenderSettings, render, to_yaml
 
     try:
-        obj = _load(args.file)
+        obj = _load(args.file, cluster=True)
         if args.namespace:
             obj = obj.model_copy(
                 update={"metadata": obj.metadata.model_copy(update={"namespace": args.namespace})}
@@ -66,9 +106,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def quiet_tensorflow() -> None:
+    """No TensorFlow start-up noise (its C++ INFO/WARNING lines, absl's preamble) unless asked:
+    set before TensorFlow is first imported. Errors still show."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # oneDNN's "custom operations are on" notice is one of them; the numerics stay the same.
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.tf_logs:
+        quiet_tensorflow()
     try:
-        obj = _load(args.file)
+        obj = _load(args.file, cluster=False)  # trains here: local paths are fine
         output = str(Path(args.output).resolve()) if "://" not in args.output else args.output
         plan = plan_run(obj, output=output, data=args.data)
     except ManifestError as exc:
@@ -80,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"run {plan.run_id}: {obj.spec.trainer.kind} on {plan.config.data} -> {plan.config.output}",
         file=sys.stderr,
     )
-    code: int = run(plan.config)
+    code: int = run(plan.config, progress=not args.no_progress)
     return code
 
 
@@ -107,6 +157,14 @@ def cmd_skymask(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_cloud38_eval(args: argparse.Namespace) -> int:
+    quiet_tensorflow()
+    from mlops_trainers.cloud38.cli import evaluate_main
+
+    code: int = evaluate_main(args.rest)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops", description="MLOps runs: validate, render, run locally."
@@ -117,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check manifests (schema and semantics); exit 1 naming the field"
     )
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="for `mlops run` on this machine: accept local paths (a cluster refuses them)",
+    )
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory estimate (it builds the model with TensorFlow)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the ConfigMap and Workflow a cluster would get")
@@ -133,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"output folder or URL prefix (default ./{DEFAULT_LOCAL_OUTPUT})",
     )
     p.add_argument("--data", help="override spec.data (a folder or URL of images)")
+    p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument(
+        "--tf-logs", action="store_true", help="show TensorFlow's own start-up and info logs"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("schema", help="print the JSON schema of an MLOps manifest")
@@ -147,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_skymask)
+
+    p = sub.add_parser(
+        "cloud38-eval",
+        help="score a segmenter run (Keras or ONNX) on 38-Cloud's test protocol",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_cloud38_eval)
     return parser
 
 

@@ -91,7 +91,8 @@ def desired_children(
     run_id: str | None = None,
 ) -> Desired:
     try:
-        obj = parse_manifest(manifest_of(body))
+        # cluster=True: a pod must reach every URL (no local paths); mlops_api.validation.
+        obj = parse_manifest(manifest_of(body), cluster=True)
         return Desired(rendered=render(obj, settings, rerun=rerun, run_id=run_id), obj=obj)
     except ManifestError as exc:
         return Desired(error=exc)

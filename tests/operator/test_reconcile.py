@@ -178,6 +178,28 @@ def test_an_invalid_spec_creates_nothing_and_names_the_field() -> None:
     assert again == Decision()
 
 
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"output": "./mlops-runs"}, "spec.output"),
+        ({"data": "file:///home/me/frames"}, "spec.data"),
+        ({"resume": {"from": "/srv/runs/vqvae-demo-g1-0123abcd"}}, "spec.resume.from"),
+    ],
+)
+def test_a_local_path_is_refused_in_a_cluster(spec: dict[str, Any], field: str) -> None:
+    """Cluster-only rule (issue 14): a pod cannot reach this machine's folders; `mlops run`
+    accepts the same manifest."""
+    from mlops_api import parse_manifest
+    from mlops_operator.reconcile import manifest_of
+
+    decision = decide(body(**spec), [], POLICY, AT)
+    assert decision.create == ()
+    status = decision.status
+    assert status is not None and (status.phase, status.reason) == ("Failed", "SpecInvalid")
+    assert f"{field}: " in status.message and "local path" in status.message
+    parse_manifest(manifest_of(body(**spec)))  # not for a cluster: accepted
+
+
 def test_the_same_spec_written_out_keeps_the_run() -> None:
     b, decision = first_run()
     run = decision.status.run_id  # type: ignore[union-attr]

@@ -57,6 +57,29 @@ def test_overlap_must_leave_a_tile_centre() -> None:
         SegmenterConfig(tile_size=32, depth=2, overlap=16)
 
 
+def test_pos_weight_comes_from_the_training_masks_when_not_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops_trainers.trainer import RunContext
+    from mlops_trainers.trainers.segmenter.trainer import SegmenterTrainer, pos_weight_of
+
+    assert pos_weight_of(0.2) == pytest.approx(4.0)
+    assert pos_weight_of(0.0) == 100.0 and pos_weight_of(0.9999) == 0.01  # clipped
+    monkeypatch.setenv("MLOPS_SAMPLES_CACHE", str(tmp_path / "samples"))
+    run_config = _run_config("sample://clouds", tmp_path / "runs" / "seg-pw", export_onnx=False)
+    assert run_config.trainer.config.pos_weight is None  # type: ignore[attr-defined]
+    trainer = SegmenterTrainer(run_config, RunContext(run_config, tmp_path / "scratch"))
+    trainer.prepare()
+    masks = [mask for _, mask in trainer.load_split("train")]
+    fraction = sum(float(m.sum()) for m in masks) / sum(m.size for m in masks)
+    assert trainer.inputs["cloud_fraction"] == pytest.approx(fraction, rel=1e-5)
+    assert trainer.pos_weight == pytest.approx((1 - fraction) / fraction, rel=1e-5)
+    given = _run_config("sample://clouds", tmp_path / "runs" / "seg-pw2", pos_weight=2.5)
+    trainer = SegmenterTrainer(given, RunContext(given, tmp_path / "scratch2"))
+    trainer.prepare()
+    assert trainer.pos_weight == 2.5 and "cloud_fraction" not in trainer.inputs
+
+
 def test_scores_of_empty_counts_are_perfect_not_nan() -> None:
     assert scores(np.zeros(3)) == {"iou": 1.0, "dice": 1.0, "precision": 1.0, "recall": 1.0}
     counts = confusion_counts(np.array([[0.9, 0.1]]), np.array([[0.0, 1.0]]), 0.5)
@@ -122,7 +145,10 @@ def _run_config(data: str, output: Path, epochs: int = 2, **config: object) -> R
     )
 
 
-def test_a_38cloud_folder_is_converted_into_the_run_scratch(tmp_path: Path) -> None:
+def test_a_38cloud_folder_is_converted_once_into_the_cache_and_reused(tmp_path: Path) -> None:
+    """Issue 14: the conversion lands in a content-addressed cache under the output prefix (it
+    used to be redone in each attempt's scratch folder); a retry and a later run reuse it, and a
+    changed source is a new cache entry."""
     import tifffile
     from mlops_trainers.trainer import RunContext
     from mlops_trainers.trainers.segmenter.trainer import SegmenterTrainer
@@ -135,13 +161,29 @@ def test_a_38cloud_folder_is_converted_into_the_run_scratch(tmp_path: Path) -> N
             (source / f"train_{band}").mkdir(parents=True, exist_ok=True)
             pixels = rng.integers(1, 60000, (20, 20)).astype(np.uint16)
             tifffile.imwrite(source / f"train_{band}" / f"{band}_{name}.TIF", pixels)
-    run_config = _run_config(str(source), tmp_path / "runs" / "seg-38")
-    trainer = SegmenterTrainer(run_config, RunContext(run_config, tmp_path / "scratch"))
-    trainer.prepare()
-    assert trainer.root == str(tmp_path / "scratch" / "dataset")
+
+    def prepared(run: str) -> SegmenterTrainer:
+        run_config = _run_config(str(source), tmp_path / "runs" / run)
+        trainer = SegmenterTrainer(run_config, RunContext(run_config, tmp_path / f"scratch-{run}"))
+        trainer.prepare()
+        return trainer
+
+    trainer = prepared("seg-38")
+    assert trainer.root.startswith(str(tmp_path / "runs" / ".cache" / "38cloud-"))
+    assert not (tmp_path / "scratch-seg-38" / "dataset").exists()
     assert sum(trainer.inputs["converted_38cloud"].values()) == 4
+    assert trainer.inputs["conversion_reused"] is False
     scenes = [s for split in layout.SPLITS for s in trainer.load_split(split)]
     assert len(scenes) == 4 and all(s.shape == (20, 20, 4) for s, _ in scenes)
+    # Another attempt, and another run under the same prefix: the same conversion, not redone.
+    stamp = {p: p.stat().st_mtime_ns for p in Path(trainer.root).rglob("*.tif")}
+    for run in ("seg-38", "seg-later"):
+        again = prepared(run)
+        assert again.root == trainer.root and again.inputs["conversion_reused"] is True
+    assert {p: p.stat().st_mtime_ns for p in Path(trainer.root).rglob("*.tif")} == stamp
+    # A changed source file is another content address.
+    tifffile.imwrite(source / "train_red" / f"red_{names[0]}.TIF", np.ones((20, 20), np.uint16) * 7)
+    assert prepared("seg-changed").root != trainer.root
 
 
 def test_a_folder_of_neither_layout_is_a_data_error(tmp_path: Path) -> None:
@@ -200,6 +242,7 @@ def test_segmenter_trains_through_the_runtime_on_gcs_and_exports_onnx(
     rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{output}/metrics.csv"))))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[1]["loss"]) < float(rows[0]["loss"])
+    assert float(rows[0]["grad_norm"]) > 0  # the gradient norm is logged (issue 14)
     record = storage.read_json(f"{output}/run.json")
     metrics = record["final_metrics"]
     print(f"final metrics {metrics}")

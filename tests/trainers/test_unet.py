@@ -129,3 +129,61 @@ def test_loss_falls_on_generated_tiles() -> None:
         last = model.train_on_batch(x, y, return_dict=True)
     assert last["loss"] < 0.5 * first["loss"]
     assert last["iou"] > 0.8
+
+
+# === Training as the seed tuned it (issue 14): BCE on logits, batch Dice, pos_weight ===
+
+
+def test_bce_on_logits_equals_bce_on_probabilities_and_keeps_a_gradient() -> None:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    truth = (rng.random((2, 8, 8)) > 0.6).astype(np.float32)
+    logits = rng.normal(0, 2, (2, 8, 8, 1)).astype(np.float32)
+    prob = 1 / (1 + np.exp(-logits))
+    for dice in ("tile", "batch"):
+        on_logits = BCEDiceLoss(pos_weight=3.0, from_logits=True, dice=dice)
+        on_probs = BCEDiceLoss(pos_weight=3.0, dice=dice)
+        np.testing.assert_allclose(
+            _np(on_logits(_target(truth), logits)), _np(on_probs(_target(truth), prob)), rtol=1e-4
+        )
+    # A confidently wrong pixel: the clipped probability has no gradient left, the logit has.
+    x = tf.Variable(np.full((1, 1, 1, 1), -30.0, np.float32))
+    one = _target(np.ones((1, 1, 1), np.float32))
+    for loss, expect_gradient in (
+        (BCEDiceLoss(dice_weight=0.0, from_logits=True), True),
+        (BCEDiceLoss(dice_weight=0.0), False),
+    ):
+        with tf.GradientTape() as tape:
+            value = loss(one, x if loss.from_logits else tf.sigmoid(x))
+        gradient = float(tape.gradient(value, x).numpy().ravel()[0])
+        assert np.isfinite(float(value))
+        assert (abs(gradient) > 0.5) is expect_gradient, (loss.from_logits, gradient)
+
+
+def test_batch_dice_is_one_ratio_over_the_batch() -> None:
+    truth = np.zeros((2, 4, 4), np.float32)
+    truth[1, :2] = 1.0  # tile 0 clear, tile 1 half cloud
+    pred = np.zeros((2, 4, 4, 1), np.float32)
+    pred[0, 0, 0] = 1.0  # one false pixel on the clear tile
+    pred[1, :2] = 1.0  # tile 1 exactly right
+    tile = float(_np(BCEDiceLoss(dice_weight=1.0, dice="tile")(_target(truth), pred)))
+    batch = float(_np(BCEDiceLoss(dice_weight=1.0, dice="batch")(_target(truth), pred)))
+    bce = float(_np(BCEDiceLoss(dice_weight=0.0)(_target(truth), pred)))
+    # tile: mean of (1 - 1/2) and (1 - 17/17); batch: 1 - (2*8 + 1) / (9 + 8 + 1).
+    assert tile - bce == pytest.approx(0.5 * (1 - 1 / 2), rel=1e-4)
+    assert batch - bce == pytest.approx(1 - 17 / 18, rel=1e-4)
+    assert (
+        BCEDiceLoss.from_config(BCEDiceLoss(dice="batch", from_logits=True).get_config()).dice
+        == "batch"
+    )
+    with pytest.raises(ValueError, match="dice"):
+        BCEDiceLoss(dice="image")
+
+
+def test_logits_model_shares_the_layers_and_the_sigmoid_is_after() -> None:
+    model = UNet(bands=2, base_filters=4, depth=1)
+    x = np.random.default_rng(5).random((1, 8, 8, 2)).astype(np.float32)
+    logits = _np(model.logits_model()(x))
+    np.testing.assert_allclose(_np(model(x)), 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+    assert {w.path for w in model.logits_model().weights} <= {w.path for w in model.weights}

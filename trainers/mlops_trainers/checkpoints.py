@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
+    "BEST_DIR",
     "CHECKPOINTS_DIR",
     "KEEP_CHECKPOINTS",
     "MANIFEST",
@@ -44,10 +45,12 @@ __all__ = [
     "read_checkpoint",
     "resolve_checkpoint",
     "resolve_model_reference",
+    "save_best",
     "save_checkpoint",
 ]
 
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"  # early stopping's best epoch (never pruned)
 MANIFEST = "checkpoint.json"
 WEIGHTS = "model.weights.h5"
 KEEP_CHECKPOINTS = 3  # complete checkpoints kept per run; older ones are deleted
@@ -153,6 +156,24 @@ def save_checkpoint(
     info = CheckpointInfo(url, manifest)
     _prune(run_url, step, keep)
     return info
+
+
+def save_best(
+    model: keras.Model, run_url: str, scratch: Path, state: dict[str, Any]
+) -> CheckpointInfo:
+    """The weights of the best epoch so far under ``<run>/best/`` (early stopping's
+    ``restore_best``): the manifest is removed first and written last, so a kill in between
+    leaves no best rather than a best whose manifest does not describe its weights."""
+    url = storage.join(run_url, BEST_DIR)
+    storage.remove(storage.join(url, MANIFEST))
+    local = scratch / "best" / WEIGHTS
+    local.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(local)
+    data = local.read_bytes()
+    storage.write_bytes(storage.join(url, WEIGHTS), data)
+    manifest = {**state, "files": {WEIGHTS: len(data)}, "written": time.time()}
+    storage.write_json(storage.join(url, MANIFEST), manifest)
+    return CheckpointInfo(url, manifest)
 
 
 def _prune(run_url: str, newest: int, keep: int) -> None:

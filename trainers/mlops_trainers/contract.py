@@ -23,6 +23,7 @@ __all__ = [
     "EXIT_PREEMPTED",
     "LOGS_DIR",
     "METRICS_FILE",
+    "METRICS_PLOT",
     "MODEL_FILE",
     "PLACEMENT_ENV",
     "RUN_FILE",
@@ -51,6 +52,7 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was written; a retry resumes
 RUN_FILE = "run.json"  # provenance: config, image, parent/resume source, final metrics
 STATUS_FILE = "status.json"  # where training is, rewritten at each checkpoint
 METRICS_FILE = "metrics.csv"  # one row per epoch
+METRICS_PLOT = "metrics.png"  # the curves of metrics.csv
 ATTEMPTS_FILE = "attempts.json"  # attempts and app errors, across pods
 MODEL_FILE = "model.keras"  # the final model
 TB_DIR = "tb"  # TensorBoard event files

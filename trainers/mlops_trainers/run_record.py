@@ -75,6 +75,22 @@ class RunState:
     sums: dict[str, float] = field(default_factory=dict)
     count: int = 0
     last_logs: dict[str, float] = field(default_factory=dict)
+    # The spike guard's doing (mlops_trainers.spike_guard): rollbacks so far, the factor they have
+    # put on the learning rate, and the batches skipped ([epoch, step in epoch]) so that a resumed
+    # run skips them too.
+    rollbacks: int = 0
+    spike_scale: float = 1.0
+    skipped: list[tuple[int, int]] = field(default_factory=list)
+    # A plateau schedule's factor on the learning rate, and the watched metrics' best values and
+    # epochs since (keys "schedule" and "early_stopping").
+    plateau_scale: float = 1.0
+    watch: dict[str, dict[str, float]] = field(default_factory=dict)
+    stopped_early: bool = False
+
+    @property
+    def lr_scale(self) -> float:
+        """What the spike guard and a plateau have multiplied the learning rate by."""
+        return self.spike_scale * self.plateau_scale
 
     def to_manifest(self) -> dict[str, Any]:
         return {
@@ -84,10 +100,17 @@ class RunState:
             "epoch_log_sums": dict(self.sums),
             "epoch_log_count": self.count,
             "metrics": dict(self.last_logs),
+            "rollbacks": self.rollbacks,
+            "spike_scale": self.spike_scale,
+            "skipped": [list(s) for s in self.skipped],
+            "plateau_scale": self.plateau_scale,
+            "watch": {k: dict(v) for k, v in self.watch.items()},
+            "stopped_early": self.stopped_early,
         }
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> RunState:
+        # Keys added later default to a run that never needed them (older checkpoints).
         return cls(
             epoch=int(manifest["epoch"]),
             step_in_epoch=int(manifest["step_in_epoch"]),
@@ -95,6 +118,15 @@ class RunState:
             sums={k: float(v) for k, v in (manifest.get("epoch_log_sums") or {}).items()},
             count=int(manifest.get("epoch_log_count") or 0),
             last_logs={k: float(v) for k, v in (manifest.get("metrics") or {}).items()},
+            rollbacks=int(manifest.get("rollbacks") or 0),
+            spike_scale=float(manifest.get("spike_scale") or 1.0),
+            skipped=[(int(e), int(s)) for e, s in manifest.get("skipped") or []],
+            plateau_scale=float(manifest.get("plateau_scale") or 1.0),
+            watch={
+                k: {kk: float(vv) for kk, vv in v.items()}
+                for k, v in (manifest.get("watch") or {}).items()
+            },
+            stopped_early=bool(manifest.get("stopped_early") or False),
         )
 
     def add(self, logs: Mapping[str, float]) -> None:
@@ -103,7 +135,9 @@ class RunState:
         self.count += 1
 
     def averages(self) -> dict[str, float]:
-        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        # In name order: a run resumed mid-epoch (its sums read back from a manifest) writes the
+        # same metrics.csv columns as an uninterrupted one.
+        return {k: self.sums[k] / max(self.count, 1) for k in sorted(self.sums)}
 
 
 def _versions() -> dict[str, str]:
@@ -240,6 +274,10 @@ class RunRecord:
         )
         _write_csv(url, rows)
 
+    def metric_rows(self) -> list[dict[str, str]]:
+        """The rows of metrics.csv so far."""
+        return _read_csv(self.url(METRICS_FILE))
+
     def finished(
         self, metrics: Mapping[str, float], *, model_url: str, inputs: Mapping[str, Any]
     ) -> None:
@@ -284,6 +322,7 @@ class RunRecord:
             "total_steps": self.total_steps,
             "latest_checkpoint": self.latest.url if self.latest else None,
             "metrics": self.state.last_logs,
+            "rollbacks": self.state.rollbacks,
             "updated": now(),
             **extra,
         }
@@ -292,12 +331,16 @@ class RunRecord:
     def summary(
         self, state: str, metrics: Mapping[str, float] | None = None, error: str | None = None
     ) -> Summary:
+        values = dict(metrics if metrics is not None else self.state.last_logs)
+        # The spike guard's rollbacks are always reported (status.metrics.rollbacks), also
+        # when the run failed for having too many of them.
+        values.setdefault("rollbacks", float(self.state.rollbacks))
         return Summary.model_validate(
             {
                 "state": state,
                 "run_id": self.config.run_id,
                 "latest_checkpoint": self.latest.url if self.latest else None,
-                "metrics": dict(metrics if metrics is not None else self.state.last_logs),
+                "metrics": values,
                 "epoch": self.state.epoch,
                 "step": self.state.global_step,
                 "error": error,

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from mlops_trainers import storage
+from mlops_trainers import optim, storage
 from mlops_trainers.config import RunConfig
 from mlops_trainers.contract import (
     EXIT_APP_ERROR,
@@ -58,11 +59,13 @@ from mlops_trainers.contract import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PREEMPTED,
+    METRICS_PLOT,
 )
-from mlops_trainers.errors import ConfigError, DataError
+from mlops_trainers.errors import ConfigError, DataError, TrainingDivergedError
 from mlops_trainers.run_log import FORMAT, AttemptLog
 from mlops_trainers.run_record import RunRecord, RunState
 from mlops_trainers.signals import StopFlag, Stopped, stop_on_signals
+from mlops_trainers.spike_guard import Snapshot, SpikeDetector
 from mlops_trainers.tensorboard import TensorBoardWriter
 
 if TYPE_CHECKING:
@@ -70,24 +73,44 @@ if TYPE_CHECKING:
 
     from mlops_trainers.trainer import TrainData, Trainer
 
-__all__ = ["load_run_config", "main", "run"]
+__all__ = ["describe_devices", "load_run_config", "main", "run"]
 
 log = logging.getLogger("mlops_trainers")
 
 LOG_EVERY_S = 10.0  # seconds between progress lines
+# A log record's attribute marking a periodic progress line (hidden on a terminal with a bar).
+PROGRESS_LINE = "mlops_progress_line"
+
+
+class _RolledBack(Exception):  # noqa: N818 - control flow: restart the epoch's batches
+    """The spike guard restored a snapshot: iterate the epoch's batches again from there."""
 
 
 class _Run:
     """One attempt of a run: the order of things, the step loop, checkpoints."""
 
-    def __init__(self, config: RunConfig, stop: StopFlag, record: RunRecord, scratch: Path) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        stop: StopFlag,
+        record: RunRecord,
+        scratch: Path,
+        *,
+        progress: bool = False,
+    ) -> None:
         self.config = config
         self.stop = stop
         self.record = record
         self.scratch = scratch
+        self.progress = progress
         # The last progress line: when, and at which global step (for the rate since).
         self.line_at = time.monotonic()
         self.line_step = 0
+        self.detector: SpikeDetector | None = None
+        self.snapshot: Snapshot | None = None
+        self.tb: TensorBoardWriter | None = None
+        self.bar: Any = None
+        self.total_steps = 0
 
     @property
     def state(self) -> RunState:
@@ -97,25 +120,48 @@ class _Run:
         import keras
 
         config = self.config
+        log.info("devices: %s", describe_devices())
         # One seed for Python, NumPy and the backend: weight init and any draws repeat per run.
         keras.utils.set_random_seed(config.seed)
+        # Where the run starts is decided first, so a resume source of the wrong kind fails
+        # before the data is prepared or a model is built (exit 2, never retried).
+        start = self._find_start(trainer)
         trainer.prepare()
         data = trainer.datasets()
         if data.steps_per_epoch < 1:
             raise DataError("the data gives no training step (fewer images than a batch?)")
         model = trainer.build_model()
-        loaded = self._resume(trainer, model)
-        self.record.started(total_steps=data.steps_per_epoch * config.epochs, inputs=trainer.inputs)
-        tb = TensorBoardWriter(self.scratch, config.output)
+        optim.configure(model.optimizer, trainer.config)
+        loaded = self._load_start(trainer, model, start)
+        self.total_steps = data.steps_per_epoch * config.epochs
+        self.record.started(total_steps=self.total_steps, inputs=trainer.inputs)
+        tb = self.tb = TensorBoardWriter(self.scratch, config.output)
+        trainer.context.on_image = lambda tag, image: tb.image(tag, image, self.state.epoch)
+        tb.hparams(
+            {
+                "kind": config.trainer.kind,
+                **trainer.config.model_dump(mode="json"),
+                "epochs": config.epochs,
+                "seed": config.seed,
+            },
+            trial=config.run_id,
+        )
+        guard = trainer.config.spike_guard
+        if guard.enabled:
+            self.detector = SpikeDetector(guard)
         try:
-            if self.state.epoch < config.epochs:
+            if self._training_left():
                 trainer.on_train_begin(model, fresh=not loaded)
                 self.line_at, self.line_step = time.monotonic(), self.state.global_step
-                while self.state.epoch < config.epochs:
+                self._snapshot(model)
+                while self._training_left():
                     self._epoch(trainer, model, data, tb)
+            self._restore_best(trainer, model)
             # save_final first: what it checks (e.g. the segmenter's ONNX export) can be a metric.
             model_url = trainer.save_final(model)
             metrics = trainer.final_metrics(self.state.last_logs)
+            metrics["rollbacks"] = float(self.state.rollbacks)
+            self._write_curves()
             tb.upload()
             self.record.finished(metrics, model_url=model_url, inputs=trainer.inputs)
             log.info("run %s done: %s -> %s", config.run_id, _fmt(metrics), model_url)
@@ -123,13 +169,20 @@ class _Run:
         finally:
             tb.close()
 
+    def _training_left(self) -> bool:
+        return self.state.epoch < self.config.epochs and not self.state.stopped_early
+
     # --- checkpoints ---
 
     def _checkpoint(self, trainer: Trainer[Any], model: keras.Model) -> None:
         from mlops_trainers.checkpoints import save_checkpoint
 
         latest = self.record.latest
-        if latest is not None and latest.step == self.state.global_step:
+        if (
+            latest is not None
+            and latest.step == self.state.global_step
+            and int(latest.manifest.get("rollbacks") or 0) == self.state.rollbacks
+        ):
             return  # this very state is already saved (a signal right after a checkpoint)
         manifest = {
             **self.state.to_manifest(),
@@ -148,28 +201,20 @@ class _Run:
             time.perf_counter() - began,
         )
         self.record.checkpointed(checkpoint)
+        self._snapshot(model)
 
-    def _resume(self, trainer: Trainer[Any], model: keras.Model) -> bool:
-        """Load this run's newest checkpoint or the configured source; False when fresh."""
+    def _find_start(self, trainer: Trainer[Any]) -> tuple[str, Any, dict[str, Any]] | None:
+        """This run's newest checkpoint (``own``), or the configured resume source checked for
+        kind (``source``), or None when the run starts fresh. Reads manifests only."""
         from mlops_trainers.checkpoints import (
             latest_checkpoint,
-            load_checkpoint,
             resolve_checkpoint,
             resolve_model_reference,
         )
 
         own = latest_checkpoint(self.config.output)
         if own is not None:
-            load_checkpoint(model, own, self.scratch, optimizer=True)
-            self.record.resumed(own)
-            log.info(
-                "resumed from %s: epoch %d, step %d of the epoch (global step %d)",
-                own.url,
-                self.state.epoch,
-                self.state.step_in_epoch,
-                self.state.global_step,
-            )
-            return True
+            return "own", own, {}
         resume = self.config.resume
         if resume.from_url is not None:
             source = resolve_checkpoint(resume.from_url)
@@ -188,11 +233,40 @@ class _Run:
                 exclude=self.config.run_id,
             )
         else:
+            return None
+        trainer.check_source(source)
+        return "source", source, parent
+
+    def _load_start(
+        self,
+        trainer: Trainer[Any],
+        model: keras.Model,
+        start: tuple[str, Any, dict[str, Any]] | None,
+    ) -> bool:
+        """Load what :meth:`_find_start` found; False when the run starts fresh."""
+        from mlops_trainers.checkpoints import load_checkpoint
+
+        if start is None:
             return False
-        trainer.init_from(model, source)
+        how, checkpoint, parent = start
+        if how == "own":
+            load_checkpoint(model, checkpoint, self.scratch, optimizer=True)
+            self.record.resumed(checkpoint)
+            log.info(
+                "resumed from %s: epoch %d, step %d of the epoch (global step %d)",
+                checkpoint.url,
+                self.state.epoch,
+                self.state.step_in_epoch,
+                self.state.global_step,
+            )
+            return True
+        trainer.init_from(model, checkpoint)
         self.record.started_from(parent)
         log.info(
-            "new run started from %s (run %s, step %d)", source.url, source.run_id, source.step
+            "new run started from %s (run %s, step %d)",
+            checkpoint.url,
+            checkpoint.run_id,
+            checkpoint.step,
         )
         return True
 
@@ -202,23 +276,23 @@ class _Run:
         self, trainer: Trainer[Any], model: keras.Model, data: TrainData, tb: TensorBoardWriter
     ) -> None:
         """The rest of the current epoch: steps, then its metrics, artifacts and checkpoint."""
-        config, state = self.config, self.state
-        steps = data.steps_per_epoch
+        config, steps = self.config, data.steps_per_epoch
         # A checkpoint taken with a larger steps_per_epoch ends its epoch now.
-        state.step_in_epoch = min(steps, state.step_in_epoch)
+        self.state.step_in_epoch = min(steps, self.state.step_in_epoch)
         began, done = time.perf_counter(), 0
-        for batch in data.batches(state.epoch, state.step_in_epoch):
-            if state.step_in_epoch >= steps:
+        if self.progress:
+            import keras
+
+            print(f"Epoch {self.state.epoch + 1}/{config.epochs}", flush=True)
+            self.bar = keras.utils.Progbar(steps, stateful_metrics=["lr", "rollbacks"])
+            self.bar.update(self.state.step_in_epoch)
+        while True:
+            try:
+                done += self._steps(trainer, model, data, tb, steps)
                 break
-            logs = self._step(trainer, model, batch)
-            done += 1
-            tb.scalars("step", logs, state.global_step)
-            self._progress_line(logs, steps)
-            if state.step_in_epoch < steps and state.global_step % config.checkpoint_every == 0:
-                self._checkpoint(trainer, model)
-            if self.stop.signum is not None:
-                self._checkpoint(trainer, model)
-                raise Stopped(self.stop.signum)
+            except _RolledBack:
+                continue  # the snapshot restored an earlier step of this epoch: replay from it
+        state = self.state
         if state.step_in_epoch < steps:
             raise DataError(
                 f"epoch {state.epoch + 1} gave {state.step_in_epoch} of {steps} batches"
@@ -232,6 +306,7 @@ class _Run:
             # Validation scores and the like join the epoch's row (metrics.csv, TensorBoard, the
             # checkpoint), so a finished run re-read later still reports them.
             epoch_logs = {**epoch_logs, **{k: float(v) for k, v in extra.items()}}
+        epoch_logs["rollbacks"] = float(state.rollbacks)
         log.info(
             "epoch %d/%d done: %s  (%.2f steps/s)",
             state.epoch,
@@ -239,16 +314,60 @@ class _Run:
             _fmt(epoch_logs),
             done / max(elapsed, 1e-9),
         )
+        improved = self._watch(trainer, epoch_logs)
         # metrics.csv before the checkpoint: a kill in between redoes the epoch's tail and
         # replaces the row, never loses it.
         self.record.epoch_ended(epoch_logs)
+        self._write_curves()
         tb.scalars("epoch", epoch_logs, state.epoch)
         tb.upload()
         state.last_logs = epoch_logs
         state.sums, state.count = {}, 0
+        if improved:
+            self._save_best(trainer, model, epoch_logs)
         self._checkpoint(trainer, model)
         if self.stop.signum is not None:
             raise Stopped(self.stop.signum)
+
+    def _steps(
+        self,
+        trainer: Trainer[Any],
+        model: keras.Model,
+        data: TrainData,
+        tb: TensorBoardWriter,
+        steps: int,
+    ) -> int:
+        """Train the epoch's remaining batches; returns how many were trained."""
+        config, state = self.config, self.state
+        done = 0
+        skipped = set(state.skipped)
+        for batch in data.batches(state.epoch, state.step_in_epoch):
+            if state.step_in_epoch >= steps:
+                break
+            if (state.epoch, state.step_in_epoch) in skipped:
+                # A batch that made a spike: its slot passes untrained (also after a resume).
+                log.info(
+                    "skipping batch %d of epoch %d (it made a loss spike)",
+                    state.step_in_epoch + 1,
+                    state.epoch + 1,
+                )
+                state.step_in_epoch += 1
+                state.global_step += 1
+                self.record.stepped()
+            else:
+                logs = self._step(trainer, model, batch)
+                done += 1
+                tb.scalars("step", logs, state.global_step)
+                tb.maybe_upload()
+                self._progress_line(logs, steps)
+                if self.bar is not None:
+                    self.bar.update(state.step_in_epoch, values=list(logs.items()))
+            if state.step_in_epoch < steps and state.global_step % config.checkpoint_every == 0:
+                self._checkpoint(trainer, model)
+            if self.stop.signum is not None:
+                self._checkpoint(trainer, model)
+                raise Stopped(self.stop.signum)
+        return done
 
     def _step(self, trainer: Trainer[Any], model: keras.Model, batch: Any) -> dict[str, float]:
         state = self.state
@@ -257,9 +376,23 @@ class _Run:
         reset = getattr(model, "reset_metrics", None)
         if reset is not None:
             reset()
+        lr = optim.learning_rate(
+            trainer.config, state.global_step, self.total_steps, state.epoch, state.lr_scale
+        )
+        model.optimizer.learning_rate = lr
         logs = dict(trainer.train_step(model, batch))
+        norm = optim.gradient_norm(model.optimizer)
+        if norm is not None:
+            logs["grad_norm"] = norm
+        logs["lr"] = lr
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
-        if bad:
+        if self.detector is not None:
+            reason = self.detector.spike(logs.get("loss", 0.0))
+            if reason is None and bad:
+                reason = f"non-finite {', '.join(bad)}"
+            if reason is not None:
+                self._rollback(trainer, model, reason)
+        elif bad:
             raise FloatingPointError(
                 f"non-finite {', '.join(bad)} at global step {state.global_step + 1}: "
                 f"{logs} (lower the learning rate?)"
@@ -269,7 +402,163 @@ class _Run:
         state.step_in_epoch += 1
         state.global_step += 1
         self.record.stepped()
+        if state.global_step % trainer.config.spike_guard.snapshot_every == 0:
+            self._snapshot(model)
         return logs
+
+    # --- the spike guard ---
+
+    def _snapshot(self, model: keras.Model) -> None:
+        if self.detector is not None:
+            self.snapshot = Snapshot.take(model, self.state.to_manifest(), self.detector.history)
+
+    def _rollback(self, trainer: Trainer[Any], model: keras.Model, reason: str) -> None:
+        """Restore the last snapshot, lower the learning rate, skip this batch: or fail."""
+        guard = trainer.config.spike_guard
+        state = self.state
+        where = (
+            f"epoch {state.epoch + 1}, batch {state.step_in_epoch + 1} "
+            f"(global step {state.global_step + 1})"
+        )
+        lr = trainer.config.learning_rate * state.lr_scale
+        if state.rollbacks >= guard.max_rollbacks or self.snapshot is None:
+            raise TrainingDivergedError(
+                f"loss spike at {where}: {reason}; the spike guard has already rolled back "
+                f"{state.rollbacks} time(s) (trainer.config.spike_guard.max_rollbacks = "
+                f"{guard.max_rollbacks}) and the learning rate is down to {lr:.3g}: lower "
+                "trainer.config.learning_rate, set trainer.config.clipnorm, or check the data"
+            )
+        assert self.detector is not None
+        snapshot = self.snapshot
+        snapshot.restore(model)
+        restored = RunState.from_manifest(snapshot.state)
+        restored.rollbacks = state.rollbacks + 1
+        restored.spike_scale = state.spike_scale * guard.lr_factor
+        restored.skipped = [*state.skipped, (state.epoch, state.step_in_epoch)]
+        self.record.state = restored
+        self.detector.history = deque(snapshot.history, maxlen=guard.window)
+        log.warning(
+            "loss spike at %s: %s. Rolled back to global step %d, learning rate x%g "
+            "(now %.3g), this batch skipped (rollback %d of at most %d)",
+            where,
+            reason,
+            restored.global_step,
+            guard.lr_factor,
+            trainer.config.learning_rate * restored.lr_scale,
+            restored.rollbacks,
+            guard.max_rollbacks,
+        )
+        if self.tb is not None:
+            self.tb.scalars("spike_guard", {"rollbacks": restored.rollbacks}, state.global_step)
+        raise _RolledBack
+
+    # --- plateau, early stopping, the best weights ---
+
+    def _watch(self, trainer: Trainer[Any], logs: Mapping[str, float]) -> bool:
+        """Update the plateau schedule and early stopping from this epoch's metrics; True when
+        the early-stopping metric improved (its weights are then the best so far)."""
+        config, state = trainer.config, self.state
+        schedule, stopping = config.schedule, config.early_stopping
+        improved = False
+        if schedule.kind == "plateau":
+            better = self._better("schedule", schedule.monitor, schedule.mode, 0.0, logs)
+            if better is False and state.watch["schedule"]["bad"] >= schedule.patience:
+                state.plateau_scale *= schedule.factor
+                state.watch["schedule"]["bad"] = 0
+                log.info(
+                    "%s has not improved for %d epochs: learning rate x%g (now %.3g)",
+                    schedule.monitor,
+                    schedule.patience,
+                    schedule.factor,
+                    config.learning_rate * state.lr_scale,
+                )
+        if stopping.enabled:
+            better = self._better(
+                "early_stopping", stopping.monitor, stopping.mode, stopping.min_delta, logs
+            )
+            improved = better is True and stopping.restore_best
+            if better is False and state.watch["early_stopping"]["bad"] >= stopping.patience:
+                state.stopped_early = True
+                log.info(
+                    "early stop after epoch %d: %s has not improved for %d epochs (best %.4g)",
+                    state.epoch,
+                    stopping.monitor,
+                    stopping.patience,
+                    state.watch["early_stopping"]["best"],
+                )
+        return improved
+
+    def _better(
+        self,
+        key: str,
+        monitor: str,
+        mode: str | None,
+        min_delta: float,
+        logs: Mapping[str, float],
+    ) -> bool | None:
+        """Whether ``monitor`` improved on its best (None: not reported this epoch)."""
+        value = logs.get(monitor)
+        if value is None or not math.isfinite(value):
+            log.warning("%s watches %s, which this epoch did not report", key, monitor)
+            return None
+        direction = type(self.config.trainer.config).metric_mode(
+            monitor,
+            mode,  # type: ignore[arg-type]
+        )
+        watch = self.state.watch.setdefault(key, {"bad": 0.0})
+        best = watch.get("best")
+        if best is None or (
+            value < best - min_delta if direction == "min" else value > best + min_delta
+        ):
+            watch["best"], watch["bad"] = float(value), 0.0
+            return True
+        watch["bad"] += 1
+        return False
+
+    def _save_best(
+        self, trainer: Trainer[Any], model: keras.Model, logs: Mapping[str, float]
+    ) -> None:
+        from mlops_trainers.checkpoints import save_best
+
+        manifest = {
+            **self.state.to_manifest(),
+            "run_id": self.config.run_id,
+            "kind": self.config.trainer.kind,
+            "trainer_config": trainer.config.model_dump(mode="json"),
+            "monitor": trainer.config.early_stopping.monitor,
+            "value": logs.get(trainer.config.early_stopping.monitor),
+        }
+        save_best(model, self.config.output, self.scratch, manifest)
+
+    def _restore_best(self, trainer: Trainer[Any], model: keras.Model) -> None:
+        from mlops_trainers.checkpoints import BEST_DIR, load_checkpoint, read_checkpoint
+
+        stopping = trainer.config.early_stopping
+        if not (stopping.enabled and stopping.restore_best):
+            return
+        best = read_checkpoint(storage.join(self.config.output, BEST_DIR))
+        if best is None:
+            return
+        load_checkpoint(model, best, self.scratch, optimizer=True)
+        log.info(
+            "final model: the best epoch's weights (epoch %d, %s = %.4g)",
+            best.epoch,
+            best.manifest.get("monitor"),
+            float(best.manifest.get("value") or math.nan),
+        )
+
+    # --- reporting ---
+
+    def _write_curves(self) -> None:
+        """``metrics.png`` next to ``metrics.csv``: each metric's curve over the epochs."""
+        from mlops_trainers.artifacts import encode_png, metric_curves
+
+        rows = self.record.metric_rows()
+        if rows:
+            storage.write_bytes(
+                storage.join(self.config.output, METRICS_PLOT),
+                encode_png(metric_curves(rows, title=self.config.run_id)),
+            )
 
     def _progress_line(self, logs: Mapping[str, float], steps: int) -> None:
         """A progress line every LOG_EVERY_S seconds, with the rate since the last one."""
@@ -288,30 +577,77 @@ class _Run:
             self.record.total_steps,
             _fmt(logs),
             rate,
+            # The progress bar shows this on a terminal; the attempt's log keeps it.
+            extra={PROGRESS_LINE: True},
         )
         self.line_at, self.line_step = now, state.global_step
+
+
+def describe_devices() -> str:
+    """What the backend will train on, for people: the GPUs by name, else the CPU."""
+    import os
+
+    try:
+        import tensorflow as tf
+    except ImportError:
+        import keras
+
+        return f"{keras.backend.backend()} backend"
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for gpu in gpus:
+            details = tf.config.experimental.get_device_details(gpu)
+            names.append(str(details.get("device_name") or gpu.name))
+        return f"{len(gpus)} GPU(s): {', '.join(names)}"
+    return f"CPU only ({os.cpu_count()} cores; no GPU visible to TensorFlow)"
 
 
 def _fmt(logs: Mapping[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in logs.items())
 
 
-def _setup_logging() -> None:
+class _HideProgressLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, PROGRESS_LINE, False)
+
+
+def _setup_logging(*, progress: bool = False) -> None:
+    """The ``mlops_trainers`` logger on stderr (unless a handler exists already); with a
+    progress bar, the periodic progress lines stay out of the terminal (the attempt's log file
+    still has them)."""
+    handlers: list[logging.Handler]
     if log.handlers or logging.getLogger().handlers:
         log.setLevel(logging.INFO)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+        handlers = list(log.handlers)
+    else:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter(FORMAT))
+        log.addHandler(console)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        handlers = [console]
+    for handler in handlers:
+        # Terminals only: the attempt's log (a FileHandler) keeps every line.
+        if isinstance(handler, logging.FileHandler) or not isinstance(
+            handler, logging.StreamHandler
+        ):
+            continue
+        for existing in [f for f in handler.filters if isinstance(f, _HideProgressLines)]:
+            handler.removeFilter(existing)
+        if progress:
+            handler.addFilter(_HideProgressLines())
 
 
-def run(config: RunConfig) -> int:
-    """Train the run described by ``config``; returns the process exit code (see the module)."""
+def run(config: RunConfig, *, progress: bool = False) -> int:
+    """Train the run described by ``config``; returns the process exit code (see the module).
+
+    ``progress``: a progress bar with the epoch's ETA on stdout (``mlops run`` on a terminal);
+    the periodic progress lines then go only to the attempt's log.
+    """
     from mlops_trainers.trainer import RunContext, get_trainer
 
-    _setup_logging()
+    _setup_logging(progress=progress)
     scratch = Path(tempfile.mkdtemp(prefix=f"mlops-{config.run_id}-"))
     record = RunRecord(config)
     attempt_log: AttemptLog | None = None
@@ -322,13 +658,13 @@ def run(config: RunConfig) -> int:
                 attempt_log = AttemptLog(scratch, config.output, attempt)
                 log.info("run %s, attempt %d: %s", config.run_id, attempt, config.trainer.kind)
                 trainer = get_trainer(config.trainer.kind)(config, RunContext(config, scratch))
-                return _Run(config, stop, record, scratch).execute(trainer)
+                return _Run(config, stop, record, scratch, progress=progress).execute(trainer)
             except Stopped as stopped:
                 code = EXIT_PREEMPTED if stopped.signum == signal.SIGTERM else EXIT_INTERRUPTED
                 record.preempted()
                 log.warning("stopped at global step %d: exit %d", record.state.global_step, code)
                 return code
-            except (ConfigError, DataError, ValidationError) as err:
+            except (ConfigError, DataError, ValidationError, TrainingDivergedError) as err:
                 log.error("%s: %s (not retried)", type(err).__name__, err)
                 record.failed(str(err), retry=False)
                 return EXIT_FATAL

@@ -23,11 +23,18 @@ Bundled here:
   scikit-image's bundled photographs (astronaut, coffee, chelsea, rocket, ...): 540 PNGs.
 * ``sample://fashion-mnist``: the first 10,000 training images of Fashion-MNIST (28x28 grey),
   read from Debian's ``dataset-fashion-mnist`` package.
+
+Which names exist is also known *without importing* the modules that register them
+(:func:`sample_names` reads their source for ``register_sample("<name>", ...)`` calls), so the
+operator, which has neither NumPy nor TensorFlow, refuses ``sample://no-such-name`` before a pod
+does; this module itself imports nothing heavy at module level for the same reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import gzip
 import importlib
 import importlib.util
@@ -37,10 +44,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mlops_trainers.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "SAMPLE_MODULES",
@@ -50,6 +59,7 @@ __all__ = [
     "register_sample",
     "registered_samples",
     "resolve_sample",
+    "sample_names",
     "samples_cache_dir",
 ]
 
@@ -139,6 +149,31 @@ def _lookup(name: str) -> Sample:
     return _REGISTRY[name]
 
 
+def _registered_in(module: str) -> list[str]:
+    """The names a module registers, read from its source (``register_sample("name", ...)``)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return []
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    return [
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "register_sample"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ]
+
+
+@functools.cache
+def sample_names() -> frozenset[str]:
+    """Every ``sample://`` name, without importing the modules that make the samples: this
+    module's, :data:`SAMPLE_MODULES`' and each trainer kind's ``samples.py``."""
+    modules = [__name__, *SAMPLE_MODULES.values(), *_trainer_sample_modules()]
+    return frozenset(name for module in modules for name in _registered_in(module))
+
+
 def resolve_sample(url: str) -> str:
     """The local folder holding ``sample://<name>`` (``url`` may also be the bare name)."""
     name = url[len(SAMPLE_SCHEME) :] if is_sample_url(url) else url
@@ -193,6 +228,7 @@ SKIMAGE_MAX_SIDE = 128
 
 
 def _write_skimage(folder: Path) -> None:
+    import numpy as np
     from PIL import Image
 
     try:
@@ -239,6 +275,8 @@ FASHION_MNIST_COUNT = 10_000
 
 
 def _read_idx_images(path: Path) -> np.ndarray:
+    import numpy as np
+
     with gzip.open(path, "rb") as f:
         data = f.read()
     magic, count, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (0, 4, 8, 12))

@@ -1,63 +1,154 @@
-"""TensorBoard scalars, written locally and copied whole under ``<output>/tb/``.
+"""TensorBoard: scalars, images and hparams written with ``tf.summary``, readable while training.
 
-``tf.summary`` cannot write through fsspec (an emulator, s3 via fsspec, ...), so event files go to
-the scratch folder and are uploaded at each epoch end and at the end; each attempt writes its own
-event file. Without TensorFlow (another Keras backend) nothing is written.
+TensorFlow's file writer cannot write through fsspec (a GCS emulator, s3 via fsspec, ...), so
+event files are written to the scratch folder and copied under ``<output>/tb/`` every
+:data:`UPLOAD_EVERY_S` seconds (checked between steps), at each epoch end and at the end: point
+``tensorboard --logdir gs://bucket/runs/<run id>/tb`` at the bucket and it shows a run as it
+trains, not only after each epoch. A copy rewrites the whole object (GCS objects are immutable),
+so an event file is closed and a new one started once it passes :data:`ROLL_BYTES`; closed files
+are copied once. Each attempt writes its own files; TensorBoard reads them all in name order.
+
+What is written:
+
+* ``step/<log>`` every step (loss, the trainer's metrics, ``lr``, ``grad_norm``) and
+  ``epoch/<metric>`` every epoch (the row of ``metrics.csv``);
+* every PNG a trainer writes through :meth:`~mlops_trainers.trainer.RunContext.write_png`
+  (reconstructions, samples, predictions, sky masks) as an image, tagged by its folder;
+* the run's hyperparameters (the HParams dashboard), once per attempt.
+
+Without TensorFlow (another Keras backend) nothing is written.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mlops_trainers import storage
 from mlops_trainers.contract import TB_DIR
 
-__all__ = ["TensorBoardWriter"]
+__all__ = ["ROLL_BYTES", "UPLOAD_EVERY_S", "TensorBoardWriter", "flat_hparams"]
+
+UPLOAD_EVERY_S = 30.0
+ROLL_BYTES = 1 << 20
+
+
+def flat_hparams(
+    values: Mapping[str, Any], prefix: str = ""
+) -> dict[str, bool | int | float | str]:
+    """Nested config values as the flat ``{"a.b": scalar}`` the HParams dashboard takes."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            out[name] = value
+        elif value is not None:
+            out[name] = str(value)
+    return out
 
 
 class TensorBoardWriter:
-    """Scalars per step and per epoch; :meth:`upload` copies the event files to the output."""
+    """One attempt's event files: write, and copy them to ``<output>/tb/`` now and then."""
 
-    def __init__(self, scratch: Path, output: str) -> None:
+    def __init__(
+        self,
+        scratch: Path,
+        output: str,
+        *,
+        every_s: float | None = None,
+        roll_bytes: int | None = None,
+    ) -> None:
         self.local = scratch / TB_DIR
         self.output = storage.join(output, TB_DIR)
+        self.every_s = UPLOAD_EVERY_S if every_s is None else every_s
+        self.roll_bytes = ROLL_BYTES if roll_bytes is None else roll_bytes
         self.writer: Any = None
+        self.files = 0
+        self.uploaded: dict[Path, int] = {}  # size of each file at its last copy
+        self.last_upload = time.monotonic()
         try:
             import tensorflow as tf
-
-            self.tf = tf
-            self.writer = tf.summary.create_file_writer(str(self.local))
         except ImportError:  # another backend without TensorFlow: no TensorBoard
-            self.tf = None
+            self.tf: Any = None
+            return
+        self.tf = tf
+        self._open()
+
+    def _open(self) -> None:
+        self.files += 1
+        # A distinct suffix per file: files opened in the same second would share a name.
+        self.writer = self.tf.summary.create_file_writer(
+            str(self.local), filename_suffix=f".{self.files:04d}"
+        )
+
+    def _current(self) -> Path | None:
+        found = sorted(self.local.glob(f"events.out.tfevents.*.{self.files:04d}"))
+        return found[-1] if found else None
+
+    # --- writing ---
 
     def scalars(self, prefix: str, logs: Mapping[str, float], step: int) -> None:
         if self.writer is None:
             return
-        tf = self.tf
-        # tf.summary.scalar needs the tensorboard package; tf.summary.write with the scalars
-        # plugin's metadata writes the same event without it.
-        from tensorflow.core.framework import summary_pb2
-
-        metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-        )
         with self.writer.as_default(step=step):
             for key, value in logs.items():
-                tf.summary.write(
-                    f"{prefix}/{key}", tf.constant(float(value), tf.float32), metadata=metadata
-                )
+                self.tf.summary.scalar(f"{prefix}/{key}", float(value))
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """One (H, W[, C]) image, uint8 or [0, 1] floats."""
+        if self.writer is None:
+            return
+        from mlops_trainers.artifacts import to_uint8
+
+        array = to_uint8(np.asarray(image))
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.shape[-1] not in (1, 3, 4):
+            array = array[..., :3]
+        with self.writer.as_default(step=step):
+            self.tf.summary.image(tag, array[None], max_outputs=1)
+
+    def hparams(self, values: Mapping[str, Any], trial: str) -> None:
+        """The run's hyperparameters for the HParams dashboard (session start)."""
+        if self.writer is None:
+            return
+        try:
+            from tensorboard.plugins.hparams import api as hp
+        except ImportError:  # pragma: no cover - the trainer extra installs tensorboard
+            return
+        with self.writer.as_default(step=0):
+            hp.hparams(flat_hparams(values), trial_id=trial)
+
+    # --- copying ---
+
+    def maybe_upload(self) -> None:
+        """Copy the event files if :data:`UPLOAD_EVERY_S` has passed (call between steps)."""
+        if self.writer is not None and time.monotonic() - self.last_upload >= self.every_s:
+            self.upload()
 
     def upload(self) -> None:
         if self.writer is None:
             return
         self.writer.flush()
+        current = self._current()
+        if current is not None and current.stat().st_size >= self.roll_bytes:
+            self.writer.close()
+            self._open()
         for path in sorted(self.local.rglob("*")):
-            if path.is_file():
-                storage.put_file(
-                    path, storage.join(self.output, *path.relative_to(self.local).parts)
-                )
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            if self.uploaded.get(path) == size:
+                continue  # closed (or unchanged) files are copied once
+            storage.put_file(path, storage.join(self.output, *path.relative_to(self.local).parts))
+            self.uploaded[path] = size
+        self.last_upload = time.monotonic()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -33,7 +33,12 @@ A trainer is one folder, ``mlops_trainers/trainers/<kind>/`` (the folder name is
    batch is ``(x, y[, sample_weight])``, anything else is ``x``). The returned logs are averaged
    over the epoch by the runtime.
 5. Its models and layers live beside it, one public class per file, registered with
-   ``@keras.saving.register_keras_serializable(package="mlops_trainers")``.
+   ``@keras.saving.register_keras_serializable(package="mlops_trainers")``
+   (:mod:`mlops_trainers.saving` imports every module of the folder, so ``model.keras`` loads).
+6. The config inherits every trainer's training options (clipnorm, schedule, early stopping,
+   spike guard: :mod:`mlops_trainers.config_base`), applied by the runtime to whatever optimizer
+   the model was compiled with (:meth:`Trainer.optimizer` gives Adam at ``learning_rate``);
+   :meth:`Trainer.memory_probe` feeds ``mlops validate``'s memory estimate.
 
 Then ``make generate`` (CRD, README tables) and ``make golden`` (the example's rendered workflow).
 
@@ -45,7 +50,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -61,7 +67,7 @@ if TYPE_CHECKING:
 
     from mlops_trainers.checkpoints import CheckpointInfo
 
-__all__ = ["RunContext", "TrainData", "Trainer", "get_trainer"]
+__all__ = ["RunContext", "TrainData", "Trainer", "get_trainer", "image_tag"]
 
 log = logging.getLogger("mlops_trainers")
 
@@ -79,6 +85,14 @@ class TrainData(Protocol):
         ...
 
 
+def image_tag(relative: str) -> str:
+    """The TensorBoard tag of an image file: its path without the extension and without an
+    ``epoch-NNNN`` name (``reconstructions/epoch-0003.png`` -> ``reconstructions``), so the
+    images of successive epochs are steps of one tag."""
+    stem = re.sub(r"\.[A-Za-z0-9]+$", "", relative)
+    return re.sub(r"/?epoch-\d+$", "", stem) or stem
+
+
 @dataclass
 class RunContext:
     """What a trainer may use of the run: its output URL, a local scratch folder, the seed."""
@@ -86,6 +100,8 @@ class RunContext:
     run: RunConfig
     scratch: Path
     log: logging.Logger = field(default_factory=lambda: log)
+    # Set by the runtime: every image written is also shown in TensorBoard (tag, image).
+    on_image: Callable[[str, np.ndarray], None] | None = None
 
     @property
     def output(self) -> str:
@@ -104,7 +120,10 @@ class RunContext:
         """Write an (H, W[, C]) uint8 or [0, 1] float image as PNG; returns its URL."""
         from mlops_trainers.artifacts import encode_png
 
-        return self.write_bytes(relative, encode_png(image))
+        url = self.write_bytes(relative, encode_png(image))
+        if self.on_image is not None:
+            self.on_image(image_tag(relative), image)
+        return url
 
 
 class Trainer(abc.ABC, Generic[ConfigT]):
@@ -137,6 +156,21 @@ class Trainer(abc.ABC, Generic[ConfigT]):
     def build_model(self) -> keras.Model:
         """The model: built (variables exist), compiled, its optimizer built."""
 
+    def memory_probe(self) -> tuple[keras.Model, Any, int, str] | None:
+        """For ``mlops validate``'s memory estimate (:mod:`mlops_trainers.memory`): the model
+        built from the config alone, the ``(shape, dtype)`` structure of one batch's model input
+        (batch dimension included), the bytes of data the trainer holds in memory, and what they
+        are. None when the model depends on something only the run can read."""
+        return None
+
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        """Adam at ``learning_rate``: what a trainer compiles with. The runtime then applies the
+        shared options to whatever optimizer the model has (clipnorm, the learning rate of every
+        step, the gradient-norm log: :mod:`mlops_trainers.optim`)."""
+        import keras
+
+        return keras.optimizers.Adam(self.config.learning_rate)
+
     def train_step(self, model: keras.Model, batch: Any) -> Mapping[str, float]:
         """One optimisation step; returns scalar logs (averaged over the epoch by the runtime)."""
         if isinstance(batch, tuple):
@@ -155,16 +189,24 @@ class Trainer(abc.ABC, Generic[ConfigT]):
         return extra metrics (validation scores...) that join the epoch's logs."""
         return None
 
-    def init_from(self, model: keras.Model, source: CheckpointInfo) -> None:
-        """Start a new run from another run's checkpoint (``resume``): weights, and the
-        optimizer state too when the source is the same kind of trainer."""
-        from mlops_trainers.checkpoints import load_checkpoint
+    def check_source(self, source: CheckpointInfo) -> None:
+        """Refuse a ``resume`` source this trainer cannot start from (a ConfigError: exit 2).
 
+        Called by the runtime as soon as the source is found, before :meth:`prepare`, the data
+        and the model: a wrong source costs a manifest read, not a conversion or a GPU.
+        """
         if source.kind != self.kind:
             raise ConfigError(
                 f"cannot start a {self.kind} run from {source.url}: it is a {source.kind} "
-                "checkpoint"
+                "checkpoint (spec.resume must name a run of the same trainer kind)"
             )
+
+    def init_from(self, model: keras.Model, source: CheckpointInfo) -> None:
+        """Start a new run from another run's checkpoint (``resume``): weights and optimizer
+        state (:meth:`check_source` has accepted it)."""
+        from mlops_trainers.checkpoints import load_checkpoint
+
+        self.check_source(source)
         load_checkpoint(model, source, self.context.scratch, optimizer=True)
 
     def final_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:

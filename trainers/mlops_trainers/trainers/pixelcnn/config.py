@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator
 
-from mlops_trainers.config_base import TrainerConfig, check_reference
+from mlops_trainers.config_base import Mode, TrainerConfig, check_reference
 
 __all__ = ["PixelCNNConfig"]
 
 
 class PixelCNNConfig(TrainerConfig):
     """Gated PixelCNN prior (van den Oord et al. 2016, arXiv:1606.05328) over a VQ-VAE's or tokenizer's code grid."""
+
+    METRICS: ClassVar[dict[str, Mode]] = {
+        "loss": "min",
+        "bits_per_code": "min",
+        "bits_per_valid_code": "min",
+        "sample_codes_used": "max",
+    }
+    # Fields naming another run (a run name or a run/checkpoint URL): checked like spec URLs,
+    # and in a cluster they must be reachable from a pod (mlops_api.validation).
+    REFERENCES: ClassVar[tuple[str, ...]] = ("vqvae",)
 
     vqvae: str = Field(
         ...,
@@ -35,3 +47,11 @@ class PixelCNNConfig(TrainerConfig):
     @classmethod
     def _reference(cls, value: str) -> str:
         return check_reference(value)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        # A masked convolution needs a centre pixel to mask around (van den Oord et al. 2016).
+        if value % 2 == 0:
+            raise ValueError("kernel_size must be odd (3, 5, 7, ...)")
+        return value

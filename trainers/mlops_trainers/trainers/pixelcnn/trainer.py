@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_trainers.artifacts import image_grid
+from mlops_trainers.artifacts import labelled_rows
 from mlops_trainers.data import ArrayBatches
 from mlops_trainers.errors import ConfigError
 from mlops_trainers.trainer import Trainer
@@ -85,8 +85,6 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         return ArrayBatches(batches, c.batch_size, self.run.seed, c.steps_per_epoch)
 
     def build_model(self) -> Any:
-        import keras
-
         from mlops_trainers.trainers.pixelcnn.pixelcnn import PixelCNN
 
         c = self.config
@@ -98,7 +96,7 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
             kernel_size=c.kernel_size,
             name="pixelcnn",
         )
-        model.compile(optimizer=keras.optimizers.Adam(c.learning_rate))
+        model.compile(optimizer=self.optimizer())
         model.optimizer.build(model.trainable_variables)
         return model
 
@@ -123,7 +121,13 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
         self.sample_metrics["sample_codes_used"] = float(
             len(np.unique(ops.convert_to_numpy(codes)))
         )
-        self.context.write_png(f"samples/epoch-{epoch:04d}.png", image_grid(images))
+        per_row = 8
+        rows = [
+            (f"samples {i + 1}-{min(i + per_row, len(images))}", images[i : i + per_row])
+            for i in range(0, len(images), per_row)
+        ]
+        title = f"{self.run.run_id}, epoch {epoch}, temperature {self.config.temperature:g}"
+        self.context.write_png(f"samples/epoch-{epoch:04d}.png", labelled_rows(rows, title=title))
         return dict(self.sample_metrics)
 
     def final_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:

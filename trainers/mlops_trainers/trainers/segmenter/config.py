@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 from pydantic import Field, model_validator
 
-from mlops_trainers.config_base import TrainerConfig
+from mlops_trainers.config_base import (
+    EarlyStoppingConfig,
+    Mode,
+    ScheduleConfig,
+    SpikeGuardConfig,
+    TrainerConfig,
+)
 
 __all__ = ["SegmenterConfig"]
 
 
 class SegmenterConfig(TrainerConfig):
     """U-Net (Ronneberger et al. 2015, arXiv:1505.04597) for cloud masks on large scenes, tiled."""
+
+    METRICS: ClassVar[dict[str, Mode]] = {
+        "loss": "min",
+        **{
+            f"{prefix}{name}": "max"
+            for prefix in ("", "val_")
+            for name in ("iou", "dice", "precision", "recall")
+        },
+    }
 
     tile_size: int = Field(
         128,
@@ -27,17 +44,44 @@ class SegmenterConfig(TrainerConfig):
         16, ge=4, le=1024, description="Filters of the first stage; doubled per level."
     )
     depth: int = Field(3, ge=1, le=6, description="Down-sampling levels.")
-    pos_weight: float = Field(
-        1.0, gt=0, le=1000, description="Weight of positive (cloud) pixels in the BCE loss."
+    pos_weight: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Weight of cloud pixels in the BCE loss; null: (1 - p) / p from the training masks' cloud fraction p (clipped to 0.01-100).",
     )
     dice_weight: float = Field(
         1.0, ge=0, le=100, description="Weight of the Dice loss added to BCE."
+    )
+    dice: Literal["tile", "batch"] = Field(
+        "batch",
+        description="Soft Dice per tile (mean over the batch) or over the whole batch at once, so a clear tile does not score 0/0.",
     )
     threshold: float = Field(
         0.5, gt=0, lt=1, description="Probability above which a pixel is cloud."
     )
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Steps per epoch; default one pass over the data."
+    )
+    # Cloud-Net (Mohajerani & Saeedi 2019) trains with a plateau schedule and early stopping; here
+    # both watch the validation IoU, the number the 38-Cloud papers report.
+    schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(kind="plateau", monitor="val_iou", patience=5),
+        description="Learning-rate schedule.",
+    )
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=lambda: EarlyStoppingConfig(
+            enabled=True, monitor="val_iou", patience=15, min_delta=1e-3
+        ),
+        description="Stop when a metric stops improving.",
+    )
+    # A batch of clear tiles and one of cloud edges differ in loss by more than 3x: a wider bar.
+    spike_guard: SpikeGuardConfig = Field(
+        default_factory=lambda: SpikeGuardConfig(factor=5.0),
+        description="Roll back loss spikes (and non-finite losses) instead of failing.",
+    )
+    workers: int = Field(
+        4, ge=1, le=64, description="Threads reading and decoding tiles ahead of training."
     )
     export_onnx: bool = Field(
         True, description="Export the final model to ONNX next to the checkpoints."

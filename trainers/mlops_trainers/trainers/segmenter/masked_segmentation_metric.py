@@ -18,21 +18,26 @@ KINDS = ("iou", "dice", "precision", "recall")
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
 class MaskedSegmentationMetric(keras.metrics.Metric):  # type: ignore[misc,unused-ignore]
-    """``y_true (B, H, W, 2)`` = (cloud, valid); ``y_pred (B, H, W, 1)`` probabilities.
+    """``y_true (B, H, W, 2)`` = (cloud, valid); ``y_pred (B, H, W, 1)`` probabilities (or
+    logits with ``from_logits``).
 
     Args:
         kind: ``"iou"``, ``"dice"``, ``"precision"`` or ``"recall"``.
         threshold: probability above which a pixel is predicted cloud.
+        from_logits: ``y_pred`` holds logits; a pixel is cloud where sigmoid(logit) > threshold.
         **kwargs: forwarded to ``keras.metrics.Metric`` (default name: ``kind``).
     """
 
-    def __init__(self, kind: str = "iou", threshold: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, kind: str = "iou", threshold: float = 0.5, from_logits: bool = False, **kwargs: Any
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         kwargs.setdefault("name", kind)
         super().__init__(**kwargs)
         self.kind = kind
         self.threshold = threshold
+        self.from_logits = from_logits
         self.tp = self.add_variable(shape=(), initializer="zeros", name="tp")
         self.fp = self.add_variable(shape=(), initializer="zeros", name="fp")
         self.fn = self.add_variable(shape=(), initializer="zeros", name="fn")
@@ -41,7 +46,10 @@ class MaskedSegmentationMetric(keras.metrics.Metric):  # type: ignore[misc,unuse
         y_true = ops.cast(y_true, "float32")
         target = y_true[..., 0] > 0.5
         valid = ops.cast(y_true[..., 1] > 0.5, "float32")
-        pred = ops.convert_to_tensor(y_pred)[..., 0] > self.threshold
+        score = ops.convert_to_tensor(y_pred)[..., 0]
+        if self.from_logits:
+            score = ops.sigmoid(score)
+        pred = score > self.threshold
         t = ops.cast(target, "float32")
         p = ops.cast(pred, "float32")
         self.tp.assign_add(ops.sum(valid * t * p))
@@ -66,5 +74,7 @@ class MaskedSegmentationMetric(keras.metrics.Metric):  # type: ignore[misc,unuse
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
-        config.update({"kind": self.kind, "threshold": self.threshold})
+        config.update(
+            {"kind": self.kind, "threshold": self.threshold, "from_logits": self.from_logits}
+        )
         return config

@@ -11,10 +11,12 @@ connections that keep cloud edges sharp). This is the layout of Cloud-Net's pred
 rather than GroupNorm on purpose: a uniform tile (all cloud, all water) normalised per sample would
 lose its absolute brightness, which is exactly what tells cloud from water.
 
-The output is a per-pixel cloud *probability* (sigmoid, float32), so the ONNX export
-(:mod:`mlops_trainers.onnx_export`) is usable as is. Train with
-:class:`~mlops_trainers.trainers.segmenter.bce_dice_loss.BCEDiceLoss` and
-:class:`~mlops_trainers.trainers.segmenter.masked_segmentation_metric.MaskedSegmentationMetric`.
+The output is a per-pixel cloud *probability* (a sigmoid layer, float32, after a linear
+``logits`` conv), so ``model.keras`` and the ONNX export (:mod:`mlops_trainers.onnx_export`) are
+usable as they are. Training uses the logits (:meth:`UNet.logits_model`, the same layers without
+the sigmoid) with :class:`~mlops_trainers.trainers.segmenter.bce_dice_loss.BCEDiceLoss` and
+:class:`~mlops_trainers.trainers.segmenter.masked_segmentation_metric.MaskedSegmentationMetric`
+(``from_logits=True``): BCE on logits, sigmoid after, as the seed trained it.
 """
 
 from __future__ import annotations
@@ -56,15 +58,20 @@ class UNet(keras.Model):  # type: ignore[misc,unused-ignore]
             x = keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
             x = _conv_block(x, filters, f"up{level}")
         # float32 output even under mixed precision: probabilities near 0/1 need the resolution.
-        outputs = keras.layers.Conv2D(
-            1, 1, activation="sigmoid", dtype="float32", name="probability"
-        )(x)
+        logits = keras.layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
+        outputs = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(logits)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.bands = bands
         self.base_filters = base_filters
         self.depth = depth
+
+    def logits_model(self) -> keras.Model:
+        """The same layers (shared weights) up to the logits: what the trainer trains."""
+        return keras.Model(
+            self.inputs[0], self.get_layer("logits").output, name=f"{self.name}_logits"
+        )
 
     @property
     def multiple(self) -> int:

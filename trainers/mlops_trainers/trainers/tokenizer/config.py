@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mlops_trainers.config_base import TrainerConfig
+from mlops_trainers.config_base import Mode, TrainerConfig
 from mlops_trainers.skymask.config import SkyMaskConfig
 
 __all__ = ["SkyMaskConfig", "TokenizerConfig"]
@@ -14,6 +14,17 @@ __all__ = ["SkyMaskConfig", "TokenizerConfig"]
 
 class TokenizerConfig(TrainerConfig):
     """MaskGIT-style VQGAN tokenizer (Chang et al. 2022, arXiv:2202.04200) for webcam cloud frames."""
+
+    METRICS: ClassVar[dict[str, Mode]] = {
+        "loss": "min",
+        "reconstruction_error": "min",
+        "vq_loss": "min",
+        "unused_loss": "min",
+        "perplexity": "max",
+        "codes_used": "max",
+        "token_stability": "max",
+        "codes_used_preview": "max",
+    }
 
     image_size: int = Field(
         64, ge=8, le=4096, description="Images are padded (never stretched) to this square size."

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mlops_trainers import storage
-from mlops_trainers.artifacts import image_grid
+from mlops_trainers.artifacts import labelled_rows
 from mlops_trainers.data import ArrayBatches, load_images, resolve_data_url
 from mlops_trainers.errors import DataError
 from mlops_trainers.skymask.algorithm import sky_mask
@@ -177,6 +177,13 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
     def build_model(self) -> Any:
         return build_tokenizer(self.config)
 
+    def memory_probe(self) -> tuple[Any, Any, int, str]:
+        c = self.config
+        batch = (c.batch_size, c.image_size, c.image_size)
+        specs = {"image": ((*batch, c.channels), "float32"), "mask": ((*batch, 1), "float32")}
+        # The frames are held in memory; how many there are is known only once read.
+        return self.build_model(), specs, 0, "frames in memory, not counted: N x size^2 x 16 B"
+
     def preview_set(self) -> tuple[np.ndarray, np.ndarray]:
         """A fixed set of frames evenly spread over the data (over the day, for one camera)."""
         if not hasattr(self, "images"):
@@ -201,9 +208,10 @@ class TokenizerTrainer(Trainer[TokenizerConfig]):
         tokens = np.repeat(
             np.repeat(code_colours(codes, self.config.num_embeddings), factor, 1), factor, 2
         )
-        if images.shape[-1] == 1:
-            images, pasted = np.repeat(images, 3, -1), np.repeat(pasted, 3, -1)
-        grid = image_grid(np.concatenate([images, pasted, tokens]), columns=len(images))
+        grid = labelled_rows(
+            [("frame", images), ("reconstruction", pasted), ("tokens", tokens)],
+            title=f"{self.run.run_id}, epoch {epoch} (ground dimmed: not modelled)",
+        )
         self.context.write_png(f"reconstructions/epoch-{epoch:04d}.png", grid)
         return dict(self.token_metrics)
 

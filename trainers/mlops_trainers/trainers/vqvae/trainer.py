@@ -6,9 +6,9 @@ Batches come from :class:`~mlops_trainers.data.ImageData` (tf.data, parallel dec
 decoded once into memory when the data set is small), drawn per ``(seed, epoch)`` so a resumed
 run sees the same batches.
 
-Each epoch writes ``reconstructions/epoch-NNNN.png``: the first ``reconstructions`` images (top
-row) over their reconstructions (bottom row), padding included, so the grids of successive
-epochs compare directly.
+Each epoch writes ``reconstructions/epoch-NNNN.png``: the first ``reconstructions`` images (row
+``input``) over their reconstructions (row ``reconstruction``), padding included, so the grids of
+successive epochs compare directly (also in TensorBoard's Images tab).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_trainers.artifacts import image_grid
+from mlops_trainers.artifacts import labelled_rows
 from mlops_trainers.data import ImageData, list_images
 from mlops_trainers.trainer import Trainer
 from mlops_trainers.trainers.vqvae.config import VQVAEConfig
@@ -45,6 +45,9 @@ def build_vqvae(config: VQVAEConfig, seed: int | None = None, *, compile: bool =
         channels=config.channels,
         base_filters=config.base_filters,
         downsample=config.downsample,
+        kernel_size=config.kernel_size,
+        activation=config.activation,
+        kernel_initializer=config.kernel_initializer,
         residual_blocks=config.residual_blocks,
         latent_dim=config.latent_dim,
         num_embeddings=config.num_embeddings,
@@ -89,6 +92,19 @@ class VQVAETrainer(Trainer[VQVAEConfig]):
     def build_model(self) -> Any:
         return build_vqvae(self.config, seed=self.run.seed)
 
+    def memory_probe(self) -> tuple[Any, Any, int, str]:
+        c = self.config
+        batch = (c.batch_size, c.image_size, c.image_size)
+        specs = {"image": ((*batch, c.channels), "float32"), "mask": ((*batch, 1), "float32")}
+        # tf.data keeps a few batches prefetched besides the cache.
+        prefetch = 4 * c.batch_size * c.image_size**2 * (c.channels + 1) * 4
+        return (
+            self.build_model(),
+            specs,
+            CACHE_BYTES + prefetch,
+            "decoded-image cache, at most 1 GiB",
+        )
+
     def on_train_begin(self, model: Any, *, fresh: bool) -> None:
         if fresh and self.config.kmeans_init:
             # The first batch of epoch 0: deterministic, so a restart before the first
@@ -108,5 +124,8 @@ class VQVAETrainer(Trainer[VQVAEConfig]):
         images, masks = self.preview()
         out = model({"image": images, "mask": masks}, training=False)
         recon = np.clip(ops.convert_to_numpy(out["reconstruction"]), 0.0, 1.0)
-        grid = image_grid(np.concatenate([images, recon]), columns=len(images))
+        grid = labelled_rows(
+            [("input", images), ("reconstruction", recon)],
+            title=f"{self.run.run_id}, epoch {epoch}",
+        )
         self.context.write_png(f"reconstructions/epoch-{epoch:04d}.png", grid)

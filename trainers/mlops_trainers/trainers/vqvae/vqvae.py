@@ -1,6 +1,7 @@
 """VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937) for padded images with a validity mask.
 
-Encoder: a 3x3 conv, ``downsample`` stride-2 4x4 convs (filters doubling), residual blocks, a 1x1
+Encoder: a 3x3 conv, ``downsample`` stride-2 convs (4x4, or 3x3/5x5 as the FAFA seed tried; filters
+doubling), residual blocks, a 1x1
 conv to ``latent_dim``; a :class:`~mlops_trainers.layers.VectorQuantizer` (EMA codebook,
 dead-code restart); the decoder mirrors the encoder with transposed convs. A 640 image gives
 80/40/20 latents a side for ``downsample`` 3/4/5.
@@ -19,7 +20,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.trainers.vqvae.residual_block import ResidualBlock
+from mlops_trainers.trainers.vqvae.residual_block import LEAKY_SLOPE, ResidualBlock
 from mlops_trainers.trainers.vqvae.vector_quantizer import VectorQuantizer
 
 
@@ -34,6 +35,9 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         channels: 1 or 3.
         base_filters: filters of the first stage, doubled per down-sampling stage.
         downsample: number of stride-2 stages d.
+        kernel_size: kernel of the stride-2 down- and up-sampling convolutions (3, 4 or 5).
+        activation: ``"relu"`` or ``"leaky_relu"`` (slope 0.2 below zero).
+        kernel_initializer: initialiser of every convolution (``"he_normal"`` for ReLUs).
         residual_blocks: residual blocks after the encoder stages and before the decoder's.
         latent_dim: dimension of a code vector.
         num_embeddings: codebook size K.
@@ -49,6 +53,9 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         channels: int = 3,
         base_filters: int = 32,
         downsample: int = 2,
+        kernel_size: int = 4,
+        activation: str = "relu",
+        kernel_initializer: str = "glorot_uniform",
         residual_blocks: int = 2,
         latent_dim: int = 16,
         num_embeddings: int = 128,
@@ -70,6 +77,9 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         self.channels = channels
         self.base_filters = base_filters
         self.downsample = downsample
+        self.kernel_size = kernel_size
+        self.activation = activation
+        self.kernel_initializer = kernel_initializer
         self.residual_blocks = residual_blocks
         self.latent_dim = latent_dim
         self.num_embeddings = num_embeddings
@@ -84,20 +94,32 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         # === Layers ===
         stage_filters = [base_filters * 2**i for i in range(downsample)]
         top = stage_filters[-1]
+        init = kernel_initializer
         encoder_layers: list[keras.layers.Layer] = [
-            keras.layers.Conv2D(base_filters, 3, padding="same", activation="relu", name="stem")
+            keras.layers.Conv2D(
+                base_filters, 3, padding="same", kernel_initializer=init, name="stem"
+            ),
+            self._activation("stem_act"),
         ]
         for i, filters in enumerate(stage_filters):
-            encoder_layers.append(
+            encoder_layers += [
                 keras.layers.Conv2D(
-                    filters, 4, strides=2, padding="same", activation="relu", name=f"down_{i}"
-                )
-            )
-        encoder_layers.append(keras.layers.Conv2D(top, 3, padding="same", name="encoder_mix"))
-        encoder_layers += [ResidualBlock(top, name=f"res_{i}") for i in range(residual_blocks)]
+                    filters,
+                    kernel_size,
+                    strides=2,
+                    padding="same",
+                    kernel_initializer=init,
+                    name=f"down_{i}",
+                ),
+                self._activation(f"down_{i}_act"),
+            ]
+        encoder_layers.append(
+            keras.layers.Conv2D(top, 3, padding="same", kernel_initializer=init, name="encoder_mix")
+        )
+        encoder_layers += [self._residual(top, f"res_{i}") for i in range(residual_blocks)]
         encoder_layers += [
-            keras.layers.ReLU(name="encoder_relu"),
-            keras.layers.Conv2D(latent_dim, 1, name="to_latent"),
+            self._activation("encoder_relu"),
+            keras.layers.Conv2D(latent_dim, 1, kernel_initializer=init, name="to_latent"),
         ]
         self.encoder = keras.Sequential(
             [keras.Input((image_size, image_size, channels)), *encoder_layers], name="encoder"
@@ -115,19 +137,28 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         )
         self.quantizer.build((None, self.latent_size, self.latent_size, latent_dim))
         decoder_layers: list[keras.layers.Layer] = [
-            keras.layers.Conv2D(top, 3, padding="same", name="from_latent")
+            keras.layers.Conv2D(top, 3, padding="same", kernel_initializer=init, name="from_latent")
         ]
-        decoder_layers += [ResidualBlock(top, name=f"res_{i}") for i in range(residual_blocks)]
-        decoder_layers.append(keras.layers.ReLU(name="decoder_relu"))
-        for i, filters in reversed(list(enumerate(stage_filters))):
+        decoder_layers += [self._residual(top, f"res_{i}") for i in range(residual_blocks)]
+        decoder_layers.append(self._activation("decoder_relu"))
+        for i in reversed(range(len(stage_filters))):
             out = stage_filters[i - 1] if i > 0 else base_filters
-            del filters
-            decoder_layers.append(
+            decoder_layers += [
                 keras.layers.Conv2DTranspose(
-                    out, 4, strides=2, padding="same", activation="relu", name=f"up_{i}"
-                )
+                    out,
+                    kernel_size,
+                    strides=2,
+                    padding="same",
+                    kernel_initializer=init,
+                    name=f"up_{i}",
+                ),
+                self._activation(f"up_{i}_act"),
+            ]
+        decoder_layers.append(
+            keras.layers.Conv2D(
+                channels, 3, padding="same", kernel_initializer=init, name="to_image"
             )
-        decoder_layers.append(keras.layers.Conv2D(channels, 3, padding="same", name="to_image"))
+        )
         self.decoder = keras.Sequential(
             [keras.Input((self.latent_size, self.latent_size, latent_dim)), *decoder_layers],
             name="decoder",
@@ -139,6 +170,21 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         self.vq_tracker = keras.metrics.Mean(name="vq_loss")
         self.perplexity_tracker = keras.metrics.Mean(name="perplexity")
         self.usage_tracker = keras.metrics.Mean(name="codes_used")
+
+    # --- layers ---
+
+    def _activation(self, name: str) -> keras.layers.Layer:
+        if self.activation == "leaky_relu":
+            return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=name)
+        return keras.layers.ReLU(name=name)
+
+    def _residual(self, filters: int, name: str) -> ResidualBlock:
+        return ResidualBlock(
+            filters,
+            activation=self.activation,
+            kernel_initializer=self.kernel_initializer,
+            name=name,
+        )
 
     # --- inputs ---
 
@@ -228,6 +274,9 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
                 "channels": self.channels,
                 "base_filters": self.base_filters,
                 "downsample": self.downsample,
+                "kernel_size": self.kernel_size,
+                "activation": self.activation,
+                "kernel_initializer": self.kernel_initializer,
                 "residual_blocks": self.residual_blocks,
                 "latent_dim": self.latent_dim,
                 "num_embeddings": self.num_embeddings,

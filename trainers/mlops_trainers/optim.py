@@ -1,0 +1,100 @@
+"""The optimizer options every trainer gets from the runtime, with no code in the trainer.
+
+A trainer compiles its model with any Keras optimizer (all of ours: ``keras.optimizers.Adam``).
+Before the first step the runtime :func:`configure` s that optimizer from the trainer config's
+shared fields (:class:`~mlops_trainers.config_base.TrainerConfig`):
+
+* ``clipnorm``: the global gradient norm is clipped to it (Keras' ``global_clipnorm``: one norm
+  over all gradients, as torch's ``clip_grad_norm_``, not one per variable);
+* the gradient norm *before* clipping is recorded every step (``grad_norm`` in the step logs), so
+  a spike is visible as a gradient before it is a loss;
+* the learning rate of every step is set by the runtime from :func:`learning_rate` (warmup,
+  schedule, and the factors the spike guard and a plateau have applied), so it is a function of
+  the run's state only and a resumed run continues the same curve.
+
+The optimizer stays a plain Keras class, so ``model.keras`` loads without any of our code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mlops_trainers.config_base import TrainerConfig
+
+__all__ = ["configure", "gradient_norm", "learning_rate", "schedule_factor"]
+
+# Where the gradient-norm variable hangs on the optimizer (outside Keras' tracking: it is not
+# part of the optimizer's state, so checkpoints keep their layout).
+_NORM_ATTR = "_mlops_gradient_norm"
+
+
+def schedule_factor(config: TrainerConfig, step: int, total_steps: int, epoch: int) -> float:
+    """The schedule's multiplier of ``learning_rate`` at global step ``step`` (0-based, the step
+    about to run) of ``total_steps``, in epoch ``epoch`` (0-based). Plateau decays are applied
+    by the runtime (they depend on metrics), not here."""
+    schedule = config.schedule
+    warmup = 1.0
+    if schedule.warmup_steps:
+        warmup = min(1.0, (step + 1) / schedule.warmup_steps)
+    decay = 1.0
+    if schedule.kind == "cosine":
+        # From the first step after warmup (full rate) to the last one (the final fraction).
+        span = max(1, total_steps - schedule.warmup_steps - 1)
+        progress = min(1.0, max(0, step - schedule.warmup_steps) / span)
+        final = schedule.final_fraction
+        decay = final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule.kind == "step":
+        decay = schedule.factor ** (epoch // schedule.every_epochs)
+    return warmup * decay
+
+
+def learning_rate(
+    config: TrainerConfig, step: int, total_steps: int, epoch: int, scale: float = 1.0
+) -> float:
+    """The learning rate of global step ``step``: ``learning_rate`` x schedule x ``scale``
+    (the product of the spike guard's and the plateau's factors so far)."""
+    return config.learning_rate * schedule_factor(config, step, total_steps, epoch) * scale
+
+
+def _inner(optimizer: Any) -> Any:
+    # A LossScaleOptimizer (mixed precision) clips and applies through its inner optimizer.
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def configure(optimizer: Any, config: TrainerConfig) -> None:
+    """Apply ``clipnorm`` and record the gradient norm, on any Keras optimizer, before its first
+    step (the train function is traced on the first step and reads both then)."""
+    import keras
+    from keras import ops
+
+    target = _inner(optimizer)
+    if config.clipnorm is not None:
+        if target.clipnorm or target.clipvalue:
+            raise ValueError(
+                f"{type(target).__name__} was built with clipnorm/clipvalue; trainer.config."
+                "clipnorm clips the global norm instead: build the optimizer without them"
+            )
+        target.global_clipnorm = float(config.clipnorm)
+    if _NORM_ATTR in vars(target):
+        return
+    norm = keras.Variable(0.0, trainable=False, dtype="float32", name="gradient_norm")
+    # Set through __dict__, past Keras' attribute tracking: the norm is a log, not optimizer state.
+    vars(target)[_NORM_ATTR] = norm
+    clip = target._clip_gradients
+
+    def clip_and_record(grads: list[Any]) -> list[Any]:
+        # Keras 3 calls _clip_gradients once per update with the unscaled gradients, whatever the
+        # optimizer class (BaseOptimizer._backend_apply_gradients): the one place to see them all.
+        present = [ops.cast(g, "float32") for g in grads if g is not None]
+        if present:
+            norm.assign(ops.sqrt(sum(ops.sum(ops.square(g)) for g in present)))
+        return clip(grads)  # type: ignore[no-any-return]
+
+    vars(target)["_clip_gradients"] = clip_and_record
+
+
+def gradient_norm(optimizer: Any) -> float | None:
+    """The global gradient norm of the last step (before clipping), if :func:`configure` ran."""
+    norm = vars(_inner(optimizer)).get(_NORM_ATTR)
+    return None if norm is None else float(norm.numpy())
