@@ -39,11 +39,15 @@ class OperatorSettings:
         spot_tolerations = _env_json("MLOPS_SPOT_TOLERATIONS", list(base.spot_tolerations))
         extra_env = _env_json("MLOPS_TRAINER_ENV", {})
         pod_annotations = _env_json("MLOPS_POD_ANNOTATIONS", {})
+        node_selector = _env_json("MLOPS_TRAINER_NODE_SELECTOR", {})
+        tolerations = _env_json("MLOPS_TRAINER_TOLERATIONS", [])
         assert (
             isinstance(spot_selector, dict)
             and isinstance(spot_tolerations, list)
             and isinstance(extra_env, dict)
             and isinstance(pod_annotations, dict)
+            and isinstance(node_selector, dict)
+            and isinstance(tolerations, list)
         )
         render = RenderSettings(
             service_account=os.environ.get("MLOPS_TRAINER_SERVICE_ACCOUNT", base.service_account),
@@ -58,6 +62,8 @@ class OperatorSettings:
             gcs_secret=os.environ.get("MLOPS_GCS_SECRET") or None,
             extra_env=tuple(sorted((str(k), str(v)) for k, v in extra_env.items())),
             pod_annotations=tuple(sorted((str(k), str(v)) for k, v in pod_annotations.items())),
+            node_selector=tuple(sorted((str(k), str(v)) for k, v in node_selector.items())),
+            tolerations=tuple({str(k): str(v) for k, v in t.items()} for t in tolerations),
         )
         return cls(
             render=render,
