@@ -240,6 +240,13 @@ def workflow_status(
         (n.get("progress") for n in reversed(pods) if n.get("progress")), None
     ) or status.get("progress")
     message = status.get("message") or (pods[-1].get("message") if pods else "") or ""
+    if phase == "Failed":
+        # The trainer's own words (its summary's `error`, reported by Argo's executor) say what
+        # went wrong; Argo's message only says that it did ("retryStrategy.expression evaluated
+        # to false", "No more retries left").
+        error = next((e for n in reversed(pods) if (e := _summary(n).get("error"))), None)
+        if error:
+            message = f"{error} ({message})" if message else str(error)
     run = labels.get(LABEL_RUN_ID, "")
     reason = {
         "Queued": "Queued",

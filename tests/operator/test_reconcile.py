@@ -174,6 +174,41 @@ def test_preemptions_counted_and_summary_read() -> None:
     assert not is_preemption({"phase": "Succeeded", "message": "pod deleted"})
 
 
+def test_failed_run_says_what_the_trainer_said() -> None:
+    def pod(node_id: str, exit_code: str, error: str) -> dict[str, Any]:
+        summary = {"state": "failed", "error": error}
+        return {
+            "id": node_id,
+            "type": "Pod",
+            "phase": "Failed",
+            "message": f"main: Error (exit code {exit_code})",
+            "startedAt": node_id,
+            "outputs": {
+                "exitCode": exit_code,
+                "parameters": [{"name": "summary", "value": json.dumps(summary)}],
+            },
+        }
+
+    nodes = {
+        "1": pod("1", "1", "ImportError: Install s3fs to access S3"),
+        "2": pod("2", "2", "ImportError: Install s3fs to access S3 (app-error budget spent)"),
+        "r": {"id": "r", "type": "Retry", "phase": "Failed"},
+    }
+    wf = _wf("r", "Failed", nodes=nodes)
+    wf["status"]["message"] = "retryStrategy.expression evaluated to false"
+    status = workflow_status(wf, [])
+    assert status["phase"] == "Failed"
+    assert status["message"] == (
+        "ImportError: Install s3fs to access S3 (app-error budget spent)"
+        " (retryStrategy.expression evaluated to false)"
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == status["message"]
+    # A run that succeeded after an app error does not carry the old error.
+    nodes["3"] = {"id": "3", "type": "Pod", "phase": "Succeeded", "startedAt": "3"}
+    assert "s3fs" not in workflow_status(_wf("r", "Succeeded", nodes=nodes), [])["message"]
+
+
 def test_status_changed_ignores_timestamps_only() -> None:
     update = workflow_status(_wf("r", "Running"), [])
     current = {
