@@ -465,19 +465,21 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
 
     # What each trainer wrote when SIGTERM came: status.json says "preempted" from its exit
     # until the retry (Argo's 30 s backoff, then a pod start) resumes and rewrites it.
-    said: dict[str, dict[str, Any]] = {}
+    # The newest complete checkpoint then, by the trainer's own reader (only checkpoints whose
+    # manifest was written last count).
+    from mlops_trainers.checkpoints import CheckpointInfo, latest_checkpoint
+
+    said: dict[str, tuple[dict[str, Any], CheckpointInfo | None]] = {}
 
     def both_preempted() -> bool:
         for case in cases:
             if case.run.name not in said:
                 status = case.run.status_file()
                 if status and status["state"] == "preempted":
-                    said[case.run.name] = status
+                    said[case.run.name] = (status, latest_checkpoint(case.run.url()))
         return len(said) == len(cases)
 
     wait_for("both trainers to write their preempted status", both_preempted, timeout=90, every=1)
-
-    from mlops_trainers.checkpoints import latest_checkpoint
 
     for case in cases:
         run, follow = case.run, case.watch
@@ -490,12 +492,11 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert took < case.budget, f"{run.name}: {took:.1f}s of a {case.budget}s grace period"
         # The checkpoint the SIGTERM wrote: complete (the trainer's own reader lists it) and at
         # least as new as the periodic one seen before the deletion.
-        preempted = said[run.name]
+        preempted, newest = said[run.name]
         stopped_at = int(preempted["global_step"])
         assert stopped_at >= case.before["global_step"]
         assert preempted["latest_checkpoint"].endswith(f"step-{stopped_at:010d}")
-        newest = latest_checkpoint(run.url())
-        assert newest is not None and newest.step == stopped_at
+        assert newest is not None and newest.step == stopped_at, newest
 
         status = run.wait_phase("Succeeded", "Failed")
         assert status["phase"] == "Succeeded", run.diagnostics()
