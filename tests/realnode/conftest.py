@@ -6,6 +6,10 @@ The node and the images are built right after collection when a selected test us
 ``real_node`` (like the cluster binaries in ``tests/conftest.py``): outside every test's
 timeout, with progress on the terminal. A failure there makes the tests fail with the reason,
 never skip.
+
+The fixtures are module-scoped, not package-scoped: this folder has no ``__init__.py``, and
+pytest tears a "package" fixture of such a folder down only at the end of the session, which
+left the node and a cluster-wide operator running through the later suites.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def _lib_setting(name: str) -> str:
     ).stdout.strip()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def real_node(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[RealNode]:
     """The cluster's real node (``hack/cluster/node-up.sh``), with the operator, trainer, Argo
     executor and pause images in its containerd. Removed at the end if this fixture added it."""
@@ -146,7 +150,7 @@ def real_node(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[Real
             subprocess.run([str(HACK / "node-down.sh")], check=False, timeout=300)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def bucket(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
     """PyPI's gcp-storage-emulator on the node's address (the host, on the pods' bridge), one
     bucket; this process's gcsfs points at it too (``mlops_trainers.storage`` reads it)."""
@@ -203,7 +207,7 @@ def bucket(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Ite
             process.wait()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def release(
     cluster: Cluster, real_node: RealNode, bucket: Bucket, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Release]:
