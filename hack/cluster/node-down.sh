@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Removes the real node of node-up.sh, leaving nothing of it on the host: kubelet stops, every
-# pod's containers are killed through containerd's API (the shims then exit), containerd and the
-# `kubernetes` Service proxy stop (all by their recorded PIDs), the node's cgroups and its bridge
-# go, and $MLOPS_CLUSTER_DIR/node is removed. The Node object is deleted when the API server
-# still runs (down.sh calls this first). Safe to run when there is no node.
+# pod's containers are killed and removed through containerd's API (the shims then exit),
+# containerd and the `kubernetes` Service proxy stop (all by their recorded PIDs), the node's
+# cgroups and its bridge go, and $MLOPS_CLUSTER_DIR/node is removed. containerd's root, with the
+# imported images only, stays in the cache (NODE_CONTAINERD_ROOT) for this cluster's next node.
+# The Node object is deleted when the API server still runs (down.sh calls this first). Safe to
+# run when there is no node.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,18 +32,23 @@ stop_pid() {
   fi
 }
 
-# Every task (pod sandbox or container) of this node's containerd, killed and deleted.
+# Every task (pod sandbox or container) of this node's containerd, killed and deleted; then the
+# containers themselves (and their writable snapshots): containerd's root is kept in the cache
+# for the cluster's next node, with its images and nothing else.
 kill_tasks() {
   [[ -S "${NODE_SOCK}" ]] && pid_alive containerd || return 0
   local ids id deadline
   mapfile -t ids < <(ctr_ tasks ls -q 2>/dev/null || true)
-  ((${#ids[@]} == 0)) && return 0
-  log "killing ${#ids[@]} containers of ${NODE_NAME}"
-  for id in "${ids[@]}"; do ctr_ tasks kill --all --signal SIGKILL "${id}" >/dev/null 2>&1 || true; done
-  deadline=$((SECONDS + 30))
-  for id in "${ids[@]}"; do
-    until ctr_ tasks delete "${id}" >/dev/null 2>&1 || ((SECONDS >= deadline)); do sleep 0.3; done
-  done
+  if ((${#ids[@]} > 0)); then
+    log "killing ${#ids[@]} containers of ${NODE_NAME}"
+    for id in "${ids[@]}"; do ctr_ tasks kill --all --signal SIGKILL "${id}" >/dev/null 2>&1 || true; done
+    deadline=$((SECONDS + 30))
+    for id in "${ids[@]}"; do
+      until ctr_ tasks delete "${id}" >/dev/null 2>&1 || ((SECONDS >= deadline)); do sleep 0.3; done
+    done
+  fi
+  mapfile -t ids < <(ctr_ containers ls -q 2>/dev/null || true)
+  ((${#ids[@]} == 0)) || ctr_ containers rm "${ids[@]}" >/dev/null 2>&1 || true
 }
 
 # The shims (one per pod) belong to this node when they serve its containerd's socket; they exit

@@ -27,6 +27,10 @@ while read -r name ref; do
     ctr_ images ls -q "name==${ref}" | grep -qx "${ref}" ||
       die "${ref}: ctr imported the archive but no image of that name exists"
     log "${ref}: imported into ${NODE_NAME} in $((SECONDS - start)) s"
+    # Older builds of the same image go (containerd's root is kept across nodes); containerd
+    # garbage-collects the layers only they used.
+    mapfile -t older < <(ctr_ images ls -q | grep "^${ref%:*}:" | grep -vx "${ref}" || true)
+    ((${#older[@]} == 0)) || ctr_ images rm "${older[@]}" >/dev/null
   fi
   echo "${name} ${ref}"
 done <<<"${built}"

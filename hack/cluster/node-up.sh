@@ -125,11 +125,11 @@ make_cgroups() {
 
 write_containerd_config() {
   local pause="$1"
-  mkdir -p "${NODE_STATE}/containerd"
+  mkdir -p "${NODE_STATE}/containerd" "${NODE_CONTAINERD_ROOT}"
   cat >"${NODE_STATE}/containerd.toml" <<EOF
 # Debian's containerd 1.6 for the real node (config version 2 = containerd 1.x).
 version = 2
-root = "${NODE_STATE}/containerd/root"
+root = "${NODE_CONTAINERD_ROOT}"
 state = "${NODE_STATE}/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
@@ -282,6 +282,14 @@ main() {
     unshare --mount --propagation private -- "${CLUSTER_HACK_DIR}/node-ns.sh" "${NODE_STATE}" \
     containerd --config "${NODE_STATE}/containerd.toml" --log-level warn
   wait_for "containerd" 60 containerd ctr_ version
+  # Containers of an earlier node of this cluster that did not stop cleanly (its root is kept):
+  # their pods are gone; only the images may stay.
+  local stale
+  mapfile -t stale < <(ctr_ containers ls -q)
+  if ((${#stale[@]} > 0)); then
+    log "removing ${#stale[@]} containers left by an earlier node"
+    ctr_ containers rm "${stale[@]}" >/dev/null
+  fi
   load_images pause argoexec
   # kubelet joins containerd's mount namespace (the pods' volumes are mounted there). Its PATH
   # has no sbin: kubelet would otherwise find iptables and install its KUBE-FIREWALL rules
