@@ -44,6 +44,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -141,14 +142,10 @@ class Layer:
         with tmp.open("rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
-        meta = {
-            "mediaType": LAYER_MEDIA,
-            "digest": f"sha256:{h.hexdigest()}",
-            "size": tmp.stat().st_size,
-        }
+        size, digest = tmp.stat().st_size, f"sha256:{h.hexdigest()}"
         tmp.replace(self.path)
-        self.meta.write_text(json.dumps(meta))
-        log(f"layer {self.name}: {meta['size'] / 1e6:.1f} MB {meta['digest'][:19]}")
+        self.meta.write_text(json.dumps({"mediaType": LAYER_MEDIA, "digest": digest, "size": size}))
+        log(f"layer {self.name}: {size / 1e6:.1f} MB {digest[:19]}")
 
 
 @contextlib.contextmanager
@@ -187,7 +184,7 @@ def chroot_step(lowers: Sequence[Path], upper: Path, script: str, binds: dict[st
             f"exec chroot {merged} /usr/bin/env -i HOME=/root LANG=C.UTF-8 "
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
             "PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off /bin/bash -euo pipefail -c "
-            + shlex_quote(script)
+            + shlex.quote(script)
         )
         run(["unshare", "--mount", "--propagation", "private", "bash", "-c", "\n".join(lines)])
     # Files the step deleted show up as overlay whiteouts (0/0 character devices); a layer made
@@ -195,12 +192,6 @@ def chroot_step(lowers: Sequence[Path], upper: Path, script: str, binds: dict[st
     for path in upper.rglob("*"):
         if path.is_char_device() and os.stat(path, follow_symlinks=False).st_rdev == 0:
             raise RuntimeError(f"{path}: the step deleted a file of a lower layer")
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 # --- base ---
@@ -408,8 +399,8 @@ def build_deps(image: PythonImage) -> Layer:
         context.mkdir()
         shutil.copy(ROOT / "constraints.txt", context / "constraints.txt")
         upper = tmp / "upper"
-        first = " ".join(shlex_quote(r) for r in image.first)
-        rest = " ".join(shlex_quote(r) for r in requirements(image.extras))
+        first = " ".join(shlex.quote(r) for r in image.first)
+        rest = " ".join(shlex.quote(r) for r in requirements(image.extras))
         script = "python3 -m venv /opt/venv\n"
         if image.first:
             script += f"/opt/venv/bin/pip install -q -c /build/constraints.txt {first}\n"
