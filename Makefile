@@ -9,7 +9,7 @@ EXAMPLE ?= examples/vqvae.yaml
 OUTPUT ?= mlops-runs
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps setup demo test test-fast lint format generate golden cluster-up cluster-down e2e e2e-kind bench clean
+.PHONY: help system-deps setup demo test test-fast lint format generate golden cluster-up cluster-down e2e e2e-realnode e2e-kind bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ test: system-deps $(STAMP) lint ## set up, lint, then run every test (the e2e on
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: system-deps $(STAMP) ## the tests that need neither a cluster nor long training
-	$(BIN)/python -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not slow and not realnode" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .
@@ -56,14 +56,17 @@ generate: $(STAMP) ## regenerate the CRD, the README field tables and the chart'
 golden: $(STAMP) ## rewrite the golden workflow files (review the diff!)
 	MLOPS_REGEN_GOLDEN=1 $(BIN)/python -m pytest -q tests/workflows/test_render.py
 
-cluster-up: ## build (first time, cached) and start etcd, Kubernetes, Argo and kwok locally
+cluster-up: ## build (first time, cached) and start etcd, Kubernetes, Argo and kwok locally (MLOPS_REALNODE=1: and a real node)
 	hack/cluster/up.sh
 
 cluster-down: ## stop the local cluster started by cluster-up
 	hack/cluster/down.sh
 
-e2e: $(STAMP) ## only the end-to-end tests against the local cluster
+e2e: $(STAMP) ## only the end-to-end tests against the local cluster (kwok nodes: no image builds)
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+e2e-realnode: $(STAMP) ## only the tests on real pods (adds a real node to the local cluster; builds and loads the images)
+	$(BIN)/python -m pytest -m realnode $(PYTEST_ARGS)
 
 e2e-kind: $(STAMP) ## the same e2e tests on a kind cluster with Argo and kwok (needs Docker, kind, internet)
 	PYTEST_ARGS="$(PYTEST_ARGS)" hack/kind/e2e.sh

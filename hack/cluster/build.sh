@@ -9,6 +9,9 @@
 # checkout finds the old one and this script returns in well under a second.
 # Usage: hack/cluster/build.sh            (prints the bin folder on stdout when done)
 #        hack/cluster/build.sh --tools    (only kubectl and helm, seconds: the chart tests)
+#        hack/cluster/build.sh --node     (the real node's parts, see node-up.sh: kubelet and
+#                                          argoexec from Go modules; containerd, runc, the CNI
+#                                          plugins and socat from Debian; prints NODE_BIN_DIR)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -140,6 +143,71 @@ build_argo() {
   mv "${crd_tmp}" "${ARGO_BIN_DIR}/crds"
 }
 
+# The real node (node-up.sh). kubelet: the control plane's module, ~100 packages beyond what it
+# already compiled. argoexec: Argo's executor at the controller's version (its own module).
+build_node() {
+  [[ "${ARGOEXEC_VERSION}" == "${ARGO_VERSION}" ]] ||
+    die "modules/argoexec pins Argo ${ARGOEXEC_VERSION} but the controller is ${ARGO_VERSION}: bump both"
+  if [[ ! -x "${NODE_BIN_DIR}/kubelet" ]]; then
+    go_build "kubelet ${K8S_VERSION}" "${CLUSTER_HACK_DIR}/modules/k8s" "${NODE_BIN_DIR}" \
+      "$(k8s_ldflags)" k8s.io/kubernetes/cmd/kubelet
+  fi
+  if [[ ! -x "${ARGOEXEC_BIN_DIR}/argoexec" ]]; then
+    local mod
+    mod="$(argoexec_module)"
+    go_build "argoexec ${ARGO_VERSION}" "${mod}" "${ARGOEXEC_BIN_DIR}" \
+      "$(argo_ldflags)" github.com/argoproj/argo-workflows/v3/cmd/argoexec
+    rm -rf "${mod}"
+  fi
+}
+
+# In Argo's git repository workflow/executor/osspecific/signal_linux.go is a symlink to
+# signal_darwin.go; Go module zips leave symlinks out, so argoexec from the module proxy does not
+# compile for Linux ("undefined: Setpgid"). argoexec is therefore built from a copy of the module
+# with that one file restored as upstream has it (the same content), through a `replace` in a
+# scratch copy of modules/argoexec (go.sum unchanged: a directory replacement needs no sum).
+# Prints the scratch module's folder.
+argoexec_module() {
+  local src dst mod
+  src="$(cd "${CLUSTER_HACK_DIR}/modules/argoexec" && go mod download -json github.com/argoproj/argo-workflows/v3 |
+    awk -F'"' '$2 == "Dir" {print $4}')"
+  [[ -d "${src}" ]] || die "could not download github.com/argoproj/argo-workflows/v3 ${ARGO_VERSION}"
+  dst="${MLOPS_CACHE}/src/argo-workflows-${ARGO_VERSION}-linux"
+  if [[ ! -e "${dst}/.complete" ]]; then
+    rm -rf "${dst}" "${dst}.tmp"
+    mkdir -p "$(dirname "${dst}")"
+    cp -r "${src}" "${dst}.tmp"
+    chmod -R u+w "${dst}.tmp"
+    local osdir="${dst}.tmp/workflow/executor/osspecific"
+    [[ -e "${osdir}/signal_linux.go" ]] || cp "${osdir}/signal_darwin.go" "${osdir}/signal_linux.go"
+    touch "${dst}.tmp/.complete"
+    mv "${dst}.tmp" "${dst}"
+  fi
+  mod="$(mktemp -d "${MLOPS_CACHE}/src/argoexec-module.XXXXXX")"
+  cp "${CLUSTER_HACK_DIR}"/modules/argoexec/{go.mod,go.sum,tools.go} "${mod}/"
+  (cd "${mod}" && go mod edit -replace "github.com/argoproj/argo-workflows/v3=${dst}")
+  echo "${mod}"
+}
+
+# The real node's Debian packages (pinned by Debian's release): containerd 1.6 (kubelet 1.36 still
+# accepts a CRI without the RuntimeConfig call; 1.37 will not, then containerd 2.x from Go
+# modules is the path), runc, the CNI plugins (bridge, host-local, loopback), socat (the
+# `kubernetes` Service's proxy) and debootstrap (the images' base).
+NODE_PACKAGES=(containerd runc containernetworking-plugins socat debootstrap)
+ensure_node_packages() {
+  local missing=() pkg
+  for pkg in "${NODE_PACKAGES[@]}"; do
+    dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  [[ "$(id -u)" == 0 ]] || die "the real node needs root and the Debian packages: ${missing[*]}"
+  log "installing Debian packages: ${missing[*]}"
+  # -o DPkg::Lock::Timeout: wait for another apt (e.g. make system-deps) rather than fail.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 fetch_kubectl() {
   [[ -x "${KUBECTL_BIN_DIR}/kubectl" && -x "${KUBECTL_BIN_DIR}/helm" ]] && return 0
   local py tmp
@@ -195,6 +263,20 @@ main() {
     flock 9
     fetch_kubectl
     echo "${KUBECTL_BIN_DIR}"
+    return 0
+  fi
+  if [[ "${1:-}" == "--node" ]]; then
+    if [[ ! -x "${NODE_BIN_DIR}/kubelet" || ! -x "${ARGOEXEC_BIN_DIR}/argoexec" ]]; then
+      exec 9>"${MLOPS_CACHE}/build.lock"
+      flock 9
+      local start=${SECONDS}
+      ensure_go
+      go_env
+      build_node
+      log "real node binaries ready in $((SECONDS - start)) s: ${NODE_BIN_DIR} ${ARGOEXEC_BIN_DIR}"
+    fi
+    ensure_node_packages
+    echo "${NODE_BIN_DIR}"
     return 0
   fi
   # Fast path: everything is there (up.sh calls us every time).

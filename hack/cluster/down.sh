@@ -70,6 +70,8 @@ main() {
   # Clients of the API server first, so that none of them logs a storm of connection errors;
   # then the API server, then etcd, which must outlive the API server's last writes.
   local failed=0
+  # The real node first (node-up.sh), while the API server can still delete its Node object.
+  "${CLUSTER_HACK_DIR}/node-down.sh" || failed=1
   stop workflow-controller kwok kube-scheduler kube-controller-manager || failed=1
   stop kube-apiserver || failed=1
   stop etcd || failed=1

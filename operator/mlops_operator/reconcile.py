@@ -756,7 +756,9 @@ def _from_workflow(
                     "PreemptionBudgetExhausted" if name == "preemption" else "ErrorBudgetExhausted"
                 )
                 what = "preemptions" if name == "preemption" else "app errors"
-                last = workflow.attempts[-1].message if workflow.attempts else ""
+                # The trainer's own words first: Argo's message only gives the exit code.
+                said = workflow.summary.error if workflow.summary else None
+                last = said or (workflow.attempts[-1].message if workflow.attempts else "")
                 message = (
                     f"{used} {what}, over the budget spec.retries.{name} = {budget}: the run "
                     f"is stopped" + (f" (last: {last})" if last else "")

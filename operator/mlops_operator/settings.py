@@ -60,12 +60,16 @@ class OperatorSettings:
         extra_env = _env_json("MLOPS_TRAINER_ENV", {})
         pod_annotations = _env_json("MLOPS_POD_ANNOTATIONS", {})
         sa_annotations = _env_json("MLOPS_TRAINER_SA_ANNOTATIONS", {})
+        node_selector = _env_json("MLOPS_TRAINER_NODE_SELECTOR", {})
+        tolerations = _env_json("MLOPS_TRAINER_TOLERATIONS", [])
         assert (
             isinstance(spot_selector, dict)
             and isinstance(spot_tolerations, list)
             and isinstance(extra_env, dict)
             and isinstance(pod_annotations, dict)
             and isinstance(sa_annotations, dict)
+            and isinstance(node_selector, dict)
+            and isinstance(tolerations, list)
         )
         render = RenderSettings(
             service_account=os.environ.get("MLOPS_TRAINER_SERVICE_ACCOUNT", base.service_account),
@@ -89,6 +93,8 @@ class OperatorSettings:
             ttl_after_failure_s=int(
                 os.environ.get("MLOPS_WORKFLOW_TTL_FAILURE_S", base.ttl_after_failure_s)
             ),
+            node_selector=tuple(sorted((str(k), str(v)) for k, v in node_selector.items())),
+            tolerations=tuple({str(k): str(v) for k, v in t.items()} for t in tolerations),
         )
         return cls(
             render=render,

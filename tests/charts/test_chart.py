@@ -167,6 +167,29 @@ def test_gcs_secret_is_passed_by_name_only(helm: str) -> None:
     assert env["MLOPS_GCS_SECRET"] == "gcs-trainer-key"
 
 
+def test_trainer_placement_reaches_the_operator(helm: str, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "nodeSelector": {"pool": "training"},
+                    "tolerations": [{"key": "pool", "operator": "Exists", "effect": "NoSchedule"}],
+                }
+            }
+        )
+    )
+    deploy = next(d for d in _template(helm, values) if d["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert json.loads(env["MLOPS_TRAINER_NODE_SELECTOR"]) == {"pool": "training"}
+    assert json.loads(env["MLOPS_TRAINER_TOLERATIONS"]) == [
+        {"key": "pool", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
 def test_chart_readme_values_table_is_current() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "hack" / "chart_docs.py"), "--check"],

@@ -250,7 +250,12 @@ def test_operator_with_only_its_service_account_token_reconciles(
                 timeout=180,
             )
             assert status["phase"] == "Succeeded", (status, operator.log_tail())
-            assert {"RunSubmitted", "Succeeded"} <= env.events("rbac-run")
+            # kopf posts events from a background task: the last one may trail the status.
+            wait_for(
+                "the run's events",
+                lambda: {"RunSubmitted", "Succeeded"} <= env.events("rbac-run"),
+                timeout=30,
+            )
             # Nothing refused, not even kopf's optional discovery of namespaces and CRDs (with
             # namespaced RBAC the chart turns that off; kopf would retry the 403s for a minute).
             log = operator.log.read_text()

@@ -125,6 +125,33 @@ def test_on_demand_cpu_run_has_no_spot_or_gpu() -> None:
     assert "nvidia.com/gpu" not in template["container"]["resources"]["limits"]
 
 
+def test_cluster_wide_placement_adds_to_spot_and_gpu() -> None:
+    settings = RenderSettings(
+        node_selector=(("pool", "training"),),
+        tolerations=(
+            {"key": "pool", "operator": "Equal", "value": "training", "effect": "NoSchedule"},
+        ),
+    )
+    template = render(
+        parse_manifest(_manifest(resources={"gpu": {"count": 1, "type": "nvidia-l4"}})), settings
+    ).workflow["spec"]["templates"][0]
+    assert template["nodeSelector"] == {
+        "pool": "training",
+        "cloud.google.com/gke-spot": "true",
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+    }
+    assert [t["key"] for t in template["tolerations"]] == [
+        "pool",
+        "cloud.google.com/gke-spot",
+        "nvidia.com/gpu",
+    ]
+    on_demand = render(
+        parse_manifest(_manifest(spot=False, resources={"gpu": {"count": 0}})), settings
+    ).workflow["spec"]["templates"][0]
+    assert on_demand["nodeSelector"] == {"pool": "training"}
+    assert [t["key"] for t in on_demand["tolerations"]] == ["pool"]
+
+
 def test_retry_strategy_separates_preemptions_from_app_errors() -> None:
     template = render(parse_manifest(_manifest(retries={"preemption": 7, "error": 2}))).workflow[
         "spec"

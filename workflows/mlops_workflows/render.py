@@ -94,6 +94,10 @@ class RenderSettings:
     # Annotations on every trainer pod (e.g. cluster-autoscaler's safe-to-evict, or kwok's stage
     # delays in the e2e tests); never anything from a manifest.
     pod_annotations: tuple[tuple[str, str], ...] = ()
+    # Placement of every trainer pod (a platform's dedicated node pool, or the e2e tests' real
+    # node), on top of what the spec's spot/GPU settings add; never anything from a manifest.
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,8 @@ def _resources(obj: MLOps, settings: RenderSettings) -> m.ResourceRequirements:
 def _placement(
     obj: MLOps, settings: RenderSettings, *, on_demand: bool = False
 ) -> tuple[dict[str, str], list[m.Toleration]]:
-    selector: dict[str, str] = {}
-    tolerations: list[m.Toleration] = []
+    selector: dict[str, str] = dict(settings.node_selector)
+    tolerations: list[m.Toleration] = [m.Toleration(**t) for t in settings.tolerations]
     if obj.spec.spot and not on_demand:
         selector.update(settings.spot_node_selector)
         tolerations.extend(m.Toleration(**t) for t in settings.spot_tolerations)

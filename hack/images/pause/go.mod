@@ -1,0 +1,3 @@
+module mlops-operator/hack/images/pause
+
+go 1.21

@@ -1,0 +1,648 @@
+"""The whole path a user's first `helm install` + `kubectl apply` takes, on real pods.
+
+Unlike the kwok suites, every pod here really runs on the local cluster's real node (kubelet +
+containerd + runc, ``hack/cluster/node-up.sh``): the operator as the chart's Deployment, from the
+operator image built from this checkout; the trainer image under Argo's executor (argoexec built
+from the controller's Argo module), with the security context the renderer writes; output in a
+GCS emulator the pods reach. Nothing is faked: preemption is a pod deletion (SIGTERM through
+Argo's emissary to the trainer), an app error is the trainer's own failure.
+
+The runs are the example manifest (examples/vqvae.yaml), made small (a few dozen steps of a
+32 px VQ-VAE) so that a run takes well under a minute of training on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from cluster import ROOT, Cluster
+from kubernetes import client, watch
+from mlops_trainers import storage
+from operator_harness import ARGO, GROUP, PLURAL, VERSION, wait_for
+from realnode_support import Bucket, RealNode, Release
+
+pytestmark = pytest.mark.realnode
+
+EXAMPLE = ROOT / "examples" / "vqvae.yaml"
+# A trainer pod starts in ~20-40 s here (TensorFlow's import, the bundled sample's PNGs) and a
+# tiny run trains for ~20-60 s; Argo waits 30 s (the rendered backoff) before each retry.
+RUN_TIMEOUT_S = 420.0
+
+
+# === Helpers ===
+
+
+@dataclass
+class Run:
+    """One MLOps object applied with kubectl, and what it left."""
+
+    name: str
+    namespace: str
+    cluster: Cluster
+    bucket: Bucket
+
+    def obj(self) -> dict[str, Any]:
+        with self.cluster.api_client() as api:
+            out: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.obj().get("status") or {}
+        return status
+
+    def wait_phase(self, *phases: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            status = self.status()
+            return status if status.get("phase") in phases else None
+
+        try:
+            return wait_for(f"{self.name} to be {'/'.join(phases)}", done, timeout=timeout, every=2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnostics()}") from None
+
+    @property
+    def run_id(self) -> str:
+        return str(self.status()["runId"])
+
+    def url(self, *parts: str) -> str:
+        return storage.join(self.bucket.url, "runs", self.run_id, *parts)
+
+    def workflows(self) -> list[dict[str, Any]]:
+        with self.cluster.api_client() as api:
+            items: list[dict[str, Any]] = client.CustomObjectsApi(
+                api
+            ).list_namespaced_custom_object(
+                *ARGO, self.namespace, "workflows", label_selector=f"mlops.dev/name={self.name}"
+            )["items"]
+        return items
+
+    def workflow(self) -> dict[str, Any]:
+        (wf,) = self.workflows()
+        return wf
+
+    def pod_nodes(self) -> list[dict[str, Any]]:
+        nodes = (self.workflow().get("status") or {}).get("nodes") or {}
+        pods = [n for n in nodes.values() if n.get("type") == "Pod"]
+        return sorted(pods, key=lambda n: n.get("startedAt") or "")
+
+    def pods(self) -> list[client.V1Pod]:
+        with self.cluster.api_client() as api:
+            pods: list[client.V1Pod] = (
+                client.CoreV1Api(api)
+                .list_namespaced_pod(self.namespace, label_selector=f"mlops.dev/name={self.name}")
+                .items
+            )
+        return pods
+
+    def running_pod(self) -> client.V1Pod | None:
+        for pod in self.pods():
+            statuses = {c.name: c for c in pod.status.container_statuses or []}
+            main = statuses.get("main")
+            if pod.metadata.deletion_timestamp is None and main and main.state.running:
+                return pod
+        return None
+
+    def status_file(self) -> dict[str, Any] | None:
+        """The trainer's status.json (rewritten at each checkpoint), once the run has an id."""
+        if "runId" not in self.status():
+            return None
+        try:
+            value: dict[str, Any] = storage.read_json(self.url("status.json"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return value
+
+    def diagnostics(self) -> str:
+        parts = [f"status: {json.dumps(self.status(), indent=1)[:3000]}"]
+        for wf in self.workflows():
+            nodes = (wf.get("status") or {}).get("nodes") or {}
+            parts.append(
+                "workflow nodes: "
+                + json.dumps(
+                    [
+                        {k: n.get(k) for k in ("type", "phase", "message", "outputs")}
+                        for n in nodes.values()
+                    ],
+                    indent=1,
+                )[:4000]
+            )
+        for pod in self.pods():
+            parts.append(f"pod {pod.metadata.name}: {pod.status.phase} {pod.status.message}")
+            logs = self.cluster.kubectl(
+                "logs",
+                pod.metadata.name,
+                "-c",
+                "main",
+                f"-n={self.namespace}",
+                "--tail=30",
+                check=False,
+            )
+            parts.append(logs.stdout[-3000:] + logs.stderr[-500:])
+        return "\n".join(parts)
+
+
+def apply_example(
+    cluster: Cluster,
+    release: Release,
+    bucket: Bucket,
+    name: str,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    checkpoint_every: int,
+    **spec: Any,
+) -> Run:
+    """examples/vqvae.yaml, made small and pointed at the emulator, `kubectl apply`d."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["trainer"]["config"].update(steps_per_epoch=steps_per_epoch, reconstructions=4)
+    doc["spec"].update(
+        output=f"{bucket.url}/runs",
+        epochs=epochs,
+        checkpointEvery=checkpoint_every,
+        # The real node: 2 CPUs, no GPU, not a spot node. Requests small enough for the few
+        # runs that overlap (a trainer run's real use is ~1 GB and whatever CPU is free).
+        resources={"cpu": "250m", "memory": "2Gi", "gpu": {"count": 0}},
+        spot=False,
+        **spec,
+    )
+    applied = cluster.kubectl(
+        "apply", f"--namespace={release.namespace}", "-f", "-", input=yaml.safe_dump(doc)
+    )
+    assert f"mlops.mlops.dev/{name} created" in applied.stdout
+    return Run(name, release.namespace, cluster, bucket)
+
+
+def exec_python(cluster: Cluster, namespace: str, pod: str, container: str, code: str) -> Any:
+    """Run Python in a running container (kubectl exec through the API server and kubelet)."""
+    out = cluster.kubectl(
+        "exec",
+        pod,
+        "-c",
+        container,
+        f"--namespace={namespace}",
+        "--",
+        "python",
+        "-c",
+        code,
+        timeout=60,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# What a process sees of its own privileges, from inside the pod.
+PRIVILEGES = """
+import json, os
+caps = {l.split(":")[0]: int(l.split()[1], 16) for l in open("/proc/self/status") if l.startswith("Cap")}
+try:
+    open("/probe", "w")
+    root_writable = True
+except OSError:
+    root_writable = False
+nnp = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]
+seccomp = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")][0]
+print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "caps": caps,
+                  "root_writable": root_writable, "no_new_privs": nnp, "seccomp": seccomp}))
+"""
+
+
+def assert_unprivileged(seen: dict[str, Any]) -> None:
+    assert seen["uid"] == 1000 and seen["gid"] == 1000, seen
+    assert seen["caps"]["CapEff"] == 0 and seen["caps"]["CapPrm"] == 0, seen  # drop: [ALL]
+    assert seen["caps"]["CapBnd"] == 0, seen
+    assert seen["root_writable"] is False, seen  # readOnlyRootFilesystem
+    assert seen["no_new_privs"] == "1", seen  # allowPrivilegeEscalation: false
+    assert seen["seccomp"] == "2", seen  # seccompProfile RuntimeDefault (filter mode)
+
+
+def read_metrics(run: Run) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(storage.read_text(run.url("metrics.csv")))))
+
+
+class PodWatch:
+    """Follows one pod until it is gone, keeping every state it was seen in."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
+        self.seen: list[client.V1Pod] = []
+        self.gone = threading.Event()
+        self._api = cluster.api_client()
+        self._thread = threading.Thread(target=self._run, args=(namespace, name), daemon=True)
+        self._thread.start()
+
+    def _run(self, namespace: str, name: str) -> None:
+        core = client.CoreV1Api(self._api)
+        w = watch.Watch()
+        try:
+            for event in w.stream(
+                core.list_namespaced_pod,
+                namespace,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=300,
+            ):
+                self.seen.append(event["object"])
+                if event["type"] == "DELETED":
+                    break
+        finally:
+            self.gone.set()
+            self._api.close()
+
+    def main_terminated(self) -> client.V1ContainerStateTerminated | None:
+        for pod in reversed(self.seen):
+            for status in pod.status.container_statuses or []:
+                if status.name == "main" and status.state.terminated:
+                    return status.state.terminated
+        return None
+
+
+# === Tests ===
+
+
+def test_operator_is_the_charts_deployment_pod(
+    cluster: Cluster, real_node: RealNode, release: Release
+) -> None:
+    """The operator runs as the chart deploys it: a Deployment pod on the real node, its image
+    built from this checkout, live (kopf's liveness endpoint), unprivileged as the chart says."""
+    with cluster.api_client() as api:
+        (pod,) = (
+            client.CoreV1Api(api)
+            .list_namespaced_pod(
+                release.namespace, label_selector=f"app.kubernetes.io/instance={release.name}"
+            )
+            .items
+        )
+    assert pod.spec.node_name == real_node.name
+    (container,) = pod.status.container_statuses
+    assert container.ready and container.state.running, container
+    assert container.image == real_node.images["operator"]
+    assert container.restart_count == 0, cluster.kubectl(
+        "logs", pod.metadata.name, f"-n={release.namespace}", "--previous", check=False
+    ).stdout[-3000:]
+    assert_unprivileged(
+        exec_python(cluster, release.namespace, pod.metadata.name, "operator", PRIVILEGES)
+    )
+    # Its startup handler ran and it logged in with the ServiceAccount token, in-cluster (the
+    # `kubernetes` Service's ClusterIP, as on any cluster).
+    wait_for(
+        "the operator's startup log",
+        lambda: (
+            "Initial authentication has finished"
+            in cluster.kubectl("logs", pod.metadata.name, f"-n={release.namespace}").stdout
+        ),
+        timeout=60,
+    )
+    logs = cluster.kubectl("logs", pod.metadata.name, f"-n={release.namespace}").stdout
+    assert "mlops-operator started" in logs
+
+
+@dataclass
+class Trained:
+    run: Run
+    status: dict[str, Any]
+    workflow: dict[str, Any]
+    pod_name: str
+
+
+@pytest.fixture(scope="module")
+def trained(cluster: Cluster, release: Release, bucket: Bucket) -> Iterator[Trained]:
+    """The example, applied with kubectl and trained to the end on a real pod."""
+    run = apply_example(
+        cluster,
+        release,
+        bucket,
+        f"vqvae-{uuid.uuid4().hex[:4]}",
+        steps_per_epoch=8,
+        epochs=2,
+        checkpoint_every=3,
+    )
+    status = run.wait_phase("Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", run.diagnostics()
+    wf = run.workflow()
+    (node,) = [n for n in wf["status"]["nodes"].values() if n["type"] == "Pod"]
+    yield Trained(run, status, wf, node["id"])
+
+
+def test_example_trains_on_a_real_pod_to_succeeded(trained: Trained, real_node: RealNode) -> None:
+    run, status = trained.run, trained.status
+    (node,) = [n for n in trained.workflow["status"]["nodes"].values() if n["type"] == "Pod"]
+    assert node["hostNodeName"] == real_node.name
+    assert node["outputs"]["exitCode"] == "0"
+    # The summary output parameter, really reported by Argo's executor (wait container) from
+    # the file the trainer wrote in its pod.
+    (param,) = [p for p in node["outputs"]["parameters"] if p["name"] == "summary"]
+    summary = json.loads(param["value"])
+    assert summary["state"] == "succeeded" and summary["run_id"] == run.run_id
+    record = storage.read_json(run.url("run.json"))
+    assert record["state"] == "succeeded" and record["image"] == real_node.images["trainer"]
+    # The status is the run's: metrics, latest checkpoint, progress.
+    assert status["metrics"] == pytest.approx(record["final_metrics"])
+    assert status["metrics"] == pytest.approx(summary["metrics"])
+    assert status["latestCheckpoint"] == record["latest_checkpoint"] == summary["latest_checkpoint"]
+    assert status["latestCheckpoint"].startswith(run.url("checkpoints") + "/")
+    assert status["progress"] == "16/16", status
+    assert status["preemptions"] == 0
+
+
+def test_run_artifacts_are_in_the_bucket(trained: Trained) -> None:
+    run = trained.run
+    names = set(storage.list_dir(run.url()))
+    assert {"checkpoints", "reconstructions", "tb", "metrics.csv", "run.json"} <= names, names
+    checkpoint = trained.status["latestCheckpoint"]
+    assert storage.list_dir(checkpoint), checkpoint
+    pngs = storage.list_dir(run.url("reconstructions"))
+    assert pngs == ["epoch-0001.png", "epoch-0002.png"], pngs
+    assert storage.read_bytes(run.url("reconstructions", pngs[-1]))[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["global_step"]) for r in rows] == [8, 16]
+    events = [n for n in storage.list_dir(run.url("tb")) if "tfevents" in n]
+    assert events, storage.list_dir(run.url("tb"))
+    assert storage.read_json(run.url("run.json"))["global_step"] == 16
+
+
+def _trainer_writes_its_log() -> bool:
+    """Whether the trainer of this checkout writes <output>/<runId>/logs/attempt-N.log (another
+    change of issue 12 adds it to the runtime)."""
+    runtime = (ROOT / "trainers" / "mlops_trainers" / "runtime.py").read_text()
+    return "LOGS_DIR" in runtime
+
+
+@pytest.mark.xfail(
+    not _trainer_writes_its_log(),
+    reason="the trainer does not write logs/attempt-N.log yet (issue 12, part 4, trainer side)",
+    strict=True,
+)
+def test_trainer_log_outlives_its_pod(cluster: Cluster, trained: Trained) -> None:
+    """podGC OnPodSuccess deletes the pod, and with it `kubectl logs`; the log is in the bucket."""
+    run = trained.run
+    wait_for(
+        "the succeeded pod to be garbage-collected",
+        lambda: not [p for p in run.pods() if p.metadata.name == trained.pod_name],
+        timeout=120,
+    )
+    gone = cluster.kubectl(
+        "logs", trained.pod_name, "-c", "main", f"-n={run.namespace}", check=False
+    )
+    assert gone.returncode != 0
+    assert "attempt-1.log" in storage.list_dir(run.url("logs"))
+    text = storage.read_text(run.url("logs", "attempt-1.log"))
+    assert run.run_id in text and "done" in text, text[-2000:]
+
+
+@dataclass
+class Preemption:
+    """One trainer pod deleted mid-epoch, and what was seen of its end."""
+
+    run: Run
+    grace: int | None  # --grace-period of the deletion; None: the pod's own (Kubernetes' 30 s)
+    before: dict[str, Any]  # the trainer's status.json seen just before the deletion
+    pod: client.V1Pod | None = None
+    watch: PodWatch | None = None
+    deleted_at: float = 0.0
+
+    @property
+    def budget(self) -> int:
+        return self.grace or 30
+
+
+def test_deleted_pods_checkpoint_and_the_retries_resume(
+    cluster: Cluster, release: Release, bucket: Bucket, real_node: RealNode
+) -> None:
+    """Spot preemptions for real, with the pod's default grace period and with GKE Spot's 15 s:
+    each trainer pod is deleted mid-epoch; kubelet's SIGTERM goes through Argo's emissary to the
+    trainer, which writes a complete checkpoint within the grace period and exits 143; Argo
+    retries; the new pod resumes from that checkpoint, and at most one checkpoint interval of
+    steps is lost. (Both runs at once: their pod starts and Argo's 30 s retry backoff overlap.)"""
+    checkpoint_every = 10
+    suffix = uuid.uuid4().hex[:4]
+    cases = [
+        Preemption(
+            apply_example(
+                cluster,
+                release,
+                bucket,
+                f"spot-{grace or 'default'}-{suffix}",
+                steps_per_epoch=40,
+                epochs=2,
+                checkpoint_every=checkpoint_every,
+                retries={"preemption": 3, "error": 0},
+            ),
+            grace,
+            {},
+        )
+        for grace in (None, 15)
+    ]
+    for case in cases:
+        run = case.run
+        # Mid-epoch: after the first periodic checkpoint of epoch 1 (step 10 of 40).
+        case.before = wait_for(
+            f"{run.name}'s first periodic checkpoint",
+            lambda run=run: (s := run.status_file()) and s["global_step"] >= checkpoint_every and s,
+            timeout=RUN_TIMEOUT_S,
+            every=1,
+        )
+        case.pod = run.running_pod()
+        assert case.pod is not None, run.diagnostics()
+        assert case.pod.spec.node_name == real_node.name
+        assert case.pod.spec.termination_grace_period_seconds == 30  # Kubernetes' default
+        case.watch = PodWatch(cluster, run.namespace, case.pod.metadata.name)
+        args = ["delete", "pod", case.pod.metadata.name, f"--namespace={run.namespace}"]
+        if case.grace is not None:
+            args.append(f"--grace-period={case.grace}")
+        case.deleted_at = time.time()
+        cluster.kubectl(*args, "--wait=false")
+
+    # What each trainer wrote when SIGTERM came: status.json says "preempted" from its exit
+    # until the retry (Argo's 30 s backoff, then a pod start) resumes and rewrites it.
+    # The newest complete checkpoint then, by the trainer's own reader (only checkpoints whose
+    # manifest was written last count).
+    from mlops_trainers.checkpoints import CheckpointInfo, latest_checkpoint
+
+    said: dict[str, tuple[dict[str, Any], CheckpointInfo | None]] = {}
+
+    def both_preempted() -> bool:
+        for case in cases:
+            if case.run.name not in said:
+                status = case.run.status_file()
+                if status and status["state"] == "preempted":
+                    said[case.run.name] = (status, latest_checkpoint(case.run.url()))
+        return len(said) == len(cases)
+
+    wait_for("both trainers to write their preempted status", both_preempted, timeout=90, every=1)
+
+    for case in cases:
+        run, follow = case.run, case.watch
+        assert follow is not None
+        assert follow.gone.wait(case.budget + 60), f"{run.name}: the pod was not gone in time"
+        terminated = follow.main_terminated()
+        assert terminated is not None, [p.status for p in follow.seen[-2:]]
+        assert terminated.exit_code == 143, terminated  # the trainer's "preempted, checkpointed"
+        took = terminated.finished_at.timestamp() - case.deleted_at
+        assert took < case.budget, f"{run.name}: {took:.1f}s of a {case.budget}s grace period"
+        # The checkpoint the SIGTERM wrote: complete (the trainer's own reader lists it) and at
+        # least as new as the periodic one seen before the deletion.
+        preempted, newest = said[run.name]
+        stopped_at = int(preempted["global_step"])
+        assert stopped_at >= case.before["global_step"]
+        assert preempted["latest_checkpoint"].endswith(f"step-{stopped_at:010d}")
+        assert newest is not None and newest.step == stopped_at, newest
+
+        status = run.wait_phase("Succeeded", "Failed")
+        assert status["phase"] == "Succeeded", run.diagnostics()
+        assert status["preemptions"] == 1, status
+        first, second = run.pod_nodes()
+        assert first["phase"] in ("Failed", "Error"), first
+        assert second["phase"] == "Succeeded" and second["hostNodeName"] == real_node.name
+        record = storage.read_json(run.url("run.json"))
+        assert record["attempt"] == 2
+        # The retry resumed from exactly that checkpoint: the steps lost are those the first pod
+        # did after it, at most one checkpoint interval (none: SIGTERM checkpointed at once).
+        assert record["resumed_from"]["step"] == stopped_at, record["resumed_from"]
+        assert record["resumed_from"]["checkpoint"] == preempted["latest_checkpoint"]
+        assert 0 <= stopped_at - int(record["resumed_from"]["step"]) <= checkpoint_every
+        assert record["global_step"] == 80
+        rows = read_metrics(run)
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert [int(r["global_step"]) for r in rows] == [40, 80]
+        assert storage.read_json(run.url("attempts.json"))["attempts"] == 2
+
+
+def test_operator_pod_killed_mid_run(
+    cluster: Cluster, release: Release, bucket: Bucket, real_node: RealNode
+) -> None:
+    """The operator's pod is deleted while a run trains; the Deployment starts another, which
+    picks the run up: status catches up, nothing is created twice. The trainer pod is checked
+    from inside meanwhile: non-root, read-only root, no capabilities, and still training."""
+    run = apply_example(
+        cluster,
+        release,
+        bucket,
+        f"opkill-{uuid.uuid4().hex[:4]}",
+        steps_per_epoch=30,
+        epochs=2,
+        checkpoint_every=10,
+    )
+    run.wait_phase("Running")
+    trainer = wait_for("a running trainer pod", run.running_pod, timeout=RUN_TIMEOUT_S)
+    assert_unprivileged(
+        exec_python(cluster, run.namespace, trainer.metadata.name, "main", PRIVILEGES)
+    )
+    # The rendered security context, as the API server holds it, is what was just observed.
+    (main,) = [c for c in trainer.spec.containers if c.name == "main"]
+    assert main.security_context.read_only_root_filesystem is True
+    assert main.security_context.capabilities.drop == ["ALL"]
+    run_id = run.run_id
+
+    selector = f"app.kubernetes.io/instance={release.name}"
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        (old,) = core.list_namespaced_pod(release.namespace, label_selector=selector).items
+        core.delete_namespaced_pod(old.metadata.name, release.namespace)
+
+        def new_operator_ready() -> client.V1Pod | None:
+            for pod in core.list_namespaced_pod(release.namespace, label_selector=selector).items:
+                statuses = pod.status.container_statuses or []
+                if pod.metadata.name != old.metadata.name and statuses and statuses[0].ready:
+                    return pod
+            return None
+
+        new = wait_for("the Deployment's new operator pod", new_operator_ready, timeout=180)
+    assert new.spec.node_name == real_node.name
+    # While the operator was away the trainer went on: its pod is the same one.
+    status = run.wait_phase("Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", run.diagnostics()
+    assert status["runId"] == run_id and status["preemptions"] == 0
+    assert status["progress"] == "60/60"
+    assert len(run.workflows()) == 1
+    (node,) = run.pod_nodes()  # one pod, the one that was checked: no retry, no second run
+    assert node["phase"] == "Succeeded" and node["hostNodeName"] == real_node.name
+    with cluster.api_client() as api:
+        maps = (
+            client.CoreV1Api(api)
+            .list_namespaced_config_map(run.namespace, label_selector=f"mlops.dev/name={run.name}")
+            .items
+        )
+        events = (
+            client.CoreV1Api(api)
+            .list_namespaced_event(run.namespace, field_selector=f"involvedObject.name={run.name}")
+            .items
+        )
+    assert len(maps) == 1
+    submitted = [e for e in events if e.reason == "RunSubmitted"]
+    assert sum(e.count or 1 for e in submitted) == 1, [(e.reason, e.count) for e in events]
+    assert storage.read_json(run.url("attempts.json"))["attempts"] == 1
+
+
+@dataclass
+class Broken:
+    no_driver: Run
+    missing: Run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def broken(cluster: Cluster, release: Release, bucket: Bucket) -> Broken:
+    """Two broken manifests, applied first so that they fail in the background while the other
+    tests run (their pod starts and Argo's 30 s retry backoff overlap the rest on 2 cores)."""
+    suffix = uuid.uuid4().hex[:4]
+    common: dict[str, Any] = {
+        "steps_per_epoch": 4,
+        "epochs": 1,
+        "checkpoint_every": 2,
+        "retries": {"preemption": 3, "error": 1},
+    }
+    return Broken(
+        no_driver=apply_example(
+            cluster,
+            release,
+            bucket,
+            f"nodriver-{suffix}",
+            data="s3://no-such-bucket/frames/",
+            **common,
+        ),
+        missing=apply_example(
+            cluster,
+            release,
+            bucket,
+            f"missing-{suffix}",
+            data=f"{bucket.url}/no-such-folder/",
+            **common,
+        ),
+    )
+
+
+def test_app_errors_fail_with_the_trainers_message(broken: Broken) -> None:
+    """Data behind a protocol the trainer image has no driver for is an app error: retried
+    exactly `retries.error` times (the trainer keeps that budget itself), then Failed. Data that
+    does not exist is the user's to fix: never retried. Both end with the trainer's own message
+    in status."""
+    for run in (broken.no_driver, broken.missing):
+        status = run.wait_phase("Succeeded", "Failed")
+        assert status["phase"] == "Failed", run.diagnostics()
+        assert status["preemptions"] == 0, status
+        said = storage.read_json(run.url("status.json"))
+        assert said["state"] == "failed", said
+        # The trainer's own words, verbatim, in the MLOps status and its Ready condition.
+        assert said["error"] in status["message"], (said, status["message"])
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert said["error"] in ready["message"]
+
+    pods = broken.no_driver.pod_nodes()
+    assert [p["outputs"]["exitCode"] for p in pods] == ["1", "2"], pods  # one retry = error: 1
+    assert "s3fs" in broken.no_driver.status()["message"]
+    attempts = storage.read_json(broken.no_driver.url("attempts.json"))
+    assert attempts == {"attempts": 2, "app_errors": 2}
+
+    (pod,) = broken.missing.pod_nodes()
+    assert pod["outputs"]["exitCode"] == "2"  # fatal: retrying cannot make the data appear
+    assert "does not exist" in broken.missing.status()["message"]
