@@ -33,8 +33,8 @@ setup: $(STAMP) ## create .venv and install the pinned dependencies (constraints
 demo: $(STAMP) ## set up, then train the example VQ-VAE locally (no cluster): results in ./mlops-runs
 	$(BIN)/mlops run $(EXAMPLE) --output $(OUTPUT)
 
-test: system-deps $(STAMP) lint ## set up, lint, then run every test (the e2e ones start the local cluster)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: system-deps ## set up, lint, then run every test: the cluster suites and the rest side by side (hack/test.sh)
+	hack/test.sh $(PYTEST_ARGS)
 
 test-fast: system-deps $(STAMP) ## the tests that need neither a cluster nor long training
 	$(BIN)/python -m pytest -m "not e2e and not slow and not realnode" $(PYTEST_ARGS)

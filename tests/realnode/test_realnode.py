@@ -371,18 +371,6 @@ def test_run_artifacts_are_in_the_bucket(trained: Trained) -> None:
     assert storage.read_json(run.url("run.json"))["global_step"] == 16
 
 
-def _trainer_writes_its_log() -> bool:
-    """Whether the trainer of this checkout writes <output>/<runId>/logs/attempt-N.log (another
-    change of issue 12 adds it to the runtime)."""
-    runtime = (ROOT / "trainers" / "mlops_trainers" / "runtime.py").read_text()
-    return "LOGS_DIR" in runtime
-
-
-@pytest.mark.xfail(
-    not _trainer_writes_its_log(),
-    reason="the trainer does not write logs/attempt-N.log yet (issue 12, part 4, trainer side)",
-    strict=True,
-)
 def test_trainer_log_outlives_its_pod(cluster: Cluster, trained: Trained) -> None:
     """podGC OnPodSuccess deletes the pod, and with it `kubectl logs`; the log is in the bucket."""
     run = trained.run
