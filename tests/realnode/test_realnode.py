@@ -218,8 +218,10 @@ print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "caps": caps,
 """
 
 
-def assert_unprivileged(seen: dict[str, Any]) -> None:
-    assert seen["uid"] == 1000 and seen["gid"] == 1000, seen
+def assert_unprivileged(seen: dict[str, Any], uid: int) -> None:
+    """``uid``: the one the pod's security context names (the chart's operator runs as 10001, a
+    trainer as the image's 1000), so the kubelet applied it."""
+    assert seen["uid"] == uid and seen["gid"] == uid, seen
     assert seen["caps"]["CapEff"] == 0 and seen["caps"]["CapPrm"] == 0, seen  # drop: [ALL]
     assert seen["caps"]["CapBnd"] == 0, seen
     assert seen["root_writable"] is False, seen  # readOnlyRootFilesystem
@@ -289,8 +291,9 @@ def test_operator_is_the_charts_deployment_pod(
     assert container.restart_count == 0, cluster.kubectl(
         "logs", pod.metadata.name, f"-n={release.namespace}", "--previous", check=False
     ).stdout[-3000:]
+    assert pod.spec.security_context.run_as_user == 10001  # the chart's default
     assert_unprivileged(
-        exec_python(cluster, release.namespace, pod.metadata.name, "operator", PRIVILEGES)
+        exec_python(cluster, release.namespace, pod.metadata.name, "operator", PRIVILEGES), 10001
     )
     # Its startup handler ran and it logged in with the ServiceAccount token, in-cluster (the
     # `kubernetes` Service's ClusterIP, as on any cluster).
@@ -524,7 +527,7 @@ def test_operator_pod_killed_mid_run(
     run.wait_phase("Running")
     trainer = wait_for("a running trainer pod", run.running_pod, timeout=RUN_TIMEOUT_S)
     assert_unprivileged(
-        exec_python(cluster, run.namespace, trainer.metadata.name, "main", PRIVILEGES)
+        exec_python(cluster, run.namespace, trainer.metadata.name, "main", PRIVILEGES), 1000
     )
     # The rendered security context, as the API server holds it, is what was just observed.
     (main,) = [c for c in trainer.spec.containers if c.name == "main"]
