@@ -209,7 +209,7 @@ class MLOpsSpec(_Model):
         None,
         ge=1,
         le=1000,
-        description="With spot: true, after this many preemptions the run goes on on-demand nodes: a new Workflow of the same run, resuming from its checkpoint.",
+        description="With spot: true, after this many preemptions the run moves to on-demand nodes: a new Workflow of the same run, resuming from its checkpoint.",
     )
     epochs: int = Field(10, ge=1, le=100000, description="Passes over the data.")
     checkpoint_every: int = Field(

@@ -532,7 +532,7 @@ def _follow(
             submit(
                 status.segment + 1,
                 "OnDemand",
-                f"run {run} goes on on-demand nodes from its checkpoint",
+                f"run {run} resumes on on-demand nodes from its checkpoint",
             )
     elif workflow is None:
         if status.submitted:
@@ -583,7 +583,7 @@ def _follow(
                 stop.append(Stop(workflow.name))
             message = (
                 f"run {run}: {status.preemptions} preemptions on spot nodes "
-                f"(fallbackAfterPreemptions: {fallback}); it goes on on on-demand nodes"
+                f"(fallbackAfterPreemptions: {fallback}); it moves to on-demand nodes"
             )
             status = status.model_copy(update={"placement": "on-demand"})
             status = phase("Queued", "FallingBack", message)

@@ -141,3 +141,48 @@ def test_each_budget_holds_in_any_interleaving(env: Env, start_operator: Operato
         if seq.phase == "Failed":
             assert seq.reason in status["message"] or "budget" in status["message"], status
             assert "spec.retries" in status["message"], status["message"]
+
+
+def _placement_env(pod: client.V1Pod) -> str | None:
+    (main,) = [c for c in pod.spec.containers if c.name == "main"]
+    return next((e.value for e in main.env or [] if e.name == "MLOPS_PLACEMENT"), None)
+
+
+def test_a_run_preempted_too_often_on_spot_moves_to_on_demand_nodes(
+    env: Env, start_operator: OperatorFactory
+) -> None:
+    """Issue 17, part 2: ``fallbackAfterPreemptions: 2``; two preemptions on the spot node, then
+    the run's third attempt is a new Workflow of the same run on the on-demand GPU node (kwok's
+    ``kwok-gpu-ondemand-0``, no spot label), told so by MLOPS_PLACEMENT (which the trainer
+    records in run.json: tests/trainers), and it Succeeds."""
+    start_operator(env, env_vars={"MLOPS_POD_ANNOTATIONS": LONG_PODS, "MLOPS_RETRY_BACKOFF": "2s"})
+    name = "fallback"
+    env.apply(
+        env.manifest(
+            name, spot=True, fallbackAfterPreemptions=2, retries={"preemption": 5, "error": 0}
+        )
+    )
+    seen: list[tuple[str, str, str | None]] = []  # (pod, node, MLOPS_PLACEMENT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not env.phase_is(name, "Succeeded", "Failed", "Stopped"):
+        for pod in env.pods(name):
+            if pod.metadata.name in {s[0] for s in seen} or pod.status.phase != "Running":
+                continue
+            if not _argo_sees_running(env, name, pod):
+                continue
+            seen.append((pod.metadata.name, pod.spec.node_name, _placement_env(pod)))
+            _act(env, pod, "shutdown" if len(seen) <= 2 else "succeed")
+        time.sleep(0.5)
+    status = env.status(name)
+    assert status["phase"] == "Succeeded", (status, seen)
+    assert [(node, placement) for _, node, placement in seen] == [
+        ("kwok-gpu-spot-0", "spot"),
+        ("kwok-gpu-spot-0", "spot"),
+        ("kwok-gpu-ondemand-0", "on-demand"),
+    ], seen
+    assert status["placement"] == "on-demand" and status["preemptions"] == 2, status
+    workflows = env.workflows(name)
+    # Two Workflows (segments) of one run: one run id, one output folder.
+    assert len(workflows) == 2, [w["metadata"]["name"] for w in workflows]
+    assert {w["metadata"]["labels"]["mlops.dev/run-id"] for w in workflows} == {status["runId"]}
+    assert "FallingBack" in env.events(name), env.events(name)
