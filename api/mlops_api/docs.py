@@ -51,6 +51,17 @@ def _default(info: FieldInfo) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def _int_or_string(info: FieldInfo) -> bool:
+    """The field declares int-or-string in its JSON schema (``spec.Quantity``)."""
+    for meta in info.metadata:
+        schema = getattr(meta, "json_schema", None)
+        if isinstance(schema, dict):
+            types_ = {option.get("type") for option in schema.get("anyOf", [])}
+            if types_ == {"integer", "string"}:
+                return True
+    return False
+
+
 def _sub_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -94,7 +105,11 @@ def _rows(
         default = _default(info)
         if defaults is not None and sub is None and not info.is_required():
             default = f"`{json.dumps(getattr(defaults, name))}`"
-        rows.append(f"| `{path}` | {_type_name(info.annotation)} | {default} | {description} |")
+        # A quantity is text in the model but may be written as an integer (`cpu: 4`).
+        shown = "integer \\| string" if info.metadata and _int_or_string(info) else None
+        rows.append(
+            f"| `{path}` | {shown or _type_name(info.annotation)} | {default} | {description} |"
+        )
         if sub is not None:
             inner = None
             if info.default_factory is not None:

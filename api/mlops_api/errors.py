@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from collections.abc import Iterable
@@ -33,6 +34,12 @@ class ManifestError(ValueError):
     @property
     def first_path(self) -> str:
         return self.errors[0].path if self.errors else ""
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'batch_size'?)`` when ``word`` is close to one of ``choices``, else ''."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -98,13 +105,19 @@ def _walk(
 def _message(error: ErrorDetails, parent: type[BaseModel] | None) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = ", ".join(_field_names(parent)) if parent is not None else ""
-        return f"unknown field; allowed: {allowed}" if allowed else "unknown field"
+        if parent is None:
+            return "unknown field"
+        names = _field_names(parent)
+        hint = did_you_mean(error["loc"][-1], names)
+        return f"unknown field{hint}; allowed: {', '.join(names)}"
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
-        return f"unknown trainer {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags', '')}"
+        # pydantic gives the tags as one string: "'vqvae', 'pixelcnn', ..."
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        hint = did_you_mean(ctx.get("tag"), tags)
+        return f"unknown trainer {ctx.get('tag')!r}{hint}; allowed: {', '.join(tags)}"
     if kind == "union_tag_not_found":
         return "required field is missing (the trainer kind)"
     message = error["msg"]

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mlops_api.errors import FieldError, ManifestError, from_validation_error
+from mlops_api.errors import FieldError, ManifestError, did_you_mean, from_validation_error
 from mlops_api.spec import API_VERSION, KIND, MLOps
 from mlops_api.validation import semantic_errors
 
@@ -36,14 +36,15 @@ def parse_manifest(data: Any, *, cluster: bool = False) -> MLOps:
     if errors:
         raise ManifestError(errors)
     # The API server adds these; they are not the user's to validate.
-    body = {
-        k: v for k, v in data.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")
-    }
-    unknown = sorted(set(data) - set(body))
+    top = ("apiVersion", "kind", "metadata", "spec", "status")
+    body = {k: v for k, v in data.items() if k in top}
+    unknown = sorted(set(data) - set(body), key=str)
     if unknown:
         raise ManifestError(
             [
-                FieldError(k, "unknown field; allowed: apiVersion, kind, metadata, spec, status")
+                FieldError(
+                    str(k), f"unknown field{did_you_mean(k, top)}; allowed: {', '.join(top)}"
+                )
                 for k in unknown
             ]
         )
@@ -75,10 +76,12 @@ def read_manifest(path: str | Path, *, cluster: bool = False) -> MLOps:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError([FieldError("", f"cannot read {path}: {exc}")]) from None
+        # The caller prints the file name before each error: the message does not repeat it.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ManifestError([FieldError("", f"cannot read the file: {reason}")]) from None
     docs = load_manifests(text)
     if len(docs) != 1:
         raise ManifestError(
-            [FieldError("", f"{path} must hold exactly one manifest, found {len(docs)}")]
+            [FieldError("", f"the file must hold exactly one manifest, found {len(docs)}")]
         )
     return parse_manifest(docs[0], cluster=cluster)

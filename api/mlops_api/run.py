@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mlops_trainers.config import ResumeConfig, RunConfig
 
@@ -33,13 +35,16 @@ def plan_run(
     obj: MLOps,
     *,
     output: str | None = None,
-    data: str | None = None,
     rerun: str = "",
     run_id: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> RunPlan:
-    """Build the run: its id and config. ``output``/``data`` override the spec (local runs);
-    ``rerun`` is the object's rerun token (a new token is a new run of the same generation);
-    ``run_id`` keeps a run id decided earlier (the operator stores it in status)."""
+    """Build the run: its id and config. ``output`` replaces the spec's output prefix (local
+    runs: where a run is written is not what it trains, so it is not in the run id); anything
+    that changes what is trained must already be in ``obj.spec``, which the run id hashes
+    (``overrides`` only records what the caller changed there, for run.json). ``rerun`` is the
+    object's rerun token (a new token is a new run of the same generation); ``run_id`` keeps a
+    run id decided earlier (the operator stores it in status)."""
     spec = obj.spec
     generation = obj.metadata.generation or 1
     run = run_id or make_run_id(
@@ -61,7 +66,7 @@ def plan_run(
         namespace=obj.metadata.namespace,
         generation=generation,
         trainer=spec.trainer,
-        data=data if data is not None else spec.data,
+        data=spec.data,
         output_prefix=prefix,
         output=join_url(prefix, run),
         resume=resume,
@@ -70,5 +75,6 @@ def plan_run(
         seed=spec.seed,
         error_retries=spec.retries.error,
         image=spec.image,
+        overrides=dict(overrides or {}),
     )
     return RunPlan(obj.metadata.name, obj.metadata.namespace, generation, run, config)

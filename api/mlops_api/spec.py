@@ -8,15 +8,19 @@ Field names are camelCase in the manifest (Kubernetes convention) and snake_case
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 from mlops_trainers.config import TrainerSpec
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -45,8 +49,6 @@ _URL_RE = re.compile(r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<rest>.*)$")
 _FORBIDDEN_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f`$;|&<>\"'\\{}]")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-# Kubernetes resource quantity (the subset people write: 500m, 2, 1.5, 16Gi, 1G, 2e3).
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
 # An OCI image reference: [registry[:port]/]path[:tag][@digest], no spaces or shell characters.
 _IMAGE = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*"
@@ -144,25 +146,50 @@ class Gpu(_Model):
     )
 
 
+QUANTITY_MAX = 32
+
+
+def _quantity(value: Any) -> str:
+    """A Kubernetes resource quantity, kept as its text: ``4`` (an integer, as Kubernetes takes
+    it), ``"500m"``, ``"16Gi"``. Parsed by the Kubernetes client's own parser, so what passes here
+    is what the API server takes, not a regex's idea of it."""
+    from kubernetes.utils.quantity import parse_quantity as untyped
+
+    parse_quantity: Callable[[str], Decimal] = untyped
+
+    # The error message shows the value itself (errors.py adds "(got ...)").
+    wrong = ValueError("is not a Kubernetes quantity such as 500m, 4, 16Gi")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise wrong
+    text = str(value)
+    # Python's Decimal takes these; Kubernetes does not.
+    if not text or len(text) > QUANTITY_MAX or any(c.isspace() or c == "_" for c in text):
+        raise wrong
+    try:
+        amount: Decimal = parse_quantity(text)
+    except ValueError:
+        raise wrong from None
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError("must be a positive quantity such as 500m, 4, 16Gi")
+    return text
+
+
+# The CRD says int-or-string (the API server takes `cpu: 4`); the model keeps the text.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": QUANTITY_MAX}]}),
+]
+
+
 class Resources(_Model):
     """Requests and limits of the trainer pod."""
 
-    cpu: str = Field(
-        "2", max_length=32, description="CPU request, a Kubernetes quantity (e.g. 500m, 4)."
-    )
-    memory: str = Field(
-        "8Gi",
-        max_length=32,
-        description="Memory request and limit, a Kubernetes quantity (e.g. 16Gi).",
+    cpu: Quantity = Field("2", description="CPU request, a Kubernetes quantity (e.g. 500m, 4).")
+    memory: Quantity = Field(
+        "8Gi", description="Memory request and limit, a Kubernetes quantity (e.g. 16Gi)."
     )
     gpu: Gpu = Field(default_factory=Gpu)
-
-    @field_validator("cpu", "memory")
-    @classmethod
-    def _quantity(cls, value: str) -> str:
-        if not _QUANTITY.match(value):
-            raise ValueError(f"{value!r} is not a Kubernetes quantity such as 500m, 4, 16Gi")
-        return value
 
 
 class Retries(_Model):

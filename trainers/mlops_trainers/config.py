@@ -119,3 +119,8 @@ class RunConfig(ConfigModel):
     image: str | None = Field(
         None, description="The container image running the trainer, for provenance."
     )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What `mlops run` changed in the manifest's spec (--set, --data, --fresh), "
+        "for provenance; already applied to the fields above.",
+    )

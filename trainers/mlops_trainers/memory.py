@@ -24,7 +24,6 @@ can read (PixelCNN: the VQ-VAE run's code grid) are not estimated.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,34 +58,16 @@ GPU_MEMORY: dict[str, int] = {
 # The CUDA context and cuDNN take their share before TensorFlow's allocator gets the rest.
 GPU_USABLE = 0.9
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
-_FACTORS = {
-    None: 1,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 1 << 10,
-    "Mi": 1 << 20,
-    "Gi": 1 << 30,
-    "Ti": 1 << 40,
-    "Pi": 1 << 50,
-    "Ei": 1 << 60,
-}
-
 
 def parse_quantity(value: str) -> int:
-    """Bytes of a Kubernetes quantity (``16Gi``, ``500M``, ``2e9``)."""
-    match = _QUANTITY.match(value.strip())
-    if match is None:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity")
-    number, suffix = float(match.group(1)), match.group(2)
-    if suffix and suffix.startswith("e"):
-        return int(number * 10 ** int(suffix[1:]))
-    return int(number * _FACTORS[suffix])
+    """Bytes of a Kubernetes quantity (``16Gi``, ``500M``, ``2e9``): the Kubernetes client's own
+    parser, the one the api validates ``resources.memory`` with, so both agree on every value."""
+    from kubernetes.utils.quantity import parse_quantity as kubernetes_quantity
+
+    try:
+        return int(kubernetes_quantity(value.strip()))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity") from None
 
 
 def gib(value: float) -> str:
