@@ -24,7 +24,7 @@ can read (PixelCNN: the VQ-VAE run's code grid) are not estimated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +62,11 @@ GPU_USABLE = 0.9
 def parse_quantity(value: str) -> int:
     """Bytes of a Kubernetes quantity (``16Gi``, ``500M``, ``2e9``): the Kubernetes client's own
     parser, the one the api validates ``resources.memory`` with, so both agree on every value."""
-    from kubernetes.utils.quantity import parse_quantity as kubernetes_quantity
+    from decimal import Decimal
 
+    from kubernetes.utils.quantity import parse_quantity as untyped
+
+    kubernetes_quantity: Callable[[str], Decimal] = untyped  # the client ships no type hints
     try:
         return int(kubernetes_quantity(value.strip()))
     except ValueError:
