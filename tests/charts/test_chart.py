@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import subprocess
 import sys
@@ -353,3 +355,24 @@ def test_notes_say_what_was_installed_and_the_next_three_commands(helm: str) -> 
     assert "kubectl get mlops -n ml-team-a -w" in notes
     assert "kubectl -n workflows port-forward" in notes
     assert "helm test" not in notes
+
+
+def test_the_operator_names_itself_under_the_charts_uid(
+    helm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found on the real node (tests/realnode): the chart's uid 10001 has no /etc/passwd entry in
+    the image, and kopf's peering id (getpass.getuser) crashed the operator at start. The chart
+    sets USER, which getpass reads first; the real-node test runs the pod itself."""
+    from kopf._core.engines.peering import detect_own_id
+
+    pod = next(d for d in _template(helm) if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    uid = pod["securityContext"]["runAsUser"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    if uid not in {entry.pw_uid for entry in pwd.getpwall()}:  # as in the image
+        with pytest.raises(KeyError, match="getpwuid"):
+            detect_own_id(manual=False)  # what the pod did without USER
+    monkeypatch.setenv("USER", env["USER"])
+    assert detect_own_id(manual=False).startswith(f"{env['USER']}@")
