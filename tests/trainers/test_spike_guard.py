@@ -127,6 +127,7 @@ def test_a_poisoned_batch_is_rolled_back_and_the_run_recovers(
     # In the summary, and so in the operator's status.metrics.
     reported = Summary.parse(summary.read_text())
     assert reported is not None and reported.metrics["rollbacks"] == 1.0
+    from mlops_operator.queueing import QueueView
     from mlops_operator.reconcile import Policy, decide
     from mlops_operator.views import view_workflow
     from mlops_workflows.render import RenderSettings
@@ -139,7 +140,9 @@ def test_a_poisoned_batch_is_rolled_back_and_the_run_recovers(
         "status": {},
     }
     policy = Policy(render=RenderSettings())
-    first = decide(body, [], policy)
+    # An open GPU queue: the run starts at once (queueing has its own tests).
+    queue = QueueView(key="ml/gpu", capacity=None)
+    first = decide(body, [], policy, queue=queue)
     assert first.status is not None
     run_id = first.status.run_id or ""
     body["status"] = first.status.model_dump(mode="json", by_alias=True)
@@ -163,7 +166,7 @@ def test_a_poisoned_batch_is_rolled_back_and_the_run_recovers(
             },
         }
     )
-    done = decide(body, [workflow], policy)
+    done = decide(body, [workflow], policy, queue=queue)
     assert done.status is not None and done.status.metrics["rollbacks"] == 1.0
 
     # Without the guard the same batch wrecks the run.

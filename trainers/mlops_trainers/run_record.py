@@ -81,6 +81,10 @@ class RunState:
     rollbacks: int = 0
     spike_scale: float = 1.0
     skipped: list[tuple[int, int]] = field(default_factory=list)
+    # The good losses the spike guard's running median is taken over: a resumed run judges its
+    # next steps by the same history as an uninterrupted one (else it may call a spike where the
+    # other did not, and their weights part).
+    loss_history: list[float] = field(default_factory=list)
     # A plateau schedule's factor on the learning rate, and the watched metrics' best values and
     # epochs since (keys "schedule" and "early_stopping").
     plateau_scale: float = 1.0
@@ -103,6 +107,7 @@ class RunState:
             "rollbacks": self.rollbacks,
             "spike_scale": self.spike_scale,
             "skipped": [list(s) for s in self.skipped],
+            "loss_history": list(self.loss_history),
             "plateau_scale": self.plateau_scale,
             "watch": {k: dict(v) for k, v in self.watch.items()},
             "stopped_early": self.stopped_early,
@@ -121,6 +126,7 @@ class RunState:
             rollbacks=int(manifest.get("rollbacks") or 0),
             spike_scale=float(manifest.get("spike_scale") or 1.0),
             skipped=[(int(e), int(s)) for e, s in manifest.get("skipped") or []],
+            loss_history=[float(x) for x in manifest.get("loss_history") or []],
             plateau_scale=float(manifest.get("plateau_scale") or 1.0),
             watch={
                 k: {kk: float(vv) for kk, vv in v.items()}

@@ -148,7 +148,8 @@ class _Run:
         )
         guard = trainer.config.spike_guard
         if guard.enabled:
-            self.detector = SpikeDetector(guard)
+            # The history saved with the checkpoint this run resumed from (empty when fresh).
+            self.detector = SpikeDetector(guard, deque(self.state.loss_history))
         try:
             if self._training_left():
                 trainer.on_train_begin(model, fresh=not loaded)
@@ -184,6 +185,8 @@ class _Run:
             and int(latest.manifest.get("rollbacks") or 0) == self.state.rollbacks
         ):
             return  # this very state is already saved (a signal right after a checkpoint)
+        if self.detector is not None:
+            self.state.loss_history = list(self.detector.history)
         manifest = {
             **self.state.to_manifest(),
             "run_id": self.config.run_id,
@@ -520,6 +523,8 @@ class _Run:
     ) -> None:
         from mlops_trainers.checkpoints import save_best
 
+        if self.detector is not None:
+            self.state.loss_history = list(self.detector.history)
         manifest = {
             **self.state.to_manifest(),
             "run_id": self.config.run_id,
