@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -454,24 +455,6 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         case.deleted_at = time.time()
         cluster.kubectl(*args, "--wait=false")
 
-    # What each trainer wrote when SIGTERM came: status.json says "preempted" from its exit
-    # until the retry (Argo's 30 s backoff, then a pod start) resumes and rewrites it.
-    # The newest complete checkpoint then, by the trainer's own reader (only checkpoints whose
-    # manifest was written last count).
-    from mlops_trainers.checkpoints import CheckpointInfo, latest_checkpoint
-
-    said: dict[str, tuple[dict[str, Any], CheckpointInfo | None]] = {}
-
-    def both_preempted() -> bool:
-        for case in cases:
-            if case.run.name not in said:
-                status = case.run.status_file()
-                if status and status["state"] == "preempted":
-                    said[case.run.name] = (status, latest_checkpoint(case.run.url()))
-        return len(said) == len(cases)
-
-    wait_for("both trainers to write their preempted status", both_preempted, timeout=90, every=1)
-
     for case in cases:
         run, follow = case.run, case.watch
         assert follow is not None
@@ -481,14 +464,6 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert terminated.exit_code == 143, terminated  # the trainer's "preempted, checkpointed"
         took = terminated.finished_at.timestamp() - case.deleted_at
         assert took < case.budget, f"{run.name}: {took:.1f}s of a {case.budget}s grace period"
-        # The checkpoint the SIGTERM wrote: complete (the trainer's own reader lists it) and at
-        # least as new as the periodic one seen before the deletion.
-        preempted, newest = said[run.name]
-        stopped_at = int(preempted["global_step"])
-        assert stopped_at >= case.before["global_step"]
-        assert preempted["latest_checkpoint"].endswith(f"step-{stopped_at:010d}")
-        assert newest is not None and newest.step == stopped_at, newest
-
         status = run.wait_phase("Succeeded", "Failed")
         assert status["phase"] == "Succeeded", run.diagnostics()
         assert status["preemptions"] == 1, status
@@ -497,10 +472,18 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert second["phase"] == "Succeeded" and second["hostNodeName"] == real_node.name
         record = storage.read_json(run.url("run.json"))
         assert record["attempt"] == 2
-        # The retry resumed from exactly that checkpoint: the steps lost are those the first pod
-        # did after it, at most one checkpoint interval (none: SIGTERM checkpointed at once).
+        # Where the first pod stopped, from its own log (kept in the bucket, attempt by attempt:
+        # status.json says "preempted" only until the retry rewrites it, a race under load).
+        first_log = storage.read_text(run.url("logs", "attempt-1.log"))
+        stopped = re.search(r"stopped at global step (\d+): exit 143", first_log)
+        assert stopped, first_log[-2000:]
+        stopped_at = int(stopped.group(1))
+        assert stopped_at >= case.before["global_step"]
+        assert f"step-{stopped_at:010d}" in first_log  # the checkpoint SIGTERM wrote
+        # The retry resumed from exactly that checkpoint (the trainer loads complete ones only):
+        # no step lost (SIGTERM checkpointed at once), at most one interval in any case.
         assert record["resumed_from"]["step"] == stopped_at, record["resumed_from"]
-        assert record["resumed_from"]["checkpoint"] == preempted["latest_checkpoint"]
+        assert record["resumed_from"]["checkpoint"].endswith(f"step-{stopped_at:010d}")
         assert 0 <= stopped_at - int(record["resumed_from"]["step"]) <= checkpoint_every
         assert record["global_step"] == 80
         rows = read_metrics(run)
@@ -520,11 +503,18 @@ def test_operator_pod_killed_mid_run(
         release,
         bucket,
         f"opkill-{uuid.uuid4().hex[:4]}",
-        steps_per_epoch=30,
+        steps_per_epoch=60,
         epochs=2,
         checkpoint_every=10,
     )
-    run.wait_phase("Running")
+    # The trainer, not the status, says it trains: an operator slowed by a loaded machine may
+    # report Queued then Succeeded for a short run, which is no error.
+    wait_for(
+        f"{run.name}'s first periodic checkpoint",
+        lambda: (s := run.status_file()) and s["global_step"] >= 10 and s,
+        timeout=RUN_TIMEOUT_S,
+        every=1,
+    )
     trainer = wait_for("a running trainer pod", run.running_pod, timeout=RUN_TIMEOUT_S)
     assert_unprivileged(
         exec_python(cluster, run.namespace, trainer.metadata.name, "main", PRIVILEGES), 1000
@@ -554,7 +544,7 @@ def test_operator_pod_killed_mid_run(
     status = run.wait_phase("Succeeded", "Failed")
     assert status["phase"] == "Succeeded", run.diagnostics()
     assert status["runId"] == run_id and status["preemptions"] == 0
-    assert status["progress"] == "60/60"
+    assert status["progress"] == "120/120"
     assert len(run.workflows()) == 1
     (node,) = run.pod_nodes()  # one pod, the one that was checked: no retry, no second run
     assert node["phase"] == "Succeeded" and node["hostNodeName"] == real_node.name
