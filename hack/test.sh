@@ -26,9 +26,16 @@ stamp() { date -u +%H:%M:%S; }
 prefix() { sed -u "s/^/[$1] /"; }
 
 start=${SECONDS}
-echo "[test $(stamp)] building the cluster's and the real node's binaries in the background (cached: seconds); log ${logs}/prebuild.log"
+echo "[test $(stamp)] building the cluster's and the real node's binaries, then the images, in the background (cached: seconds); log ${logs}/prebuild.log"
 set -m # each background job its own process group, so stop_all reaches its children
-(hack/cluster/build.sh >/dev/null && hack/cluster/build.sh --node >/dev/null) >"${logs}/prebuild.log" 2>&1 &
+(
+  hack/cluster/build.sh >/dev/null && hack/cluster/build.sh --node >/dev/null &&
+    # The images need the venv's Python (pip, the pinned constraints): built once it exists,
+    # while the kwok e2e tests mostly wait, instead of after them. The realnode fixture builds
+    # them too (the same cache, under a lock), so a failure here only costs time.
+    until [[ -f .venv/.installed ]]; do sleep 5; done &&
+    .venv/bin/python hack/images/ocibuild.py build pause argoexec operator trainer >/dev/null
+) >"${logs}/prebuild.log" 2>&1 &
 pids+=($!)
 set +m
 
@@ -59,6 +66,8 @@ echo "[test $(stamp)] local suites done (exit ${local_rc}) after $((SECONDS - st
 wait "${cluster_pid}"
 cluster_rc=$?
 echo "[test $(stamp)] cluster suites done (exit ${cluster_rc}) after $((SECONDS - start)) s"
+# The background build is done by now unless no cluster test ran: stop it (by its PID).
+kill -- "-${pids[0]}" 2>/dev/null || true
 # pytest's exit 5 (nothing selected, e.g. -k matched only one side) is not a failure here.
 ((local_rc == 5)) && local_rc=0
 ((cluster_rc == 5)) && cluster_rc=0
