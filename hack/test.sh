@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# `make test`: set up, lint, then every test, in two pytest sessions at once.
+# `make test`: set up, lint, then every test, in three pytest sessions that overlap.
 #
-# The cluster suites (`e2e`, `realnode`) spend most of their time waiting on a control plane,
-# Argo and pods; the others spend theirs training on the CPU. Run one after the other they took
-# the sum of both; run side by side on two cores they take little more than the longer one.
-# The cluster's Go build (15-25 min cold, cached after) starts first, in the background, so it
-# overlaps the venv's install and the lint as well.
+#   [local]    -m "not e2e and not realnode": mostly training on the CPU.
+#   [e2e]      -m e2e on the local cluster (kwok nodes): mostly waiting on a control plane and Argo.
+#   [realnode] -m realnode on a second local cluster with a real node (its own MLOPS_CLUSTER_DIR
+#              and ports), started once [local] is done: real trainer pods want the CPU the
+#              local training would take, and its preemption tests time a 15 s grace period.
 #
-# Each session's lines carry a prefix ([cluster] / [local]); each session's own summary is
-# printed as its last lines, and the script fails if either session failed.
-# Usage: hack/test.sh [pytest args...]   (the args go to both sessions)
+# Run one after the other these took the sum; side by side on two cores they take little more
+# than the longest chain. The Go build of the clusters (15-25 min cold, cached after) and the
+# real node's images start first, in the background, so they overlap the venv's install and the
+# lint as well. Each session's lines carry its prefix; the script fails if any session failed.
+# Usage: hack/test.sh [pytest args...]   (the args go to every session)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=.venv/bin
@@ -25,14 +27,27 @@ trap 'stop_all; exit 130' INT TERM
 stamp() { date -u +%H:%M:%S; }
 prefix() { sed -u "s/^/[$1] /"; }
 
+# session NAME MARKEXPR [pytest args]: one pytest session in the background, its lines prefixed.
+session() {
+  local name="$1" marks="$2"
+  shift 2
+  set -m # its own process group, so stop_all reaches pytest and what it started
+  (
+    set -o pipefail
+    "${BIN}/python" -m pytest -m "${marks}" --basetemp "${logs}/tmp-${name}" "$@" 2>&1 | prefix "${name}"
+  ) &
+  set +m
+  pids+=($!)
+}
+
 start=${SECONDS}
-echo "[test $(stamp)] building the cluster's and the real node's binaries, then the images, in the background (cached: seconds); log ${logs}/prebuild.log"
-set -m # each background job its own process group, so stop_all reaches its children
+echo "[test $(stamp)] building the clusters' and the real node's binaries, then the images, in the background (cached: seconds); log ${logs}/prebuild.log"
+set -m
 (
   hack/cluster/build.sh >/dev/null && hack/cluster/build.sh --node >/dev/null &&
-    # The images need the venv's Python (pip, the pinned constraints): built once it exists,
-    # while the kwok e2e tests mostly wait, instead of after them. The realnode fixture builds
-    # them too (the same cache, under a lock), so a failure here only costs time.
+    # The images need the venv's Python (pip, the pinned constraints): built once it exists.
+    # The realnode fixture builds them too (the same cache, under a lock), so a failure here
+    # only costs time.
     until [[ -f .venv/.installed ]]; do sleep 5; done &&
     .venv/bin/python hack/images/ocibuild.py build pause argoexec operator trainer >/dev/null
 ) >"${logs}/prebuild.log" 2>&1 &
@@ -43,36 +58,40 @@ make --no-print-directory setup lint || {
   stop_all
   exit 1
 }
-echo "[test $(stamp)] set up and linted in $((SECONDS - start)) s; two pytest sessions follow"
+echo "[test $(stamp)] set up and linted in $((SECONDS - start)) s; the pytest sessions follow"
 
-set -m
-(
-  set -o pipefail
-  "${BIN}/python" -m pytest -m "e2e or realnode" --basetemp "${logs}/tmp-cluster" "$@" 2>&1 | prefix cluster
-) &
-cluster_pid=$!
-pids+=("${cluster_pid}")
-(
-  set -o pipefail
-  "${BIN}/python" -m pytest -m "not e2e and not realnode" --basetemp "${logs}/tmp-local" "$@" 2>&1 | prefix local
-) &
-local_pid=$!
-pids+=("${local_pid}")
-set +m
+session e2e "e2e" "$@"
+e2e_pid=${pids[-1]}
+session local "not e2e and not realnode" "$@"
+local_pid=${pids[-1]}
 
 wait "${local_pid}"
 local_rc=$?
-echo "[test $(stamp)] local suites done (exit ${local_rc}) after $((SECONDS - start)) s; waiting for the cluster suites"
-wait "${cluster_pid}"
-cluster_rc=$?
-echo "[test $(stamp)] cluster suites done (exit ${cluster_rc}) after $((SECONDS - start)) s"
+echo "[test $(stamp)] local suites done (exit ${local_rc}) after $((SECONDS - start)) s; the realnode suite starts"
+# Its own cluster: the e2e session's kwok tests and the chart's cluster-wide operator of the
+# realnode tests must not see each other's objects.
+MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-realnode MLOPS_ETCD_PORT=33790 MLOPS_ETCD_PEER_PORT=33800 \
+  MLOPS_APISERVER_PORT=36443 MLOPS_KCM_PORT=30257 MLOPS_SCHEDULER_PORT=30259 \
+  session realnode "realnode" "$@"
+realnode_pid=${pids[-1]}
+
+wait "${realnode_pid}"
+realnode_rc=$?
+echo "[test $(stamp)] realnode suite done (exit ${realnode_rc}) after $((SECONDS - start)) s"
+wait "${e2e_pid}"
+e2e_rc=$?
+echo "[test $(stamp)] e2e suites done (exit ${e2e_rc}) after $((SECONDS - start)) s"
 # The background build is done by now unless no cluster test ran: stop it (by its PID).
 kill -- "-${pids[0]}" 2>/dev/null || true
-# pytest's exit 5 (nothing selected, e.g. -k matched only one side) is not a failure here.
-((local_rc == 5)) && local_rc=0
-((cluster_rc == 5)) && cluster_rc=0
-if ((local_rc != 0 || cluster_rc != 0)); then
-  echo "[test] FAILED: local suites exit ${local_rc}, cluster suites exit ${cluster_rc}"
-  exit 1
-fi
+failed=0
+for name in local e2e realnode; do
+  rc_var="${name}_rc"
+  rc=${!rc_var}
+  # pytest's exit 5 (nothing selected, e.g. -k matched another session's tests) is no failure.
+  if ((rc != 0 && rc != 5)); then
+    echo "[test] FAILED: the ${name} session exited ${rc}"
+    failed=1
+  fi
+done
+((failed == 0)) || exit 1
 echo "[test] all passed in $((SECONDS - start)) s"
