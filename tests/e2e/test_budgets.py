@@ -171,18 +171,21 @@ def test_a_run_preempted_too_often_on_spot_moves_to_on_demand_nodes(
         for pod in env.pods(name):
             if pod.metadata.name in {s[0] for s in seen} | set(stopped):
                 continue
-            if pod.status.phase != "Running" or not _argo_sees_running(env, name, pod):
+            if pod.status.phase != "Running":
                 continue
             workflow = (pod.metadata.labels or {}).get("workflows.argoproj.io/workflow")
-            if len(seen) >= 2 and workflow == spot_workflow and workflow not in shut:
-                continue  # a retry on spot after the 2nd preemption: the operator stops it
             if workflow in shut:
                 # Argo's retry may start one more spot pod before the operator's stop lands;
                 # a real trainer checkpoints on the stop's SIGTERM and exits 143 (kwok's pods
-                # ignore signals: end it so). The operator waits for it before going on.
+                # ignore signals: end it so; Argo has already marked its node failed). The
+                # operator waits for it before going on.
                 stopped.append(pod.metadata.name)
                 _act(env, pod, "sigterm")
                 continue
+            if not _argo_sees_running(env, name, pod):
+                continue
+            if len(seen) >= 2 and workflow == spot_workflow:
+                continue  # a retry on spot after the 2nd preemption: the operator stops it
             spot_workflow = spot_workflow or workflow
             seen.append((pod.metadata.name, pod.spec.node_name, _placement_env(pod)))
             _act(env, pod, "shutdown" if len(seen) <= 2 else "succeed")
