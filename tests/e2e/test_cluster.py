@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 
 ARGO_GROUP, ARGO_VERSION = "argoproj.io", "v1alpha1"
 GPU_NODE, CPU_NODE = "kwok-gpu-spot-0", "kwok-cpu-0"
+ON_DEMAND_NODE = "kwok-gpu-ondemand-0"  # where spec.fallbackAfterPreemptions moves a run
 IMAGE = "docker.io/library/busybox:1.36"
 
 
@@ -106,7 +107,7 @@ def test_kwok_nodes_are_ready_and_look_like_gke(api: client.ApiClient) -> None:
         node.metadata.name: node
         for node in client.CoreV1Api(api).list_node(label_selector="type=kwok").items
     }
-    assert set(nodes) == {GPU_NODE, CPU_NODE}
+    assert set(nodes) == {GPU_NODE, CPU_NODE, ON_DEMAND_NODE}
     for node in nodes.values():
         ready = {c.type: c.status for c in node.status.conditions}["Ready"]
         assert ready == "True", node.metadata.name
@@ -121,6 +122,11 @@ def test_kwok_nodes_are_ready_and_look_like_gke(api: client.ApiClient) -> None:
     ]
     assert not nodes[CPU_NODE].spec.taints
     assert "nvidia.com/gpu" not in nodes[CPU_NODE].status.capacity
+    on_demand = nodes[ON_DEMAND_NODE]
+    assert "cloud.google.com/gke-spot" not in on_demand.metadata.labels
+    assert on_demand.metadata.labels["cloud.google.com/gke-accelerator"] == "nvidia-tesla-t4"
+    assert on_demand.status.allocatable["nvidia.com/gpu"] == "1"
+    assert [t.key for t in on_demand.spec.taints] == ["nvidia.com/gpu"]
 
 
 def test_deleting_an_owner_garbage_collects_its_children(
