@@ -125,6 +125,28 @@ def test_on_demand_cpu_run_has_no_spot_or_gpu() -> None:
     assert "nvidia.com/gpu" not in template["container"]["resources"]["limits"]
 
 
+def test_a_spot_run_moved_to_on_demand_avoids_spot_nodes() -> None:
+    """spec.fallbackAfterPreemptions: the segment on on-demand nodes drops the spot selector and
+    toleration and keeps off spot nodes (GKE does not taint them by default: without the
+    affinity the fallback e2e's pod landed on the spot node again)."""
+    obj = parse_manifest(_manifest(resources={"gpu": {"count": 1}}))
+    spot = render(obj).workflow["spec"]["templates"][0]
+    assert "affinity" not in spot and spot["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    moved = render(obj, segment=1, on_demand=True).workflow["spec"]["templates"][0]
+    assert "cloud.google.com/gke-spot" not in moved.get("nodeSelector", {})
+    assert "cloud.google.com/gke-spot" not in [t["key"] for t in moved["tolerations"]]
+    required = moved["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {"key": "cloud.google.com/gke-spot", "operator": "NotIn", "values": ["true"]}
+            ]
+        }
+    ]
+    env = {e["name"]: e["value"] for e in moved["container"]["env"]}
+    assert env["MLOPS_PLACEMENT"] == "on-demand"
+
+
 def test_cluster_wide_placement_adds_to_spot_and_gpu() -> None:
     settings = RenderSettings(
         node_selector=(("pool", "training"),),

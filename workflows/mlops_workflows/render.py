@@ -196,6 +196,23 @@ def _placement(
     return selector, tolerations
 
 
+def _avoid_spot(settings: RenderSettings) -> m.Affinity:
+    """A run moved off spot (spec.fallbackAfterPreemptions) must not land on a spot node again:
+    dropping the spot selector alone lets the scheduler pick one (GKE does not taint spot nodes
+    by default), and the next preemption would come from the same capacity."""
+    terms = [
+        m.NodeSelectorRequirement(key=key, operator="NotIn", values=[value])
+        for key, value in sorted(settings.spot_node_selector.items())
+    ]
+    return m.Affinity(
+        node_affinity=m.NodeAffinity(
+            required_during_scheduling_ignored_during_execution=m.NodeSelector(
+                node_selector_terms=[m.NodeSelectorTerm(match_expressions=terms)]
+            )
+        )
+    )
+
+
 def render_workflow(
     obj: MLOps,
     plan: RunPlan,
@@ -261,6 +278,7 @@ def render_workflow(
         ),
         node_selector=selector or None,
         tolerations=tolerations or None,
+        affinity=_avoid_spot(settings) if spec.spot and on_demand else None,
         retry_strategy=m.RetryStrategy(
             # Both budgets together: a backstop for when no operator watches (see above).
             limit=m.IntOrString(str(spec.retries.preemption + spec.retries.error)),
