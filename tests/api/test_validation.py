@@ -185,3 +185,15 @@ def test_sample_names_are_known_without_numpy(tmp_path: Path) -> None:
     for module in SAMPLE_MODULES.values():
         importlib.import_module(module)
     assert static == set(registered_samples()) == set(sample_names())
+
+
+def test_a_scratch_output_is_allowed_only_when_the_run_says_so() -> None:
+    """The chart's `helm test` writes its throwaway run to the pod's /tmp; the operator refused
+    it after local outputs were ruled out in a cluster (the chart e2e's helm-test run ended
+    SpecInvalid). The run names the exception; a plain local output is still refused."""
+    scratch = {"output": "file:///tmp/mlops-helm-test"}
+    doc = manifest(Case("scratch", "vqvae", {}, scratch, "", ""))
+    with pytest.raises(ManifestError, match=r"spec\.output"):
+        parse_manifest(doc, cluster=True)
+    doc["metadata"]["annotations"] = {"mlops.dev/scratch-output": "true"}
+    assert parse_manifest(doc, cluster=True).spec.output == "file:///tmp/mlops-helm-test"
