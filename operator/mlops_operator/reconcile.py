@@ -33,6 +33,7 @@ from mlops_api import ManifestError, parse_manifest
 from mlops_api.guardrails import Guardrails, check_guardrails
 from mlops_api.naming import ANNOTATION_RERUN, spec_hash
 from mlops_api.spec import Condition, MLOps, MLOpsStatus, Retries
+from mlops_api.validation import ANNOTATION_SCRATCH_OUTPUT
 from mlops_workflows.render import RenderedRun, RenderSettings, render
 
 from mlops_operator.queueing import QueueView, units
@@ -62,14 +63,19 @@ class Desired:
 def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a live object the user wrote (metadata reduced to what validation reads)."""
     meta = body.get("metadata", {})
+    metadata = {
+        k: meta[k]
+        for k in ("name", "namespace", "generation", "uid", "labels")
+        if meta.get(k) is not None
+    }
+    # The one annotation validation reads (the others, e.g. kubectl's last-applied copy, not).
+    scratch = (meta.get("annotations") or {}).get(ANNOTATION_SCRATCH_OUTPUT)
+    if scratch is not None:
+        metadata["annotations"] = {ANNOTATION_SCRATCH_OUTPUT: scratch}
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "generation", "uid", "labels")
-            if meta.get(k) is not None
-        },
+        "metadata": metadata,
         "spec": body.get("spec"),
     }
 

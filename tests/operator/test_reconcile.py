@@ -732,3 +732,15 @@ def test_admissions_remember_created_queued_workflows() -> None:
     assert (
         admissions.recent()["ml/gpu"][name] == 2 and name == decision.create[1]["metadata"]["name"]
     )
+
+
+def test_a_scratch_output_run_the_chart_test_makes_is_submitted() -> None:
+    """The chart's helm-test run writes to its pod's /tmp and says so by annotation: the
+    operator must pass that annotation to validation (it dropped every annotation, and the
+    chart e2e's run ended SpecInvalid)."""
+    b = body(output="file:///tmp/mlops-helm-test")
+    assert decide(b, [], POLICY, AT).status.reason == "SpecInvalid"  # type: ignore[union-attr]
+    b["metadata"]["annotations"] = {"mlops.dev/scratch-output": "true", "other": "x" * 10_000}
+    decision = decide(b, [], POLICY, AT)
+    assert decision.create and decision.status is not None
+    assert decision.status.reason == "RunSubmitted", decision.status
