@@ -69,9 +69,10 @@ wait "${local_pid}"
 local_rc=$?
 echo "[test $(stamp)] local suites done (exit ${local_rc}) after $((SECONDS - start)) s; the realnode suite starts"
 # Its own cluster: the e2e session's kwok tests and the chart's cluster-wide operator of the
-# realnode tests must not see each other's objects.
-MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-realnode MLOPS_ETCD_PORT=33790 MLOPS_ETCD_PEER_PORT=33800 \
-  MLOPS_APISERVER_PORT=36443 MLOPS_KCM_PORT=30257 MLOPS_SCHEDULER_PORT=30259 \
+# realnode tests must not see each other's objects. Its ports stay below Linux's ephemeral range
+# (32768-60999), where any outgoing connection may hold one (33790 was taken so, once).
+MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-realnode MLOPS_ETCD_PORT=24790 MLOPS_ETCD_PEER_PORT=24800 \
+  MLOPS_APISERVER_PORT=27443 MLOPS_KCM_PORT=21257 MLOPS_SCHEDULER_PORT=21259 \
   session realnode "realnode" "$@"
 realnode_pid=${pids[-1]}
 
