@@ -165,8 +165,10 @@ def parse_status(raw: Mapping[str, Any] | None) -> MLOpsStatus:
 
 
 def status_json(status: MLOpsStatus) -> dict[str, Any]:
-    """The status as the API server stores it (camelCase, JSON types, extra keys kept)."""
-    data: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=False)
+    """The status as the API server stores it (camelCase, JSON types, extra keys kept). No
+    nulls: ``kubectl get`` prints a null column as ``<no value>`` (an absent one as ``<none>``),
+    and the status is written whole, so an absent key clears a value as a null would."""
+    data: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return data
 
 

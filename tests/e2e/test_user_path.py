@@ -38,6 +38,7 @@ def _running_pod(env: Env, name: str, workflow: str) -> client.V1Pod:
     )[0]
 
 
+@pytest.mark.argo_matrix
 def test_suspend_stops_the_run_and_resume_continues_the_same_run(
     env: Env, start_operator: OperatorFactory
 ) -> None:
@@ -85,6 +86,8 @@ def test_kubectl_get_shows_phase_progress_eta_and_wide_reason_message(
     for column in ("REASON", "RUN", "PREEMPTIONS", "MESSAGE"):
         assert column in header.split(), header
     assert "SpecInvalid" in row and "spec.trainer.config.batch_size" in row, row
+    # No progress and no ETA on a finished run: kubectl's "<none>", not a null's "<no value>".
+    assert "<no value>" not in narrow + wide and "<none>" in narrow.splitlines()[1], narrow
 
 
 def test_guardrails_refuse_what_the_platform_team_did_not_allow(

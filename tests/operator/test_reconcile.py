@@ -451,6 +451,35 @@ def test_every_status_decide_writes_is_valid_against_the_crd() -> None:
         jsonschema.validate(status_json(status), schema)
 
 
+def test_status_holds_no_nulls_so_kubectl_columns_read_none() -> None:
+    """A status key with a null value shows as ``<no value>`` in ``kubectl get`` (the ETA of
+    every finished run did); an absent key shows as ``<none>``. The status is written whole
+    (PUT), so leaving a key out clears it as the null did."""
+    b = body()
+    run = decide(b, [], POLICY, AT).status
+    assert run is not None
+    done = decide(
+        {**b, "status": status_json(run)},
+        [wf(run.run_id or "", "Succeeded", pod("Succeeded"))],
+        POLICY,
+        AT,
+    ).status
+    assert done is not None and done.phase == "Succeeded"
+
+    def nulls(value: Any, path: str = "status") -> list[str]:
+        if isinstance(value, dict):
+            return [p for k, v in value.items() for p in nulls(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return [p for i, v in enumerate(value) for p in nulls(v, f"{path}[{i}]")]
+        return [path] if value is None else []
+
+    for status in (run, done):
+        data = status_json(status)
+        assert nulls(data) == [], data
+        assert "eta" not in data and data["phase"]
+    assert status_json(done)["runId"] == run.run_id
+
+
 def test_conditions_merge_by_type_and_keep_transition_times() -> None:
     t1, t2 = AT, AT.replace(hour=13)
     foreign = Condition(type="External", status="True", reason="Theirs")
