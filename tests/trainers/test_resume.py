@@ -280,7 +280,10 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(
     run_id = "killed-g1-0123abcd"
     output = storage.join(storage_root, run_id)
     path = _run_file(tmp_path, make_run_file, case, storage_root, run_id)
-    env = subprocess_env()
+    # Its own temp folder: what the attempts leave there is checked at the end.
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    env = {**subprocess_env(), "TMPDIR": str(scratch_root)}
 
     # 1. SIGTERM mid-epoch (a spot preemption): checkpoint at that very step, exit 143.
     first = Trainer(path, tmp_path, env, "sigterm")
@@ -318,6 +321,10 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(
     assert record["global_step"] == TOTAL
     assert json.loads(third.summary.read_text())["state"] == "succeeded"
     assert third.progress.read_text().strip() == f"{TOTAL}/{TOTAL}"
+    # The SIGKILLed attempt never ran its cleanup; the next attempt removed its scratch folder
+    # (checkpoint copies: on a laptop, every killed run would leave one in /tmp for good).
+    # (TensorFlow's autograph leaves its own generated files there; those are not ours.)
+    assert sorted(p.name for p in scratch_root.glob("mlops-*")) == []
 
     # Same batches, same optimizer state, same quantizer RNG, the same draws per step: the
     # same model, optimizer and epoch metrics.

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
@@ -644,6 +645,38 @@ def _setup_logging(*, progress: bool = False) -> None:
             handler.addFilter(_HideProgressLines())
 
 
+SCRATCH_PREFIX = "mlops-"
+_SCRATCH_OWNER = ".owner-pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def new_scratch(run_id: str) -> Path:
+    """This attempt's scratch folder (checkpoint and TensorBoard staging), after removing those
+    of attempts whose process is gone: a SIGKILL (the OOM killer, ``kill -9``) skips the cleanup
+    in :func:`run`, and on a laptop every such attempt would leave its checkpoint copies in the
+    temp folder for good. Only folders marked with a dead owner's PID are touched."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            owner = int((old / _SCRATCH_OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not a scratch folder of ours
+        if not _alive(owner):
+            shutil.rmtree(old, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{run_id}-", dir=root))
+    (scratch / _SCRATCH_OWNER).write_text(str(os.getpid()))
+    return scratch
+
+
 def run(config: RunConfig, *, progress: bool = False) -> int:
     """Train the run described by ``config``; returns the process exit code (see the module).
 
@@ -653,7 +686,7 @@ def run(config: RunConfig, *, progress: bool = False) -> int:
     from mlops_trainers.trainer import RunContext, get_trainer
 
     _setup_logging(progress=progress)
-    scratch = Path(tempfile.mkdtemp(prefix=f"mlops-{config.run_id}-"))
+    scratch = new_scratch(config.run_id)
     record = RunRecord(config)
     attempt_log: AttemptLog | None = None
     try:
