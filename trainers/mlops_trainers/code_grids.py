@@ -22,8 +22,9 @@ from mlops_trainers.errors import ConfigError
 
 if TYPE_CHECKING:
     from mlops_trainers.checkpoints import CheckpointInfo
+    from mlops_trainers.trainer import Trainer
 
-__all__ = ["CODE_KINDS", "CodeGrids", "CodeSource", "load_code_source"]
+__all__ = ["CODE_KINDS", "CodeGrids", "CodeSource", "load_code_source", "load_parent_codes"]
 
 CODE_KINDS = ("tokenizer", "vqvae")
 ENCODE_BATCH = 64
@@ -140,4 +141,29 @@ def load_code_source(checkpoint: CheckpointInfo, scratch: Path, *, seed: int = 0
             f"{' or a '.join(CODE_KINDS)} run"
         )
     load_checkpoint(source.model, checkpoint, scratch, optimizer=True)
+    return source
+
+
+def load_parent_codes(trainer: Trainer[Any], reference: str, input_name: str) -> CodeSource:
+    """A prior's parent: the run ``reference`` names (a run id or checkpoint URL, see
+    :func:`~mlops_trainers.checkpoints.resolve_model_reference`), its model rebuilt and loaded,
+    recorded in the run's provenance as input ``input_name`` and logged."""
+    from mlops_trainers.checkpoints import resolve_model_reference
+
+    run = trainer.run
+    checkpoint, provenance = resolve_model_reference(
+        reference, run.output_prefix, namespace=run.namespace, exclude=run.run_id
+    )
+    source = load_code_source(checkpoint, trainer.context.scratch / "parent", seed=run.seed)
+    trainer.inputs[input_name] = provenance
+    trainer.context.log.info(
+        "%s %s (step %d): K=%d, %dx%d codes; data %s",
+        checkpoint.kind,
+        checkpoint.url,
+        checkpoint.step,
+        source.num_embeddings,
+        source.grid_size,
+        source.grid_size,
+        run.data,
+    )
     return source

@@ -58,34 +58,14 @@ class MaskGITTrainer(Trainer[MaskGITConfig]):
     config_class = MaskGITConfig
 
     def prepare(self) -> None:
-        from mlops_trainers.checkpoints import resolve_model_reference
-        from mlops_trainers.code_grids import load_code_source
+        from mlops_trainers.code_grids import load_parent_codes
 
-        checkpoint, provenance = resolve_model_reference(
-            self.config.tokenizer,
-            self.run.output_prefix,
-            namespace=self.run.namespace,
-            exclude=self.run.run_id,
-        )
-        self.source = load_code_source(
-            checkpoint, self.context.scratch / "parent", seed=self.run.seed
-        )
-        self.inputs["tokenizer"] = provenance
+        self.source = load_parent_codes(self, self.config.tokenizer, "tokenizer")
         if self.config.decode_steps > self.source.grid_size**2:
             raise DataError(
                 f"decode_steps {self.config.decode_steps} > the {self.source.grid_size**2} "
                 "codes of a grid: at most one step a code"
             )
-        self.context.log.info(
-            "%s %s (step %d): K=%d, %dx%d codes; data %s",
-            checkpoint.kind,
-            checkpoint.url,
-            checkpoint.step,
-            self.source.num_embeddings,
-            self.source.grid_size,
-            self.source.grid_size,
-            self.run.data,
-        )
         self.eval_metrics: dict[str, float] = {}
 
     def datasets(self) -> ArrayBatches:

@@ -40,29 +40,9 @@ class PixelCNNTrainer(Trainer[PixelCNNConfig]):
     config_class = PixelCNNConfig
 
     def prepare(self) -> None:
-        from mlops_trainers.checkpoints import resolve_model_reference
-        from mlops_trainers.code_grids import load_code_source
+        from mlops_trainers.code_grids import load_parent_codes
 
-        checkpoint, provenance = resolve_model_reference(
-            self.config.vqvae,
-            self.run.output_prefix,
-            namespace=self.run.namespace,
-            exclude=self.run.run_id,
-        )
-        self.source = load_code_source(
-            checkpoint, self.context.scratch / "parent", seed=self.run.seed
-        )
-        self.inputs["vqvae"] = provenance
-        self.context.log.info(
-            "%s %s (step %d): K=%d, %dx%d codes; data %s",
-            checkpoint.kind,
-            checkpoint.url,
-            checkpoint.step,
-            self.source.num_embeddings,
-            self.source.grid_size,
-            self.source.grid_size,
-            self.run.data,
-        )
+        self.source = load_parent_codes(self, self.config.vqvae, "vqvae")
         self.sample_metrics: dict[str, float] = {}
 
     def datasets(self) -> ArrayBatches:
