@@ -33,6 +33,9 @@ ANNOTATION_QUEUE = f"{GROUP}/queue"
 ANNOTATION_GPUS = f"{GROUP}/gpus"
 # Set by a user to start the current spec again as a new run: any new value is a new run.
 ANNOTATION_RERUN = f"{GROUP}/rerun"
+# On a Workflow the operator stopped: how many of its trainer attempts had ended by then. One
+# that ends later with a bare SIGTERM exit is the stop's own, never a preemption (views.py).
+ANNOTATION_ENDED_BEFORE_STOP = f"{GROUP}/attempts-ended-before-stop"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mlops-operator"
 

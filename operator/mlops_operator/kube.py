@@ -17,7 +17,13 @@ from typing import Any, Literal, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from mlops_api.naming import LABEL_MANAGED_BY, LABEL_OWNER_UID, LABEL_RUN_ID, MANAGED_BY
+from mlops_api.naming import (
+    ANNOTATION_ENDED_BEFORE_STOP,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER_UID,
+    LABEL_RUN_ID,
+    MANAGED_BY,
+)
 from mlops_api.spec import GROUP, PLURAL, VERSION
 from urllib3.exceptions import HTTPError
 
@@ -234,8 +240,9 @@ def get_child(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def stop_workflow(namespace: str, name: str, mode: str = "Stop") -> None:
-    """Ask Argo to stop a Workflow: its pods get SIGTERM, so the trainer checkpoints first."""
+def stop_workflow(namespace: str, name: str, mode: str = "Stop", ended: int = 0) -> None:
+    """Ask Argo to stop a Workflow: its pods get SIGTERM, so the trainer checkpoints first.
+    ``ended``: its attempts that had ended before the stop (recorded on it, for the budgets)."""
     try:
         call(
             f"stop Workflow {name}",
@@ -245,7 +252,10 @@ def stop_workflow(namespace: str, name: str, mode: str = "Stop") -> None:
             namespace,
             WORKFLOWS,
             name,
-            {"spec": {"shutdown": mode}},
+            {
+                "metadata": {"annotations": {ANNOTATION_ENDED_BEFORE_STOP: str(ended)}},
+                "spec": {"shutdown": mode},
+            },
         )
     except ApiError as exc:
         if exc.status != 404:

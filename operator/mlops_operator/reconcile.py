@@ -200,6 +200,13 @@ class Stop:
     # Stop: pods get SIGTERM (the trainer checkpoints) and exit handlers run. Terminate: the same
     # for pods, and the Workflow fails at once (a budget is spent: nothing more may run).
     mode: Literal["Stop", "Terminate"] = "Stop"
+    # Its trainer attempts that had ended when the operator decided to stop it (recorded on the
+    # Workflow: WorkflowView.counted).
+    ended: int = field(default=0, compare=False)
+
+
+def _stop(workflow: WorkflowView, mode: Literal["Stop", "Terminate"] = "Stop") -> Stop:
+    return Stop(workflow.name, mode, ended=workflow.ended_attempts)
 
 
 @dataclass(frozen=True)
@@ -511,12 +518,12 @@ def _follow(
         if workflow is not None:
             status = _details(status, workflow, segments)
             if not workflow.finished and not workflow.shutdown:
-                stop.append(Stop(workflow.name, "Terminate"))
+                stop.append(_stop(workflow, "Terminate"))
     elif spec.suspend:
         if workflow is not None:
             status = _details(status, workflow, segments)
             if not workflow.finished and not workflow.shutdown:
-                stop.append(Stop(workflow.name))  # SIGTERM: the trainer checkpoints and exits
+                stop.append(_stop(workflow))  # SIGTERM: the trainer checkpoints and exits
         message = (
             f"run {run} suspended: its trainer checkpoints and stops; set spec.suspend: false "
             "to resume it from its checkpoint"
@@ -559,7 +566,7 @@ def _follow(
                 status = phase("Queued", "WaitingForPreviousRun", message)
             else:
                 if active:
-                    stop.extend(Stop(w.name) for w in active if not w.shutdown)
+                    stop.extend(_stop(w) for w in active if not w.shutdown)
                     events.append(
                         Event(
                             "Normal",
@@ -588,7 +595,7 @@ def _follow(
             # Flyte's interruptible-failure-threshold: a run that spot capacity keeps taking
             # away goes on on-demand nodes (a new Workflow, resuming from its checkpoint).
             if not workflow.finished and not workflow.shutdown:
-                stop.append(Stop(workflow.name))
+                stop.append(_stop(workflow))
             message = (
                 f"run {run}: {status.preemptions} preemptions on spot nodes "
                 f"(fallbackAfterPreemptions: {fallback}); it moves to on-demand nodes"
@@ -772,7 +779,7 @@ def _from_workflow(
                     f"is stopped" + (f" (last: {last})" if last else "")
                 )
                 status = _phase(status, "Failed", reason, message, generation=generation, at=at)
-                stop = None if workflow.finished else Stop(workflow.name, "Terminate")
+                stop = None if workflow.finished else _stop(workflow, "Terminate")
                 return status, stop, Event("Warning", reason, message)
     phase, reason, message = _workflow_phase(workflow)
     return _phase(status, phase, reason, message, generation=generation, at=at), None, None

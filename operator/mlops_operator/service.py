@@ -133,7 +133,7 @@ def _act(body: Mapping[str, Any], decision: Decision, settings: OperatorSettings
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     for stop in decision.stop:
-        kube.stop_workflow(namespace, stop.workflow, stop.mode)
+        kube.stop_workflow(namespace, stop.workflow, stop.mode, stop.ended)
     if decision.create:
         ensure_namespace(namespace, settings)
     for child in decision.create:

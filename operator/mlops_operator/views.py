@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mlops_api.naming import (
+    ANNOTATION_ENDED_BEFORE_STOP,
     ANNOTATION_GPUS,
     ANNOTATION_QUEUE,
     LABEL_GENERATION,
@@ -80,18 +81,44 @@ class WorkflowView:
     created: str | None = None
     queue: str | None = None  # the queue key it holds units of (semaphore mode)
     gpus: int = 0
+    ended_before_stop: int | None = None  # ANNOTATION_ENDED_BEFORE_STOP, once stopped
 
     @property
     def finished(self) -> bool:
         return self.phase in FINAL_WORKFLOW_PHASES
 
     @property
+    def ended_attempts(self) -> int:
+        return sum(1 for a in self.attempts if a.phase in FINAL_WORKFLOW_PHASES)
+
+    @property
+    def counted(self) -> tuple[Attempt, ...]:
+        """The attempts that count against the run's budgets: all but those the operator's own
+        stop ended. A stop SIGTERMs the running pod and a trainer that checkpoints exits 143;
+        Argo may record that bare exit before its "Stopped with strategy" message (Argo 4.0 did,
+        for a retry it had started just before the stop). So an attempt that ended after the
+        stop (beyond ``ended_before_stop``) with a bare exit 143 is the stop's, not a
+        preemption; one that ended before it (a preemption may be what made the operator stop)
+        counts as ever."""
+        if not self.shutdown or self.ended_before_stop is None:
+            return self.attempts
+        before, after = (
+            self.attempts[: self.ended_before_stop],
+            self.attempts[self.ended_before_stop :],
+        )
+        return before + tuple(
+            a
+            for a in after
+            if not (a.exit_code == str(EXIT_PREEMPTED) and not _PREEMPTION.search(a.message))
+        )
+
+    @property
     def preemptions(self) -> int:
-        return sum(1 for a in self.attempts if a.failure == "preemption")
+        return sum(1 for a in self.counted if a.failure == "preemption")
 
     @property
     def app_errors(self) -> int:
-        return sum(1 for a in self.attempts if a.failure == "app-error")
+        return sum(1 for a in self.counted if a.failure == "app-error")
 
     @property
     def summary(self) -> Summary | None:
@@ -140,7 +167,9 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
     )
     semaphore = (status.get("synchronization") or {}).get("semaphore") or {}
     generation = labels.get(LABEL_GENERATION, "")
-    gpus = (meta.get("annotations") or {}).get(ANNOTATION_GPUS, "")
+    annotations = meta.get("annotations") or {}
+    gpus = annotations.get(ANNOTATION_GPUS, "")
+    ended = annotations.get(ANNOTATION_ENDED_BEFORE_STOP, "")
     return WorkflowView(
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or ""),
@@ -156,6 +185,7 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
         waiting=bool(semaphore.get("waiting")),
         attempts=tuple(_attempt(n) for n in pods),
         created=meta.get("creationTimestamp"),
-        queue=(meta.get("annotations") or {}).get(ANNOTATION_QUEUE),
+        queue=annotations.get(ANNOTATION_QUEUE),
         gpus=int(gpus) if gpus.isdigit() else 0,
+        ended_before_stop=int(ended) if ended.isdigit() else None,
     )

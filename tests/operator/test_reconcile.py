@@ -651,6 +651,20 @@ def test_fallback_moves_a_run_preempted_too_often_to_on_demand_nodes() -> None:
     status = moved.status
     assert status is not None and (status.segment, status.placement) == (1, "on-demand")
     assert status.preemptions == 2, "the preemptions on spot still count against the budget"
+    assert falling.stop[0].ended == 2, "recorded on the Workflow with the stop"
+    # Argo's retry had started a third spot pod before the stop landed; the stop's SIGTERM ended
+    # it (exit 143, no kubelet message) before Argo wrote its "Stopped with strategy" message
+    # (seen with Argo 4.0). That attempt is the stop, not a third preemption.
+    stop_ended = pod("Failed", "Error (exit code 143)", "143")
+    raced = wf(run, "Failed", *twice.attempts, stop_ended, shutdown="Stop", ended_before_stop=2)
+    assert (raced.preemptions, raced.app_errors) == (2, 0)
+    status = decide(b, [raced], POLICY, AT, trainers_alive=False).status
+    assert status is not None and status.preemptions == 2
+    # The same bare exit 143 before the stop (a trainer that checkpointed on a spot node's
+    # SIGTERM) is a preemption, also once the Workflow is stopped.
+    sigtermed = wf(run, "Failed", pod("Failed", SHUTDOWN), stop_ended, shutdown="Stop",
+                   ended_before_stop=2)  # fmt: skip
+    assert sigtermed.preemptions == 2
 
 
 def test_kueue_mode_labels_the_trainer_pod_with_its_local_queue() -> None:
