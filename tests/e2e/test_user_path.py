@@ -86,8 +86,10 @@ def test_kubectl_get_shows_phase_progress_eta_and_wide_reason_message(
     for column in ("REASON", "RUN", "PREEMPTIONS", "MESSAGE"):
         assert column in header.split(), header
     assert "SpecInvalid" in row and "spec.trainer.config.batch_size" in row, row
-    # No progress and no ETA on a finished run: kubectl's "<none>", not a null's "<no value>".
-    assert "<no value>" not in narrow + wide and "<none>" in narrow.splitlines()[1], narrow
+    # No progress and no ETA on a finished run: empty cells, not a null's "<no value>".
+    assert "<no value>" not in narrow + wide, wide
+    assert narrow.splitlines()[1].split()[:3] == ["columns", "Failed", "vqvae"], narrow
+    assert len(narrow.splitlines()[1].split()) == 4, "PROGRESS and ETA are empty: " + narrow
 
 
 def test_guardrails_refuse_what_the_platform_team_did_not_allow(
