@@ -6,6 +6,8 @@
 #   [realnode] -m realnode on a second local cluster with a real node (its own MLOPS_CLUSTER_DIR
 #              and ports), started once [local] is done: real trainer pods want the CPU the
 #              local training would take, and its preemption tests time a 15 s grace period.
+#   [argo4]    -m "e2e and argo_matrix": the e2e main cases again, on a third local cluster whose
+#              workflow-controller is Argo Workflows 4.0 (MLOPS_ARGO=v4), once [realnode] is done.
 #
 # Run one after the other these took the sum; side by side on two cores they take little more
 # than the longest chain. The Go build of the clusters (15-25 min cold, cached after) and the
@@ -13,7 +15,7 @@
 # lint as well. Each session's lines carry its prefix; the script fails if any session failed.
 # Usage: hack/test.sh [pytest args...]   (the args go to every session)
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 BIN=.venv/bin
 logs="$(mktemp -d "${TMPDIR:-/tmp}/mlops-test.XXXXXX")"
 pids=()
@@ -49,7 +51,9 @@ set -m
     # The realnode fixture builds them too (the same cache, under a lock), so a failure here
     # only costs time.
     until [[ -f .venv/.installed ]]; do sleep 5; done &&
-    .venv/bin/python hack/images/ocibuild.py build pause argoexec operator trainer >/dev/null
+    .venv/bin/python hack/images/ocibuild.py build pause argoexec operator trainer >/dev/null &&
+    # Last: [argo4] starts after [realnode], which needs everything above.
+    MLOPS_ARGO=v4 hack/cluster/build.sh >/dev/null
 ) >"${logs}/prebuild.log" 2>&1 &
 pids+=($!)
 set +m
@@ -78,14 +82,24 @@ realnode_pid=${pids[-1]}
 
 wait "${realnode_pid}"
 realnode_rc=$?
-echo "[test $(stamp)] realnode suite done (exit ${realnode_rc}) after $((SECONDS - start)) s"
+echo "[test $(stamp)] realnode suite done (exit ${realnode_rc}) after $((SECONDS - start)) s; the argo4 suite starts"
+# The same main cases against Argo 4.0: a kwok cluster of its own (one controller per cluster, and
+# Argo 4's CRDs), ports below the ephemeral range as above.
+MLOPS_ARGO=v4 MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-argo4 MLOPS_ETCD_PORT=25790 MLOPS_ETCD_PEER_PORT=25800 \
+  MLOPS_APISERVER_PORT=28443 MLOPS_KCM_PORT=22257 MLOPS_SCHEDULER_PORT=22259 \
+  session argo4 "e2e and argo_matrix" "$@"
+argo4_pid=${pids[-1]}
+
+wait "${argo4_pid}"
+argo4_rc=$?
+echo "[test $(stamp)] argo4 suite done (exit ${argo4_rc}) after $((SECONDS - start)) s"
 wait "${e2e_pid}"
 e2e_rc=$?
 echo "[test $(stamp)] e2e suites done (exit ${e2e_rc}) after $((SECONDS - start)) s"
 # The background build is done by now unless no cluster test ran: stop it (by its PID).
 kill -- "-${pids[0]}" 2>/dev/null || true
 failed=0
-for name in local e2e realnode; do
+for name in local e2e realnode argo4; do
   rc_var="${name}_rc"
   rc=${!rc_var}
   # pytest's exit 5 (nothing selected, e.g. -k matched another session's tests) is no failure.

@@ -130,12 +130,11 @@ build_k8s() {
 build_argo() {
   [[ -x "${ARGO_BIN_DIR}/workflow-controller" ]] && return 0
   local crd_tmp="${MLOPS_CACHE}/bin/.argo-crds.$$"
-  go_build "argo ${ARGO_VERSION}" "${CLUSTER_HACK_DIR}/modules/argo" "${ARGO_BIN_DIR}" \
-    "$(argo_ldflags)" github.com/argoproj/argo-workflows/v3/cmd/workflow-controller
+  go_build "argo ${ARGO_VERSION}" "${ARGO_MODULE_DIR}" "${ARGO_BIN_DIR}" \
+    "$(argo_ldflags)" "${ARGO_MODULE}/cmd/workflow-controller"
   # Argo's CRDs ship in the same module; copy them so `go clean -modcache` cannot lose them.
   local dir
-  dir="$(cd "${CLUSTER_HACK_DIR}/modules/argo" &&
-    go list -m -f '{{.Dir}}' github.com/argoproj/argo-workflows/v3)"
+  dir="$(cd "${ARGO_MODULE_DIR}" && go list -m -f '{{.Dir}}' "${ARGO_MODULE}")"
   rm -rf "${crd_tmp}"
   mkdir -p "${crd_tmp}"
   cp "${dir}"/manifests/base/crds/full/argoproj.io_*.yaml "${crd_tmp}/"
@@ -146,6 +145,9 @@ build_argo() {
 # The real node (node-up.sh). kubelet: the control plane's module, ~100 packages beyond what it
 # already compiled. argoexec: Argo's executor at the controller's version (its own module).
 build_node() {
+  # The real node runs Argo 3.7's executor; the Argo 4 cluster is a kwok-only one (no executor
+  # runs there, so the executor image is only a name).
+  [[ "${MLOPS_ARGO}" == v3 ]] || die "the real node is built for MLOPS_ARGO=v3 only"
   [[ "${ARGOEXEC_VERSION}" == "${ARGO_VERSION}" ]] ||
     die "modules/argoexec pins Argo ${ARGOEXEC_VERSION} but the controller is ${ARGO_VERSION}: bump both"
   if [[ ! -x "${NODE_BIN_DIR}/kubelet" ]]; then
@@ -156,7 +158,8 @@ build_node() {
     local mod
     mod="$(argoexec_module)"
     go_build "argoexec ${ARGO_VERSION}" "${mod}" "${ARGOEXEC_BIN_DIR}" \
-      "$(argo_ldflags)" github.com/argoproj/argo-workflows/v3/cmd/argoexec
+      "$(argo_ldflags github.com/argoproj/argo-workflows/v3 "${ARGOEXEC_VERSION}")" \
+      github.com/argoproj/argo-workflows/v3/cmd/argoexec
     rm -rf "${mod}"
   fi
 }

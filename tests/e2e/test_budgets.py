@@ -89,6 +89,7 @@ def _act(env: Env, pod: client.V1Pod, step: str) -> None:
         raise ValueError(step)
 
 
+@pytest.mark.argo_matrix
 def test_each_budget_holds_in_any_interleaving(env: Env, start_operator: OperatorFactory) -> None:
     start_operator(env, env_vars={"MLOPS_POD_ANNOTATIONS": LONG_PODS})
     for seq in SEQUENCES:
@@ -148,6 +149,7 @@ def _placement_env(pod: client.V1Pod) -> str | None:
     return next((e.value for e in main.env or [] if e.name == "MLOPS_PLACEMENT"), None)
 
 
+@pytest.mark.argo_matrix
 def test_a_run_preempted_too_often_on_spot_moves_to_on_demand_nodes(
     env: Env, start_operator: OperatorFactory
 ) -> None:

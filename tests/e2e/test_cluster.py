@@ -6,12 +6,14 @@ kube-scheduler + kwok (fake nodes, fake pod lifecycle), Argo's controller and it
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cluster import Cluster, wait_for
+from cluster import HACK, Cluster, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -94,6 +96,25 @@ def test_api_server_is_ready_and_reports_its_version(
         return  # kind runs whatever Kubernetes its node image has
     assert (version.major, version.minor) == ("1", "36")
     assert version.git_version.startswith("v1.36.")
+
+
+@pytest.mark.argo_matrix
+def test_workflow_controller_is_the_argo_release_asked_for(cluster: Cluster) -> None:
+    """``MLOPS_ARGO`` (v3, default; v4) picks the controller hack/cluster builds and starts: the
+    running one must say it is that module's pinned release, or the v4 session tests v3.7."""
+    if not cluster.local:
+        return  # an external cluster runs whatever Argo it has
+    major = os.environ.get("MLOPS_ARGO", "v3")
+    folder = {"v3": "argo", "v4": "argo4"}[major]
+    go_mod = (HACK / "modules" / folder / "go.mod").read_text()
+    pinned = re.search(rf"github.com/argoproj/argo-workflows/{major} (v\S+)", go_mod)
+    assert pinned, go_mod
+    log = (cluster.state_dir / "logs" / "workflow-controller.log").read_text(errors="replace")
+    started = [line for line in log.splitlines() if "Starting Workflow Controller" in line]
+    assert started, log[-2000:]
+    # "v4.0.7+unknown": Argo appends the git commit, which a module build does not know.
+    running = re.search(r"version=\"?(v[^\s\"+]+)", started[-1])
+    assert running and running.group(1) == pinned.group(1), started[-1]
 
 
 def test_kubectl_and_helm_come_with_the_cluster(cluster: Cluster) -> None:
@@ -193,12 +214,14 @@ def test_deleting_an_owner_garbage_collects_its_children(
 # --- Argo under kwok -----------------------------------------------------------------------------
 
 
+@pytest.mark.argo_matrix
 def test_trivial_workflow_succeeds(api: client.ApiClient, namespace: str) -> None:
     wf = submit_and_wait(api, namespace, workflow("hello", {}))
     assert wf["status"]["phase"] == "Succeeded", wf["status"]
     assert pod_nodes(api, namespace, "hello") == {CPU_NODE}
 
 
+@pytest.mark.argo_matrix
 def test_gpu_workflow_lands_on_the_spot_gpu_node(api: client.ApiClient, namespace: str) -> None:
     template = {
         "nodeSelector": {
@@ -215,6 +238,7 @@ def test_gpu_workflow_lands_on_the_spot_gpu_node(api: client.ApiClient, namespac
     assert node["hostNodeName"] == GPU_NODE
 
 
+@pytest.mark.argo_matrix
 def test_pod_annotation_makes_kwok_fail_the_step(api: client.ApiClient, namespace: str) -> None:
     # hack/cluster/kwok/stages.yaml: this annotation turns the fake run into exit code 3.
     template = {"metadata": {"annotations": {"pod-fail.stage.kwok.x-k8s.io/exit-code": "3"}}}
@@ -224,6 +248,7 @@ def test_pod_annotation_makes_kwok_fail_the_step(api: client.ApiClient, namespac
     assert "exit code 3" in node["message"]
 
 
+@pytest.mark.argo_matrix
 def test_full_argo_crd_rejects_an_invalid_workflow(api: client.ApiClient, namespace: str) -> None:
     body = workflow("invalid", {})
     body["spec"]["templates"][0]["container"]["resources"] = "lots"  # must be an object

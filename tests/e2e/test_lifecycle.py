@@ -299,6 +299,7 @@ def test_a_waiting_generation_posts_no_error_events_and_starts_after(
 # --- 9. onChange and the queue ------------------------------------------------------------------------
 
 
+@pytest.mark.argo_matrix
 def test_gpu_queue_runs_one_at_a_time_in_apply_order(
     env: Env, start_operator: OperatorFactory
 ) -> None:
@@ -462,6 +463,7 @@ def test_delete_waits_for_the_stopped_run_with_production_timeouts(
     assert 115 <= waited <= 180, waited
 
 
+@pytest.mark.argo_matrix
 def test_a_two_gpu_run_holds_two_units_of_its_queue(
     cluster: Any, env: Env, start_operator: OperatorFactory
 ) -> None:

@@ -60,6 +60,7 @@ def operator(
             print(op.log_tail())
 
 
+@pytest.mark.argo_matrix
 def test_apply_runs_to_succeeded(env: Env, operator: Operator) -> None:
     obj = env.apply(env.manifest("happy", epochs=2, seed=3))
     status = wait_for(
