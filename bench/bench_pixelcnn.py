@@ -1,13 +1,15 @@
 """PixelCNN: compiled sampling against a predict-per-position loop; training against keras.io's.
 
-(a) Seconds per sampled image on a 40x40 code grid: ours is
-:meth:`mlops_trainers.trainers.pixelcnn.pixelcnn.PixelCNN.sample` (one compiled ``fori_loop`` over the 1600
-positions); the reference is the loop of keras.io's ``pixelcnn.py`` demonstration, one
-``model.predict`` of the whole grid per position on the *same* model and batch (a second row uses
-a direct eager ``model(x)`` call per position instead of ``predict``). The loop's cost per
-position does not depend on the position (every call computes the whole grid), so it is timed
-over the first ``--naive-positions`` positions and extrapolated linearly to all of them; the
-notes say so. The model is small (sampling costs ``positions`` full forward passes either way).
+(a) Seconds per sampled image on a 40x40 code grid at the ``pixelcnn`` trainer's default sizes
+(K = 128, the VQ-VAE's default codebook; 64 filters, 6 gated layers, 5x5 kernels): ours is
+:meth:`mlops_trainers.trainers.pixelcnn.pixelcnn.PixelCNN.sample` (one compiled loop: the
+vertical stack once per row, the horizontal stack on that row per position); the reference is a
+Python loop calling a compiled (``tf.function``) whole-grid forward of the same model once per
+position, with the *same* Gumbel noise, so both must draw the same codes (checked: the bench
+stops otherwise). The reference's cost per position does not depend on the position, so it is
+timed over the first ``--ref-positions`` positions and extrapolated to the grid; its codes there
+must equal ours. Rounds alternate in random order; the ratio is the median of the per-round
+ratios, each round's in the notes.
 
 (b) Training steps/s: ours (:class:`PixelCNN` as the ``pixelcnn`` trainer builds it: embedding,
 gated type-A block + type-B blocks, 1x1 head, ``train_on_batch`` on ``{"codes", "valid"}``)
@@ -20,7 +22,7 @@ binary pixels becomes a ``K``-logit head with sparse cross-entropy so that both 
 codes, and its input is the code grid as one float channel (``code / K``), as the original feeds
 pixel values. Timed in alternating rounds in one process; the ratio is ours / reference.
 
-    python bench/bench_pixelcnn.py [--grid 40] [--batch 2] [--naive-positions 160]
+    python bench/bench_pixelcnn.py [--grid 40] [--batch 2] [--ref-positions 200]
                                    [--train-grid 16] [--train-batch 16] [--filters 32]
 """
 
@@ -38,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also when imported
 
-from common import Row, best_of, write_rows
+from common import Row, write_rows
 
 
 def keras_io_pixelcnn(grid: int, filters: int, layers_: int, num_embeddings: int) -> Any:
@@ -126,61 +128,76 @@ def _ours(num_embeddings: int, grid: int, filters: int, layers_: int, kernel: in
 # === (a) sampling ===
 
 
-def naive_sample(model: Any, count: int, positions: int, *, predict: bool, seed: int = 0) -> Any:
-    """keras.io's demonstration loop on code grids: one whole-grid call per position, a
-    categorical draw (Gumbel-max on the logits) for that position; ``positions`` first ones."""
+def forward_per_position(model: Any, gumbel: np.ndarray, temperature: float, positions: int) -> Any:
+    """The reference: a compiled whole-grid forward per position, a Gumbel-max draw from the
+    same noise as :meth:`PixelCNN.sample` (``gumbel`` (h*w, B, K)); the first ``positions``."""
+    import tensorflow as tf
+
+    forward = getattr(model, "_bench_forward", None)
+    if forward is None:
+        forward = model._bench_forward = tf.function(lambda x: model(x, training=False))
     grid = model.grid_size
-    rng = np.random.default_rng(seed)
-    codes = np.zeros((count, grid, grid), dtype="int32")
+    codes = np.zeros((gumbel.shape[1], grid, grid), dtype="int32")
     for t in range(positions):
         row, col = divmod(t, grid)
-        if predict:
-            logits = model.predict(codes, verbose=0)
-        else:
-            logits = np.asarray(model(codes, training=False))
-        gumbel = -np.log(-np.log(rng.uniform(1e-9, 1.0, (count, logits.shape[-1]))))
-        codes[:, row, col] = np.argmax(logits[:, row, col] + gumbel, axis=-1)
+        logits = forward(tf.constant(codes)).numpy()[:, row, col]
+        codes[:, row, col] = np.argmax(logits / temperature + gumbel[t], axis=-1)
     return codes
 
 
 def bench_sampling(args: argparse.Namespace) -> list[Row]:
     import keras
+    from keras import ops
 
     keras.utils.set_random_seed(0)
     k, grid = args.num_embeddings, args.grid
     model = _ours(k, grid, args.sample_filters, args.sample_layers, args.kernel)
     positions = grid * grid
-    subset = min(args.naive_positions, positions)
-    model.sample(args.batch, seed=0)  # warm-up: tracing
-    ours_s = best_of(lambda: model.sample(args.batch, seed=1), args.repeats) / args.batch
-    print(f"compiled sampler: {ours_s:.3f} s per image", flush=True)
-    naive_sample(model, args.batch, 2, predict=True)  # warm-up: predict's function
-    naive_sample(model, args.batch, 2, predict=False)
-    rows = []
+    subset = min(args.ref_positions, positions)
+    gumbel = np.asarray(ops.convert_to_numpy(model._gumbel(args.batch, 1)))
+    model.sample(args.batch, seed=1)  # warm-up: tracing
+    forward_per_position(model, gumbel, 1.0, 2)  # warm-up: the reference's function
+    rng = np.random.default_rng(0)
+    ours_times, ref_times = [], []
+    for r in range(args.rounds):
+        order = ["ours", "ref"] if rng.random() < 0.5 else ["ref", "ours"]
+        for side in order:
+            start = time.perf_counter()
+            if side == "ours":
+                drawn = np.asarray(ops.convert_to_numpy(model.sample(args.batch, seed=1)))
+                ours_times.append((time.perf_counter() - start) / args.batch)
+            else:
+                ref = forward_per_position(model, gumbel, 1.0, subset)
+                elapsed = time.perf_counter() - start
+                ref_times.append(elapsed * positions / subset / args.batch)
+        first = [divmod(t, grid) for t in range(subset)]
+        same = all((drawn[:, i, j] == ref[:, i, j]).all() for i, j in first)
+        if not same:
+            raise SystemExit("the sampler and the forward-per-position loop drew different codes")
+        print(
+            f"round {r + 1}: ours {ours_times[-1]:.3f} s/image, reference "
+            f"{ref_times[-1]:.3f} s/image (extrapolated), same codes on {subset} positions",
+            flush=True,
+        )
+    ratios = [o / f for o, f in zip(ours_times, ref_times, strict=True)]
+    ratio = statistics.median(ratios)
     sizes = (
         f"{grid}x{grid} codes, K={k}, filters {args.sample_filters}, "
         f"{args.sample_layers} layers, kernel {args.kernel}, batch {args.batch}"
     )
-    for predict, name in ((True, "model.predict"), (False, "eager model(x)")):
-        part = best_of(
-            lambda p=predict: naive_sample(model, args.batch, subset, predict=p),
-            args.naive_repeats,
+    return [
+        Row(
+            f"PixelCNN sampling, {sizes}",
+            statistics.median(ours_times),
+            statistics.median(ours_times) / ratio,
+            "s/image",
+            "a compiled whole-grid forward per position (Python loop), the same noise",
+            f"median of {args.rounds} rounds in random order; per-round ours/ref "
+            f"{', '.join(f'{x:.4f}' for x in ratios)} ({1 / ratio:.0f}x faster); the same codes "
+            f"on the {subset} reference positions, timed and extrapolated x"
+            f"{positions / subset:.0f} (its cost per position is constant)",
         )
-        naive_s = part * positions / subset / args.batch
-        print(f"naive loop ({name}): {naive_s:.3f} s per image (extrapolated)", flush=True)
-        rows.append(
-            Row(
-                f"PixelCNN sampling, {sizes}",
-                ours_s,
-                naive_s,
-                "s/image",
-                f"one {name} per position (keras.io pixelcnn.py loop)",
-                f"ours: compiled fori_loop, best of {args.repeats}; reference timed over the first "
-                f"{subset} of {positions} positions (best of {args.naive_repeats}) and "
-                f"extrapolated x{positions / subset:.0f} (its cost per position is constant)",
-            )
-        )
-    return rows
+    ]
 
 
 # === (b) training ===
@@ -197,7 +214,7 @@ def bench_training(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
     import keras
 
     keras.utils.set_random_seed(0)
-    k, grid, f, n = args.num_embeddings, args.train_grid, args.filters, args.layers
+    k, grid, f, n = args.train_num_embeddings, args.train_grid, args.filters, args.layers
     ours = _ours(k, grid, f, n, args.kernel)
     reference = keras_io_pixelcnn(grid, f, n, k)
     reference.compile(
@@ -243,13 +260,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--grid", type=int, default=40, help="sampled code grid side")
     parser.add_argument("--batch", type=int, default=2, help="images sampled together")
-    parser.add_argument("--sample-filters", type=int, default=8)
-    parser.add_argument("--sample-layers", type=int, default=2)
-    parser.add_argument("--naive-positions", type=int, default=120, help="timed, extrapolated")
-    parser.add_argument("--repeats", type=int, default=2, help="compiled sampler timings")
-    parser.add_argument("--naive-repeats", type=int, default=2)
-    parser.add_argument("--num-embeddings", type=int, default=64, help="codebook size K")
+    # The pixelcnn trainer's defaults (trainers/pixelcnn/config.py) over a default VQ-VAE's K.
+    parser.add_argument("--sample-filters", type=int, default=64)
+    parser.add_argument("--sample-layers", type=int, default=6)
+    parser.add_argument("--ref-positions", type=int, default=200, help="timed, extrapolated")
+    parser.add_argument("--num-embeddings", type=int, default=128, help="codebook size K")
     parser.add_argument("--kernel", type=int, default=5, help="our masked kernel size")
+    parser.add_argument("--train-num-embeddings", type=int, default=64, help="K in (b)")
     parser.add_argument("--train-grid", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--filters", type=int, default=32)

@@ -12,7 +12,7 @@ from keras import ops
 from mlops_trainers.trainers.pixelcnn.masked_conv2d import MaskedConv2D
 
 
-def _gate(x: Any) -> Any:
+def gate(x: Any) -> Any:
     a, b = ops.split(x, 2, axis=-1)
     return ops.tanh(a) * ops.sigmoid(b)
 
@@ -68,11 +68,17 @@ class GatedPixelCNNBlock(keras.layers.Layer):  # type: ignore[misc,unused-ignore
     def call(self, inputs: Any) -> tuple[Any, Any]:
         vertical, horizontal = inputs
         v = self.vertical(vertical)
-        h = self.horizontal(horizontal) + self.vertical_to_horizontal(v)
-        h_out = self.horizontal_out(_gate(h))
+        return gate(v), self.horizontal_step(horizontal, self.vertical_to_horizontal(v))
+
+    def horizontal_step(self, horizontal: Any, from_vertical: Any) -> Any:
+        """The horizontal stack's output given what the vertical stack adds
+        (``vertical_to_horizontal`` of its pre-gate output): on the whole grid in :meth:`call`,
+        on one row when sampling (the 1 x k kernels see that row only)."""
+        h = self.horizontal(horizontal) + from_vertical
+        h_out = self.horizontal_out(gate(h))
         if self.mask_type == "B":
             h_out = h_out + horizontal
-        return _gate(v), h_out
+        return h_out
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         vertical_shape, horizontal_shape = input_shape

@@ -12,10 +12,14 @@ never learnt the padding codes would feed itself codes it never saw as context. 
 report bits per code over all positions and over the valid (unpadded) ones, to compare with
 ``log2(K)`` (a uniform prior).
 
-Sampling (:meth:`PixelCNN.sample`) is one compiled loop over the ``h * w`` positions
-(``keras.ops.fori_loop`` inside a ``tf.function`` or ``jax.jit``), not a ``predict`` call per
-position: the noise for the Gumbel-max draws is drawn once up front, so the loop is pure and
-compiles on every backend.
+Sampling (:meth:`PixelCNN.sample`) is one compiled loop (``keras.ops.fori_loop`` inside a
+``tf.function`` or ``jax.jit``) that recomputes only what a position sees. The vertical stack at
+row ``i`` depends on rows above only, so it runs once per row (on the whole grid, static shapes);
+within the row only the horizontal stack runs, on that one row, per position. That is one
+whole-grid vertical pass per row plus ``w`` one-row passes, instead of ``h * w`` whole-grid
+forwards (:meth:`PixelCNN.sample_full`, kept as the reference: the same draws for the same seed,
+tested). The Gumbel noise is drawn once up front, so the loop is pure and compiles on every
+backend.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from mlops_trainers.trainers.pixelcnn.gated_pixelcnn_block import GatedPixelCNNBlock
+from mlops_trainers.trainers.pixelcnn.gated_pixelcnn_block import GatedPixelCNNBlock, gate
 
 
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,6 +95,7 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
         self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
         self.valid_bits_tracker = keras.metrics.Mean(name="bits_per_valid_code")
         self._sampler: Callable[..., Any] | None = None
+        self._full_sampler: Callable[..., Any] | None = None
         self.build((None, grid_size, grid_size))
 
     def build(self, input_shape: Any) -> None:
@@ -149,8 +154,44 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
 
     # === Sampling ===
 
+    def _row_sample_loop(self, gumbel: Any, temperature: Any) -> Any:
+        """Codes (B, h, w) drawn position by position, ``gumbel`` (h*w, B, K) Gumbel noise; per
+        row one vertical pass, per position the horizontal stack on that row only."""
+        size = self.grid_size
+        batch = ops.shape(gumbel)[1]
+
+        def row_body(i: Any, codes: Any) -> Any:
+            # The vertical stack on the whole grid: row i's values see rows < i only, all drawn.
+            vertical = self.embedding(codes)
+            from_vertical = []
+            for block in self.blocks:
+                v = block.vertical(vertical)
+                # (B, 1, w, 2F): what this block's horizontal stack adds at row i.
+                v_row = ops.expand_dims(ops.take(v, i, axis=1), 1)
+                from_vertical.append(block.vertical_to_horizontal(v_row))
+                vertical = gate(v)
+
+            def col_body(j: Any, row: Any) -> Any:
+                horizontal = self.embedding(ops.expand_dims(row, 1))  # (B, 1, w, F)
+                for block, vh in zip(self.blocks, from_vertical, strict=True):
+                    horizontal = block.horizontal_step(horizontal, vh)
+                logits = self.logits(self.hidden(ops.relu(horizontal)))  # (B, 1, w, K)
+                logits_j = ops.take(logits[:, 0], j, axis=1)
+                noise = ops.take(gumbel, i * size + j, axis=0)
+                draw = ops.argmax(logits_j / temperature + noise, axis=-1)
+                here = ops.expand_dims(ops.arange(size) == j, 0)
+                return ops.where(here, ops.expand_dims(ops.cast(draw, "int32"), 1), row)
+
+            row = ops.fori_loop(0, size, col_body, ops.take(codes, i, axis=1))
+            at_i = ops.reshape(ops.arange(size) == i, (1, size, 1))
+            return ops.where(at_i, ops.expand_dims(row, 1), codes)
+
+        codes = ops.zeros((batch, size, size), dtype="int32")
+        return ops.fori_loop(0, size, row_body, codes)
+
     def _sample_loop(self, gumbel: Any, temperature: Any) -> Any:
-        """Codes (B, h, w) drawn position by position, ``gumbel`` (h*w, B, K) Gumbel noise."""
+        """Codes (B, h, w) drawn position by position, ``gumbel`` (h*w, B, K) Gumbel noise; a
+        whole-grid forward per position (the reference of :meth:`sample_full`)."""
         positions = self.grid_size * self.grid_size
         batch = ops.shape(gumbel)[1]
         codes = ops.zeros((batch, positions), dtype="int32")
@@ -167,16 +208,27 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
         codes = ops.fori_loop(0, positions, body, codes)
         return ops.reshape(codes, (batch, self.grid_size, self.grid_size))
 
-    def sample(self, count: int, temperature: float = 1.0, seed: int = 0) -> Any:
-        """``count`` code grids (count, h, w) int32, drawn by one compiled loop."""
+    def _gumbel(self, count: int, seed: int) -> Any:
         positions = self.grid_size * self.grid_size
         uniform = keras.random.uniform(
             (positions, count, self.num_embeddings), minval=1e-9, maxval=1.0, seed=seed
         )
-        gumbel = -ops.log(-ops.log(uniform))
+        return -ops.log(-ops.log(uniform))
+
+    def sample(self, count: int, temperature: float = 1.0, seed: int = 0) -> Any:
+        """``count`` code grids (count, h, w) int32, drawn by one compiled loop."""
         if self._sampler is None:
-            self._sampler = _compile(self._sample_loop)
-        return self._sampler(gumbel, ops.convert_to_tensor(temperature, "float32"))
+            self._sampler = _compile(self._row_sample_loop)
+        t = ops.convert_to_tensor(temperature, "float32")
+        return self._sampler(self._gumbel(count, seed), t)
+
+    def sample_full(self, count: int, temperature: float = 1.0, seed: int = 0) -> Any:
+        """What :meth:`sample` draws, by a whole-grid forward per position (slow: the reference
+        the tests and ``bench/`` compare it with)."""
+        if self._full_sampler is None:
+            self._full_sampler = _compile(self._sample_loop)
+        t = ops.convert_to_tensor(temperature, "float32")
+        return self._full_sampler(self._gumbel(count, seed), t)
 
     # === Config ===
 
