@@ -226,3 +226,23 @@ def test_prior_trains_on_the_codes_of_a_tokenizer_run(tmp_path: Path, make_run_f
     # Sky codes only: the ground's codes are constant and would flatter the prior.
     assert final["bits_per_valid_code"] < math.log2(32)
     assert (out / "samples" / "epoch-0001.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("stack", ["vertical", "horizontal", "full"])
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 5), (1, 3), (1, 1), (3, 5)])
+def test_masked_conv_on_its_nonzero_taps_equals_the_masked_same_conv(
+    stack: str, mask_type: str, kernel: tuple[int, int]
+) -> None:
+    """The convolution computed on the cropped kernel (the zero taps skipped) gives what the
+    full masked kernel with "same" padding gives, for every mask."""
+    from mlops_trainers.trainers.pixelcnn.masked_conv2d import MaskedConv2D, causal_mask
+
+    keras.utils.set_random_seed(2)
+    layer = MaskedConv2D(6, kernel, mask_type, stack, use_bias=False)
+    x = np.random.default_rng(3).normal(size=(2, 7, 9, 4)).astype("float32")
+    got = ops.convert_to_numpy(layer(x))
+    mask = causal_mask(kernel, mask_type, stack)[:, :, None, None]
+    want = ops.convert_to_numpy(ops.conv(x, layer.kernel * mask, padding="same"))
+    assert got.shape == want.shape == (2, 7, 9, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -70,14 +70,49 @@ class MaskedConv2D(keras.layers.Conv2D):  # type: ignore[misc,unused-ignore]
             raise ValueError(f"stack must be one of {STACKS}, got {stack!r}")
         kwargs.pop("padding", None)
         kwargs.pop("strides", None)
+        if kwargs.get("data_format") not in (None, "channels_last"):
+            raise ValueError("MaskedConv2D is channels_last only")
         super().__init__(filters, kernel_size, padding="same", **kwargs)
         self.mask_type = mask_type
         self.stack = stack
         self._mask = causal_mask(tuple(self.kernel_size), mask_type, stack)[:, :, None, None]
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
-        mask = keras.ops.cast(self._mask, kernel.dtype)
-        return super().convolution_op(inputs, kernel * mask)
+        """The "same" convolution with the masked kernel, computed with only the rows and
+        columns of taps the mask keeps (2/5 of a 5x5 vertical kernel and of a 1x5 horizontal one
+        are zero): the kernel is cropped to them and the input padded to match, so the output is
+        the same and the zero taps cost nothing. The variable keeps its full shape (checkpoints
+        and saved models are unchanged)."""
+        from keras import ops
+
+        (r0, r1), (c0, c1) = self._taps
+        if r1 < r0:  # no tap at all (a 1-wide type-A kernel): only the bias remains
+            shape = ops.shape(inputs)
+            return ops.zeros((shape[0], shape[1], shape[2], self.filters), dtype=kernel.dtype)
+        mask = ops.cast(self._mask[r0 : r1 + 1, c0 : c1 + 1], kernel.dtype)
+        cropped = kernel[r0 : r1 + 1, c0 : c1 + 1] * mask
+        kh, kw = self.kernel_size
+        ch, cw = kh // 2, kw // 2
+        # output(y, x) = sum in(y + a - ch, x + b - cw) K[a, b]: a "valid" convolution over the
+        # input padded by (ch - r0) above and (r1 - ch) below (negative: rows it never reads are
+        # cut), likewise for columns.
+        top, bottom, left, right = ch - r0, r1 - ch, cw - c0, c1 - cw
+        x = ops.pad(
+            inputs,
+            [[0, 0], [max(top, 0), max(bottom, 0)], [max(left, 0), max(right, 0)], [0, 0]],
+        )
+        height, width = ops.shape(x)[1], ops.shape(x)[2]
+        x = x[:, : height + min(bottom, 0), : width + min(right, 0), :]
+        return ops.conv(x, cropped, strides=1, padding="valid", data_format="channels_last")
+
+    @property
+    def _taps(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Inclusive (first, last) rows and columns of the mask's nonzero taps."""
+        rows = np.flatnonzero(self._mask[:, :, 0, 0].any(axis=1))
+        cols = np.flatnonzero(self._mask[:, :, 0, 0].any(axis=0))
+        if not len(rows):
+            return (0, -1), (0, -1)
+        return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = super().get_config()
