@@ -127,6 +127,9 @@ NODE_SOCK="${NODE_STATE}/containerd/containerd.sock"
 # the cache and one per cluster dir: a new node of this cluster finds the images already
 # unpacked instead of importing ~2 GB again. node-down.sh leaves only images in it.
 NODE_CONTAINERD_ROOT="${MLOPS_CACHE}/node-containerd/$(echo -n "${STATE}" | sha256sum | cut -c1-12)"
+# node-up.sh refuses to start the real node with less free disk than this (its images, its pods'
+# outputs, and room before the kubelet's own garbage collection would delete the images).
+MLOPS_NODE_MIN_FREE_GIB="${MLOPS_NODE_MIN_FREE_GIB:-8}"
 # Labels and the taint of the real node: pods meant for the kwok nodes never land there; the
 # realnode tests give theirs the toleration and node selector.
 NODE_LABEL_KEY="mlops.dev/real-node"

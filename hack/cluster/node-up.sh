@@ -49,6 +49,16 @@ check_free() {
       die "${ip} is already an address of this host; pick another MLOPS_NODE_NET or MLOPS_SERVICE_CIDR"
     fi
   done
+  # A nearly full disk makes the kubelet garbage-collect images, and ours cannot be pulled back
+  # (no registry): pods then fail with "failed to get sandbox image" (a cold run beside a second
+  # cache filled this machine's disk so). Refuse to start instead.
+  local dir free_gib
+  mkdir -p "${NODE_CONTAINERD_ROOT}"
+  for dir in "${NODE_CONTAINERD_ROOT}" "${STATE}"; do
+    free_gib=$(($(df -Pk "${dir}" | awk 'NR == 2 {print $4}') / 1024 / 1024))
+    ((free_gib >= MLOPS_NODE_MIN_FREE_GIB)) ||
+      die "only ${free_gib} GiB free under ${dir}; the real node needs ${MLOPS_NODE_MIN_FREE_GIB} (MLOPS_NODE_MIN_FREE_GIB): free some disk"
+  done
   # Our /24 and the Service CIDR must not shadow a route the host already has (its own LAN).
   local cidr
   for cidr in "${MLOPS_NODE_NET}.0/24" "${MLOPS_SERVICE_CIDR}"; do
@@ -221,7 +231,7 @@ registerWithTaints:
 - {key: ${NODE_LABEL_KEY}, value: "true", effect: NoSchedule}
 # A shared machine: never evict the tests' pods for disk the rest of the machine uses, never
 # garbage-collect the locally imported images (nothing could pull them back).
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+evictionHard: {memory.available: 100Mi, nodefs.available: 256Mi, imagefs.available: 256Mi, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
