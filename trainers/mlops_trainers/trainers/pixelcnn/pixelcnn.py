@@ -14,10 +14,10 @@ report bits per code over all positions and over the valid (unpadded) ones, to c
 
 Sampling (:meth:`PixelCNN.sample`) is one compiled loop (``keras.ops.fori_loop`` inside a
 ``tf.function`` or ``jax.jit``) that recomputes only what a position sees. The vertical stack at
-row ``i`` depends on rows above only, so it runs once per row (on the whole grid, static shapes);
-within the row only the horizontal stack runs, on that one row, per position. That is one
-whole-grid vertical pass per row plus ``w`` one-row passes, instead of ``h * w`` whole-grid
-forwards (:meth:`PixelCNN.sample_full`, kept as the reference: the same draws for the same seed,
+row ``i`` depends on rows above only, so it runs once per row (on the rows it reaches, static
+shapes); within the row only the horizontal stack runs, on that one row, per position. That is
+one vertical pass over a few rows per row plus ``w`` one-row passes, instead of ``h * w``
+whole-grid forwards (:meth:`PixelCNN.sample_full`, kept as the reference: the same draws for the same seed,
 tested). The Gumbel noise is drawn once up front, so the loop is pure and compiles on every
 backend.
 """
@@ -159,15 +159,23 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
         row one vertical pass, per position the horizontal stack on that row only."""
         size = self.grid_size
         batch = ops.shape(gumbel)[1]
+        # Row i of the vertical stack's output depends on the `reach` rows above it (each layer
+        # looks kernel_size // 2 rows up) and on no row below: it is computed on that window
+        # only. The embedded grid is padded with zero rows on top, which is what the "same"
+        # padding puts there on the whole grid, so the window's last row is exact.
+        reach = len(self.blocks) * (self.kernel_size // 2)
 
         def row_body(i: Any, codes: Any) -> Any:
-            # The vertical stack on the whole grid: row i's values see rows < i only, all drawn.
-            vertical = self.embedding(codes)
+            # Rows < i are all drawn; row i's vertical values do not read row i itself.
+            embedded = ops.pad(self.embedding(codes), [[0, 0], [reach, 0], [0, 0], [0, 0]])
+            vertical = ops.slice(
+                embedded, (0, i, 0, 0), (batch, reach + 1, size, self.filters)
+            )  # grid rows i - reach .. i
             from_vertical = []
             for block in self.blocks:
                 v = block.vertical(vertical)
                 # (B, 1, w, 2F): what this block's horizontal stack adds at row i.
-                v_row = ops.expand_dims(ops.take(v, i, axis=1), 1)
+                v_row = v[:, reach : reach + 1]
                 from_vertical.append(block.vertical_to_horizontal(v_row))
                 vertical = gate(v)
 
