@@ -42,6 +42,17 @@ session() {
   pids+=($!)
 }
 
+# own_cluster DIR ETCD_PORT APISERVER_PORT KCM_PORT session NAME MARKS [args]: run a session on a
+# cluster of its own (the peer port is etcd's + 10, the scheduler's the controller manager's + 2).
+# Ports below Linux's ephemeral range (32768-60999), where any outgoing connection may hold one
+# (33790 was taken so, once).
+own_cluster() {
+  local dir="$1" etcd="$2" apiserver="$3" kcm="$4"
+  shift 4
+  MLOPS_CLUSTER_DIR="${dir}" MLOPS_ETCD_PORT="${etcd}" MLOPS_ETCD_PEER_PORT="$((etcd + 10))" \
+    MLOPS_APISERVER_PORT="${apiserver}" MLOPS_KCM_PORT="${kcm}" MLOPS_SCHEDULER_PORT="$((kcm + 2))" "$@"
+}
+
 start=${SECONDS}
 echo "[test $(stamp)] building the clusters' and the real node's binaries, then the images, in the background (cached: seconds); log ${logs}/prebuild.log"
 set -m
@@ -73,21 +84,16 @@ wait "${local_pid}"
 local_rc=$?
 echo "[test $(stamp)] local suites done (exit ${local_rc}) after $((SECONDS - start)) s; the realnode suite starts"
 # Its own cluster: the e2e session's kwok tests and the chart's cluster-wide operator of the
-# realnode tests must not see each other's objects. Its ports stay below Linux's ephemeral range
-# (32768-60999), where any outgoing connection may hold one (33790 was taken so, once).
-MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-realnode MLOPS_ETCD_PORT=24790 MLOPS_ETCD_PEER_PORT=24800 \
-  MLOPS_APISERVER_PORT=27443 MLOPS_KCM_PORT=21257 MLOPS_SCHEDULER_PORT=21259 \
-  session realnode "realnode" "$@"
+# realnode tests must not see each other's objects.
+own_cluster /tmp/mlops-cluster-realnode 24790 27443 21257 session realnode "realnode" "$@"
 realnode_pid=${pids[-1]}
 
 wait "${realnode_pid}"
 realnode_rc=$?
 echo "[test $(stamp)] realnode suite done (exit ${realnode_rc}) after $((SECONDS - start)) s; the argo4 suite starts"
 # The same main cases against Argo 4.0: a kwok cluster of its own (one controller per cluster, and
-# Argo 4's CRDs), ports below the ephemeral range as above.
-MLOPS_ARGO=v4 MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-argo4 MLOPS_ETCD_PORT=25790 MLOPS_ETCD_PEER_PORT=25800 \
-  MLOPS_APISERVER_PORT=28443 MLOPS_KCM_PORT=22257 MLOPS_SCHEDULER_PORT=22259 \
-  session argo4 "e2e and argo_matrix" "$@"
+# Argo 4's CRDs).
+MLOPS_ARGO=v4 own_cluster /tmp/mlops-cluster-argo4 25790 28443 22257 session argo4 "e2e and argo_matrix" "$@"
 argo4_pid=${pids[-1]}
 
 wait "${argo4_pid}"
