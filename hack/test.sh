@@ -36,7 +36,9 @@ session() {
   set -m # its own process group, so stop_all reaches pytest and what it started
   (
     set -o pipefail
-    "${BIN}/python" -m pytest -m "${marks}" --basetemp "${logs}/tmp-${name}" "$@" 2>&1 | prefix "${name}"
+    # Wide lines: the short test summary keeps its reasons whole.
+    COLUMNS=200 "${BIN}/python" -m pytest -m "${marks}" --basetemp "${logs}/tmp-${name}" "$@" 2>&1 |
+      tee "${logs}/${name}.log" | prefix "${name}"
   ) &
   set +m
   pids+=($!)
@@ -105,14 +107,23 @@ echo "[test $(stamp)] e2e suites done (exit ${e2e_rc}) after $((SECONDS - start)
 # The background build is done by now unless no cluster test ran: stop it (by its PID).
 kill -- "-${pids[0]}" 2>/dev/null || true
 failed=0
+# The sessions' lines interleave and CI shows only the end of its log: each failed session's
+# assertion lines and short test summary come last, where a reader looks first.
 for name in local e2e realnode argo4; do
   rc_var="${name}_rc"
   rc=${!rc_var}
   # pytest's exit 5 (nothing selected, e.g. -k matched another session's tests) is no failure.
   if ((rc != 0 && rc != 5)); then
-    echo "[test] FAILED: the ${name} session exited ${rc}"
+    echo "[test] ---- ${name}: its failures (whole log: ${logs}/${name}.log) ----"
+    grep -E "^E   " "${logs}/${name}.log" | cut -c1-300 | tail -6 | prefix "${name}"
+    grep -E "^(FAILED|ERROR) " "${logs}/${name}.log" | cut -c1-300 | tail -8 | prefix "${name}"
     failed=1
   fi
+done
+for name in local e2e realnode argo4; do
+  rc_var="${name}_rc"
+  rc=${!rc_var}
+  if ((rc != 0 && rc != 5)); then echo "[test] FAILED: the ${name} session exited ${rc}"; fi
 done
 ((failed == 0)) || exit 1
 echo "[test] all passed in $((SECONDS - start)) s"
