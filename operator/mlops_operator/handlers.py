@@ -4,6 +4,7 @@
 - An event of one of our Workflows: sync the MLOps object that owns it.
 - Every object not yet finished, every ``MLOPS_RESYNC_S``: sync it (repairs what events missed).
 - Deletion: stop its running Workflows, wait for them (bounded), then let go.
+- Kueue mode only: an event of a Kueue Workload of one of our pods: sync the run it admits.
 
 Two kopf indexes keep the operator's view of the cluster in memory: Workflows by owner uid and
 MLOps objects by uid, so a sync reads nothing from the API server unless it is about to act.
@@ -25,7 +26,14 @@ from mlops_operator import kube, metrics, service
 from mlops_operator.queueing import QueueView, Waiting, queue_view
 from mlops_operator.reconcile import FINAL_PHASES, Event, compact_essence, now, parse_status
 from mlops_operator.settings import OperatorSettings
-from mlops_operator.views import WorkflowView, owner_uid, view_workflow
+from mlops_operator.views import (
+    KUEUE,
+    WorkflowView,
+    WorkloadView,
+    owner_uid,
+    view_workflow,
+    view_workload,
+)
 
 SETTINGS = OperatorSettings.from_env()
 ARGO = ("argoproj.io", "v1alpha1", "workflows")
@@ -135,11 +143,17 @@ def _queues(
 # kopf passes each index as a keyword argument named after its function; the defaults only keep
 # the handlers' signatures compatible with kopf's callback protocols.
 Owned = Mapping[str, Iterable[WorkflowView]]
+Workloads = Mapping[str, Iterable[WorkloadView]]
 NO_INDEX: Mapping[str, Any] = {}
 
 
 def _owned(index: Owned, uid: str | None) -> list[WorkflowView]:
     return list(index.get(uid, [])) if uid else []
+
+
+def _in(index: Workloads, body: Mapping[str, Any]) -> list[WorkloadView]:
+    """Kueue's Workloads in the object's namespace (none unless in kueue mode)."""
+    return list(index.get(str(body["metadata"]["namespace"]), []))
 
 
 def _post(body: Mapping[str, Any], event: Event) -> None:
@@ -164,6 +178,7 @@ def reconcile(
     workflows_by_owner: Owned = NO_INDEX,
     workflows_by_queue: Owned = NO_INDEX,
     waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
+    workloads_by_namespace: Workloads = NO_INDEX,
     **_: Any,
 ) -> None:
     try:
@@ -175,6 +190,7 @@ def reconcile(
             handler="reconcile",
             post=_post,
             queues=_queues(workflows_by_queue, waiting_by_queue),
+            workloads=_in(workloads_by_namespace, body),
         )
     except kube.ApiError as exc:
         raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
@@ -211,7 +227,13 @@ def _rerun_asked(body: kopf.Body, **_: Any) -> bool:
     initial_delay=SETTINGS.resync_s,
     when=_needs_resync,
 )
-def resync(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_: Any) -> None:
+def resync(
+    body: kopf.Body,
+    uid: str,
+    workflows_by_owner: Owned = NO_INDEX,
+    workloads_by_namespace: Workloads = NO_INDEX,
+    **_: Any,
+) -> None:
     try:
         service.sync(
             body,
@@ -220,6 +242,7 @@ def resync(body: kopf.Body, uid: str, workflows_by_owner: Owned = NO_INDEX, **_:
             fresh=False,
             handler="resync",
             post=_post,
+            workloads=_in(workloads_by_namespace, body),
         )
     except kube.ApiError as exc:
         log.warning("resync of %s failed (retried at the next one): %s", body.metadata.name, exc)
@@ -233,6 +256,7 @@ def rerun(
     workflows_by_owner: Owned = NO_INDEX,
     workflows_by_queue: Owned = NO_INDEX,
     waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
+    workloads_by_namespace: Workloads = NO_INDEX,
     **_: Any,
 ) -> None:
     """A new ``mlops.dev/rerun`` value. kopf's update handlers never see it: kopf leaves the
@@ -246,6 +270,7 @@ def rerun(
             handler="rerun",
             post=_post,
             queues=_queues(workflows_by_queue, waiting_by_queue),
+            workloads=_in(workloads_by_namespace, body),
         )
     except kube.ApiError as exc:
         log.warning("rerun of %s failed (the resync retries): %s", body.metadata.name, exc)
@@ -260,6 +285,7 @@ def follow_workflow(
     workflows_by_owner: Owned = NO_INDEX,
     workflows_by_queue: Owned = NO_INDEX,
     waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
+    workloads_by_namespace: Workloads = NO_INDEX,
     **_: Any,
 ) -> None:
     """A Workflow changed: sync its owner (its status follows the run); when a queued run ends,
@@ -284,9 +310,63 @@ def follow_workflow(
                 handler="follow",
                 post=_post,
                 queues=queues,
+                workloads=_in(workloads_by_namespace, parents[0]),
             )
         except kube.ApiError as exc:
             log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
+
+
+def workloads_by_namespace(body: kopf.Body, **_: Any) -> dict[str, WorkloadView] | None:
+    view = view_workload(body)
+    return {view.namespace: view} if view else None
+
+
+def follow_workload(
+    body: kopf.Body,
+    *,
+    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]] = NO_INDEX,
+    workflows_by_owner: Owned = NO_INDEX,
+    workflows_by_queue: Owned = NO_INDEX,
+    waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
+    workloads_by_namespace: Workloads = NO_INDEX,
+    **_: Any,
+) -> None:
+    """A Workload changed (Kueue admitted a trainer pod, or says why not yet): sync the run whose
+    Workflow made that pod (Argo names a Workflow's pods after it)."""
+    view = view_workload(body)
+    if view is None:
+        return
+    mine = [
+        w
+        for views in workflows_by_owner.values()
+        for w in views
+        if w.namespace == view.namespace and view.of(w.name)
+    ]
+    if not mine:
+        return  # not a pod of ours (Kueue admits other workloads too)
+    uid = mine[0].owner_uid
+    parents = list(mlops_by_uid.get(uid, [])) if uid else []
+    if not parents:
+        return
+    try:
+        service.sync(
+            parents[0],
+            _owned(workflows_by_owner, uid),
+            SETTINGS,
+            fresh=False,
+            handler="kueue",
+            post=_post,
+            queues=_queues(workflows_by_queue, waiting_by_queue),
+            workloads=_in(workloads_by_namespace, parents[0]),
+        )
+    except kube.ApiError as exc:
+        log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
+
+
+if SETTINGS.render.queue_mode == "kueue":
+    # Only then: without Kueue its CRDs are missing, and kopf would warn about them forever.
+    kopf.index(*KUEUE)(workloads_by_namespace)
+    kopf.on.event(*KUEUE)(follow_workload)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

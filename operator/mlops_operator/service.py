@@ -31,7 +31,7 @@ from mlops_operator.reconcile import (
     status_json,
 )
 from mlops_operator.settings import OperatorSettings
-from mlops_operator.views import WorkflowView, view_workflow
+from mlops_operator.views import WorkflowView, WorkloadView, view_workflow, with_workloads
 
 log = logging.getLogger("mlops_operator")
 
@@ -151,11 +151,14 @@ def sync(
     handler: str,
     post: EventSink,
     queues: QueueLookup | None = None,
+    workloads: Iterable[WorkloadView] = (),
 ) -> Outcome:
     """Bring one MLOps object's children and status in line with its spec.
 
     ``fresh``: ``body`` comes straight from the API server (a kopf change handler), not from a
     cache; a decision that creates, stops or deletes anything is only acted on with fresh data.
+    ``workloads``: Kueue's Workloads in the object's namespace (kueue mode), to tell a run
+    whose pod waits for Kueue's admission from one that runs.
     Raises :class:`kube.ApiError` (transient) after recording it in status, for a retry.
     """
     policy = Policy(
@@ -167,7 +170,7 @@ def sync(
     uid = body["metadata"]["uid"]
     with _lock(uid):
         for _ in range(5):
-            owned = _confirm(body, list(workflows))
+            owned = with_workloads(_confirm(body, list(workflows)), workloads)
             decision = decide(body, owned, policy)
             # A decision may ask for more than the indexes hold: whether a run's stopped
             # trainers have exited, how its queue stands. Answer, and decide again. Admitting

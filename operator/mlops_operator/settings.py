@@ -57,6 +57,7 @@ class OperatorSettings:
         base = RenderSettings()
         spot_selector = _env_json("MLOPS_SPOT_NODE_SELECTOR", base.spot_node_selector)
         spot_tolerations = _env_json("MLOPS_SPOT_TOLERATIONS", list(base.spot_tolerations))
+        on_demand_selector = _env_json("MLOPS_ON_DEMAND_NODE_SELECTOR", {})
         extra_env = _env_json("MLOPS_TRAINER_ENV", {})
         pod_annotations = _env_json("MLOPS_POD_ANNOTATIONS", {})
         sa_annotations = _env_json("MLOPS_TRAINER_SA_ANNOTATIONS", {})
@@ -65,6 +66,7 @@ class OperatorSettings:
         assert (
             isinstance(spot_selector, dict)
             and isinstance(spot_tolerations, list)
+            and isinstance(on_demand_selector, dict)
             and isinstance(extra_env, dict)
             and isinstance(pod_annotations, dict)
             and isinstance(sa_annotations, dict)
@@ -81,6 +83,7 @@ class OperatorSettings:
             spot_tolerations=tuple(
                 {str(k): str(v) for k, v in t.items()} for t in spot_tolerations
             ),
+            on_demand_node_selector={str(k): str(v) for k, v in on_demand_selector.items()},
             gpu_type_label=os.environ.get("MLOPS_GPU_TYPE_LABEL", base.gpu_type_label),
             report_summary=_env_bool("MLOPS_REPORT_SUMMARY", base.report_summary),
             gcs_secret=os.environ.get("MLOPS_GCS_SECRET") or None,

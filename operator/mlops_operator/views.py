@@ -8,8 +8,8 @@ each classified as a preemption or an application error. Pure: built from a Work
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from mlops_api.naming import (
@@ -82,6 +82,8 @@ class WorkflowView:
     queue: str | None = None  # the queue key it holds units of (semaphore mode)
     gpus: int = 0
     ended_before_stop: int | None = None  # ANNOTATION_ENDED_BEFORE_STOP, once stopped
+    # Kueue mode: the Workload of its pod that Kueue has not admitted yet (with_workloads).
+    kueue: WorkloadView | None = None
 
     @property
     def finished(self) -> bool:
@@ -188,4 +190,88 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
         queue=annotations.get(ANNOTATION_QUEUE),
         gpus=int(gpus) if gpus.isdigit() else 0,
         ended_before_stop=int(ended) if ended.isdigit() else None,
+    )
+
+
+# === Kueue (spec.queue in kueue mode) ===
+
+KUEUE = ("kueue.x-k8s.io", "v1beta2", "workloads")
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """Kueue's Workload for one trainer pod (its pod integration makes one per pod, owned by
+    it): whether Kueue has admitted the pod, and if not, Kueue's own reason."""
+
+    name: str
+    namespace: str
+    pod: str  # the trainer pod it admits (its controller owner)
+    queue: str  # the LocalQueue
+    admitted: bool = False
+    finished: bool = False
+    reason: str = ""  # of QuotaReserved=False: Pending, Inadmissible, ...
+    message: str = ""
+    cluster_queue: str = ""
+    flavors: tuple[str, ...] = ()  # the ResourceFlavors it was admitted on
+
+    @property
+    def waiting(self) -> bool:
+        return not self.admitted and not self.finished
+
+    def of(self, workflow: str) -> bool:
+        """Whether its pod belongs to ``workflow``: Argo names the pods of a retried template
+        ``<workflow>-<template>-<fnv32a of the node's name>`` (our one template is ``train``).
+        The whole name must fit: ``demo-g1`` is a prefix of ``demo-g1-abc``'s pods too."""
+        head, _, digits = self.pod.rpartition("-")
+        return head == f"{workflow}-train" and digits.isdigit()
+
+
+def with_workloads(
+    workflows: Iterable[WorkflowView], workloads: Iterable[WorkloadView]
+) -> list[WorkflowView]:
+    """The Workflows, each with the Workload of its pod that waits for Kueue, if any."""
+    waiting = [w for w in workloads if w.waiting]
+    out = []
+    for workflow in workflows:
+        mine = [w for w in waiting if w.namespace == workflow.namespace and w.of(workflow.name)]
+        out.append(replace(workflow, kueue=mine[-1]) if mine else workflow)
+    return out
+
+
+def view_workload(body: Mapping[str, Any]) -> WorkloadView | None:
+    """The view of a Workload of a single pod; None for any other (a Job's, a pod group's)."""
+    meta = body.get("metadata") or {}
+    pods = [
+        ref
+        for ref in meta.get("ownerReferences") or []
+        if ref.get("kind") == "Pod" and ref.get("controller")
+    ]
+    if len(pods) != 1:
+        return None
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+
+    def true(kind: str) -> bool:
+        return (conditions.get(kind) or {}).get("status") == "True"
+
+    reserved = conditions.get("QuotaReserved") or {}
+    admission = status.get("admission") or {}
+    flavors = sorted(
+        {
+            str(flavor)
+            for assignment in admission.get("podSetAssignments") or []
+            for flavor in (assignment.get("flavors") or {}).values()
+        }
+    )
+    return WorkloadView(
+        name=str(meta.get("name") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        pod=str(pods[0].get("name") or ""),
+        queue=str((body.get("spec") or {}).get("queueName") or ""),
+        admitted=true("Admitted"),
+        finished=true("Finished"),
+        reason="" if reserved.get("status") == "True" else str(reserved.get("reason") or ""),
+        message="" if reserved.get("status") == "True" else str(reserved.get("message") or ""),
+        cluster_queue=str(admission.get("clusterQueue") or ""),
+        flavors=tuple(flavors),
     )

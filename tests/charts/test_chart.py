@@ -376,3 +376,75 @@ def test_the_operator_names_itself_under_the_charts_uid(
             detect_own_id(manual=False)  # what the pod did without USER
     monkeypatch.setenv("USER", env["USER"])
     assert detect_own_id(manual=False).startswith(f"{env['USER']}@")
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    return {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_kueue_mode_renders_flavors_a_cluster_queue_local_queues_and_the_operators_rights(
+    helm: str, tmp_path: Path
+) -> None:
+    """kueue.enabled: the operator runs in kueue mode and may read Workloads; the quota objects
+    cover every resource a trainer pod asks for (Kueue leaves a pod whose CPU or memory no
+    flavor covers inadmissible forever), in flavor order; off (the default), none of it."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "kueue": {
+                    "enabled": True,
+                    "localQueues": [
+                        {"namespace": "ml-a", "name": "gpu"},
+                        {"namespace": "ml-b", "name": "gpu"},
+                    ],
+                },
+                "spot": {"nodeSelector": {"cloud.google.com/gke-provisioning": "spot"}},
+                "onDemand": {"nodeSelector": {"cloud.google.com/gke-provisioning": "standard"}},
+            }
+        )
+    )
+    docs = _template(helm, values)
+    env = _env(docs)
+    assert env["MLOPS_QUEUE_MODE"] == "kueue"
+    assert json.loads(env["MLOPS_ON_DEMAND_NODE_SELECTOR"]) == {
+        "cloud.google.com/gke-provisioning": "standard"
+    }
+    flavors = [d for d in docs if d["kind"] == "ResourceFlavor"]
+    assert [f["metadata"]["name"] for f in flavors] == ["spot-gpu", "on-demand-gpu"]
+    assert flavors[0]["spec"]["nodeLabels"] == {"cloud.google.com/gke-provisioning": "spot"}
+    (cq,) = [d for d in docs if d["kind"] == "ClusterQueue"]
+    assert cq["apiVersion"] == "kueue.x-k8s.io/v1beta2"
+    assert cq["spec"]["queueingStrategy"] == "StrictFIFO"
+    (group,) = cq["spec"]["resourceGroups"]
+    assert group["coveredResources"] == ["cpu", "memory", "nvidia.com/gpu"]
+    assert [f["name"] for f in group["flavors"]] == ["spot-gpu", "on-demand-gpu"]
+    spot = {r["name"]: r["nominalQuota"] for r in group["flavors"][0]["resources"]}
+    assert spot == {"cpu": "48", "memory": "192Gi", "nvidia.com/gpu": "4"}
+    queues = [d for d in docs if d["kind"] == "LocalQueue"]
+    assert [(q["metadata"]["namespace"], q["spec"]["clusterQueue"]) for q in queues] == [
+        ("ml-a", "mlops-gpu"),
+        ("ml-b", "mlops-gpu"),
+    ]
+    rules = [
+        r
+        for d in docs
+        if d["kind"] == "ClusterRole" and "operator" in d["metadata"]["name"]
+        for r in d["rules"]
+    ]
+    assert {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"],
+            "verbs": ["get", "list", "watch"]} in rules  # fmt: skip
+
+    default = _template(helm, None)
+    assert _env(default)["MLOPS_QUEUE_MODE"] == "semaphore"
+    assert not [d for d in default if d["apiVersion"].startswith("kueue.x-k8s.io")]
+    assert "kueue.x-k8s.io" not in json.dumps([d for d in default if "Role" in d["kind"]])
+    # The platform's own queues: nothing of Kueue's is created, the operator still uses Kueue.
+    values.write_text(yaml.safe_dump({"kueue": {"enabled": True, "createQueues": False}}))
+    theirs = _template(helm, values)
+    assert _env(theirs)["MLOPS_QUEUE_MODE"] == "kueue"
+    assert not [d for d in theirs if d["apiVersion"].startswith("kueue.x-k8s.io")]

@@ -22,7 +22,13 @@ from mlops_operator.reconcile import (
     status_json,
 )
 from mlops_operator.reconcile import decide as _decide
-from mlops_operator.views import Attempt, WorkflowView, view_workflow
+from mlops_operator.views import (
+    Attempt,
+    WorkflowView,
+    view_workflow,
+    view_workload,
+    with_workloads,
+)
 from mlops_workflows.render import RenderSettings
 
 AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -676,6 +682,94 @@ def test_kueue_mode_labels_the_trainer_pod_with_its_local_queue() -> None:
     semaphore = decide(body(queue="gpu"), [], POLICY, AT).create[1]
     assert "kueue.x-k8s.io/queue-name" not in semaphore["spec"]["podMetadata"]["labels"]
     assert semaphore["spec"]["synchronization"]["semaphores"][0]["configMapKeyRef"]["key"] == "gpu"
+
+
+def _workload(pod: str, **status: Any) -> dict[str, Any]:
+    """A Workload as Kueue v0.17's pod integration writes it (v1beta2)."""
+    return {
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "Workload",
+        "metadata": {
+            "name": f"pod-{pod}-1a2b3",
+            "namespace": "ml",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": "p", "controller": True}
+            ],
+        },
+        "spec": {"queueName": "team-a", "podSets": [{"name": "main", "count": 1}]},
+        "status": status,
+    }
+
+
+PENDING = {
+    "conditions": [
+        {
+            "type": "QuotaReserved",
+            "status": "False",
+            "reason": "Pending",
+            "message": "couldn't assign flavors to pod set main: insufficient unused quota "
+            "for nvidia.com/gpu in flavor spot-gpu, 1 more needed",
+        }
+    ]
+}
+ADMITTED = {
+    "conditions": [
+        {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved", "message": "x"},
+        {"type": "Admitted", "status": "True", "reason": "Admitted", "message": "y"},
+    ],
+    "admission": {
+        "clusterQueue": "gpus",
+        "podSetAssignments": [{"name": "main", "flavors": {"nvidia.com/gpu": "spot-gpu"}}],
+    },
+}
+
+
+def test_a_workload_view_says_whether_kueue_admitted_its_pod_and_why_not() -> None:
+    waiting = view_workload(_workload("demo-g1-abc-train-1234567", **PENDING))
+    assert waiting is not None and waiting.waiting and not waiting.admitted
+    assert (waiting.pod, waiting.queue, waiting.reason) == (
+        "demo-g1-abc-train-1234567",
+        "team-a",
+        "Pending",
+    )
+    assert "insufficient unused quota for nvidia.com/gpu" in waiting.message
+    assert waiting.of("demo-g1-abc")
+    assert not waiting.of("demo-g1") and not waiting.of("demo-g1-ab")
+    admitted = view_workload(_workload("demo-g1-abc-train-1234567", **ADMITTED))
+    assert admitted is not None and admitted.admitted and not admitted.waiting
+    assert (admitted.cluster_queue, admitted.flavors, admitted.message) == (
+        "gpus",
+        ("spot-gpu",),
+        "",
+    )
+    # A Job's Workload (no Pod controller owner) is not one of ours.
+    job = _workload("x")
+    job["metadata"]["ownerReferences"][0]["kind"] = "Job"
+    assert view_workload(job) is None
+
+
+def test_kueue_mode_a_run_whose_pod_waits_for_admission_is_queued_with_kueues_reason() -> None:
+    kueue = Policy(render=RenderSettings(queue_mode="kueue"), default_image="x.io/t:1")
+    b, decision = first_run(body(queue="team-a"))
+    name = decision.create[1]["metadata"]["name"]
+    gated = wf(name, "Running", pod("Pending"), run_id=decision.status.run_id)  # type: ignore[union-attr]
+    pending = view_workload(_workload(f"{name}-train-4242", **PENDING))
+    other = view_workload(_workload("someone-else-train-1", **PENDING))
+    assert pending is not None and other is not None
+    (view,) = with_workloads([gated], [other, pending])
+    status = decide(b, [view], kueue, AT).status
+    assert status is not None
+    assert (status.phase, status.reason) == ("Queued", "WaitingForKueue")
+    assert "LocalQueue team-a" in status.message
+    assert "insufficient unused quota for nvidia.com/gpu in flavor spot-gpu" in status.message
+    # Admitted: the pod runs, and so does the run.
+    admitted = view_workload(_workload(f"{name}-train-4242", **ADMITTED))
+    assert admitted is not None
+    running = wf(name, "Running", pod("Running"), run_id=decision.status.run_id)  # type: ignore[union-attr]
+    (view,) = with_workloads([running], [admitted])
+    assert view.kueue is None
+    status = decide(b, [view], kueue, AT).status
+    assert status is not None and status.phase == "Running"
 
 
 # === GPU-aware queues (semaphore mode) ===

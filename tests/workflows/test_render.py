@@ -147,6 +147,25 @@ def test_a_spot_run_moved_to_on_demand_avoids_spot_nodes() -> None:
     assert env["MLOPS_PLACEMENT"] == "on-demand"
 
 
+def test_runs_off_spot_get_the_on_demand_selector_spot_runs_do_not() -> None:
+    """The chart's onDemand.nodeSelector: on the spot selector's key, it is what lets Kueue
+    count a run against the on-demand flavor, never the spot one (and the reverse)."""
+    settings = RenderSettings(
+        spot_node_selector={"cloud.google.com/gke-provisioning": "spot"},
+        on_demand_node_selector={"cloud.google.com/gke-provisioning": "standard"},
+    )
+    gpu = {"gpu": {"count": 1}}
+    spot_obj = parse_manifest(_manifest(resources=gpu))
+    spot = render(spot_obj, settings).workflow["spec"]["templates"][0]
+    assert spot["nodeSelector"]["cloud.google.com/gke-provisioning"] == "spot"
+    off = render(parse_manifest(_manifest(spot=False, resources=gpu)), settings)
+    assert off.workflow["spec"]["templates"][0]["nodeSelector"] == {
+        "cloud.google.com/gke-provisioning": "standard"
+    }
+    moved = render(spot_obj, settings, segment=1, on_demand=True).workflow["spec"]["templates"][0]
+    assert moved["nodeSelector"] == {"cloud.google.com/gke-provisioning": "standard"}
+
+
 def test_cluster_wide_placement_adds_to_spot_and_gpu() -> None:
     settings = RenderSettings(
         node_selector=(("pool", "training"),),

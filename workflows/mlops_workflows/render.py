@@ -80,6 +80,10 @@ class RenderSettings:
             "effect": "NoSchedule",
         },
     )
+    # Added to runs not on spot (spot: false, or moved off it by fallbackAfterPreemptions), e.g.
+    # {"cloud.google.com/gke-provisioning": "standard"}: with Kueue, a selector on the same label
+    # key as the spot one is what lets Kueue tell the on-demand flavor from the spot one.
+    on_demand_node_selector: dict[str, str] = field(default_factory=dict)
     gpu_type_label: str = "cloud.google.com/gke-accelerator"
     gpu_resource: str = "nvidia.com/gpu"
     retry_backoff: str = "30s"
@@ -185,6 +189,8 @@ def _placement(
     if obj.spec.spot and not on_demand:
         selector.update(settings.spot_node_selector)
         tolerations.extend(m.Toleration(**t) for t in settings.spot_tolerations)
+    else:
+        selector.update(settings.on_demand_node_selector)
     gpu = obj.spec.resources.gpu
     if gpu.count > 0:
         if gpu.type:

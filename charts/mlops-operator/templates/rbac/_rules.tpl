@@ -28,6 +28,13 @@
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+{{- if .Values.kueue.enabled }}
+# Application (kueue.enabled): Kueue's Workload of each trainer pod says whether it is admitted,
+# and why not yet (status Queued, WaitingForKueue).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch]
+{{- end }}
 # Framework (kopf): Kubernetes Events on the MLOps objects.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
