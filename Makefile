@@ -68,10 +68,10 @@ e2e: $(STAMP) ## only the end-to-end tests against the local cluster (kwok nodes
 e2e-realnode: $(STAMP) ## only the tests on real pods (adds a real node to the local cluster; builds and loads the images)
 	$(BIN)/python -m pytest -m realnode $(PYTEST_ARGS)
 
-e2e-argo4: $(STAMP) ## the e2e main cases (-m argo_matrix) against Argo Workflows 4.0 on a cluster of its own
+e2e-argo4: $(STAMP) ## the e2e main cases (-m argo_matrix) against Argo Workflows 4.0 on a cluster of its own, and the Kueue cases
 	MLOPS_ARGO=v4 MLOPS_CLUSTER_DIR=/tmp/mlops-cluster-argo4 MLOPS_ETCD_PORT=25790 MLOPS_ETCD_PEER_PORT=25800 \
 	  MLOPS_APISERVER_PORT=28443 MLOPS_KCM_PORT=22257 MLOPS_SCHEDULER_PORT=22259 \
-	  $(BIN)/python -m pytest -m "e2e and argo_matrix" $(PYTEST_ARGS)
+	  $(BIN)/python -m pytest -m "e2e and (argo_matrix or kueue)" $(PYTEST_ARGS)
 
 e2e-kind: $(STAMP) ## the same e2e tests on a kind cluster with Argo and kwok (needs Docker, kind, internet)
 	PYTEST_ARGS="$(PYTEST_ARGS)" hack/kind/e2e.sh

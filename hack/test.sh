@@ -2,12 +2,15 @@
 # `make test`: set up, lint, then every test, in three pytest sessions that overlap.
 #
 #   [local]    -m "not e2e and not realnode": mostly training on the CPU.
-#   [e2e]      -m e2e on the local cluster (kwok nodes): mostly waiting on a control plane and Argo.
+#   [e2e]      -m "e2e and not kueue" on the local cluster (kwok nodes): mostly waiting on a
+#              control plane and Argo.
 #   [realnode] -m realnode on a second local cluster with a real node (its own MLOPS_CLUSTER_DIR
 #              and ports), started once [local] is done: real trainer pods want the CPU the
 #              local training would take, and its preemption tests time a 15 s grace period.
-#   [argo4]    -m "e2e and argo_matrix": the e2e main cases again, on a third local cluster whose
-#              workflow-controller is Argo Workflows 4.0 (MLOPS_ARGO=v4), once [realnode] is done.
+#   [argo4]    -m "e2e and (argo_matrix or kueue)": the e2e main cases again, on a third local
+#              cluster whose workflow-controller is Argo Workflows 4.0 (MLOPS_ARGO=v4), once
+#              [realnode] is done; and the Kueue cases (Kueue up on that cluster for them): this
+#              chain ends well before [e2e]'s, so they add no time.
 #
 # Run one after the other these took the sum; side by side on two cores they take little more
 # than the longest chain. The Go build of the clusters (15-25 min cold, cached after) and the
@@ -65,8 +68,9 @@ set -m
     # only costs time.
     until [[ -f .venv/.installed ]]; do sleep 5; done &&
     .venv/bin/python hack/images/ocibuild.py build pause argoexec operator trainer >/dev/null &&
-    # Last: [argo4] starts after [realnode], which needs everything above.
-    MLOPS_ARGO=v4 hack/cluster/build.sh >/dev/null
+    # Last: [argo4] starts after [realnode], which needs everything above; Kueue is for its
+    # Kueue cases.
+    MLOPS_ARGO=v4 hack/cluster/build.sh >/dev/null && hack/cluster/build.sh --kueue >/dev/null
 ) >"${logs}/prebuild.log" 2>&1 &
 pids+=($!)
 set +m
@@ -77,7 +81,7 @@ make --no-print-directory setup lint || {
 }
 echo "[test $(stamp)] set up and linted in $((SECONDS - start)) s; the pytest sessions follow"
 
-session e2e "e2e" "$@"
+session e2e "e2e and not kueue" "$@"
 e2e_pid=${pids[-1]}
 session local "not e2e and not realnode" "$@"
 local_pid=${pids[-1]}
@@ -95,7 +99,7 @@ realnode_rc=$?
 echo "[test $(stamp)] realnode suite done (exit ${realnode_rc}) after $((SECONDS - start)) s; the argo4 suite starts"
 # The same main cases against Argo 4.0: a kwok cluster of its own (one controller per cluster, and
 # Argo 4's CRDs).
-MLOPS_ARGO=v4 own_cluster /tmp/mlops-cluster-argo4 25790 28443 22257 session argo4 "e2e and argo_matrix" "$@"
+MLOPS_ARGO=v4 own_cluster /tmp/mlops-cluster-argo4 25790 28443 22257 session argo4 "e2e and (argo_matrix or kueue)" "$@"
 argo4_pid=${pids[-1]}
 
 wait "${argo4_pid}"

@@ -12,6 +12,8 @@
 #        hack/cluster/build.sh --node     (the real node's parts, see node-up.sh: kubelet and
 #                                          argoexec from Go modules; containerd, runc, the CNI
 #                                          plugins and socat from Debian; prints NODE_BIN_DIR)
+#        hack/cluster/build.sh --kueue   (Kueue's controller manager and CRDs, see kueue-up.sh;
+#                                          prints KUEUE_BIN_DIR)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -164,6 +166,23 @@ build_node() {
   fi
 }
 
+# Kueue (kueue-up.sh): its controller manager, and its CRDs from the same module, copied like
+# Argo's so that `go clean -modcache` cannot lose them.
+build_kueue() {
+  if [[ ! -x "${KUEUE_BIN_DIR}/kueue" ]]; then
+    go_build "kueue ${KUEUE_VERSION}" "${KUEUE_MODULE_DIR}" "${KUEUE_BIN_DIR}" "$(kueue_ldflags)" \
+      sigs.k8s.io/kueue/cmd/kueue
+  fi
+  [[ -d "${KUEUE_BIN_DIR}/crds" ]] && return 0
+  local dir crd_tmp="${KUEUE_BIN_DIR}/.crds.$$"
+  dir="$(cd "${KUEUE_MODULE_DIR}" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  rm -rf "${crd_tmp}"
+  mkdir -p "${crd_tmp}"
+  cp "${dir}"/config/components/crd/bases/kueue.x-k8s.io_*.yaml "${crd_tmp}/"
+  chmod u+w "${crd_tmp}"/*
+  mv "${crd_tmp}" "${KUEUE_BIN_DIR}/crds"
+}
+
 # In Argo's git repository workflow/executor/osspecific/signal_linux.go is a symlink to
 # signal_darwin.go; Go module zips leave symlinks out, so argoexec from the module proxy does not
 # compile for Linux ("undefined: Setpgid"). argoexec is therefore built from a copy of the module
@@ -280,6 +299,19 @@ main() {
     fi
     ensure_node_packages
     echo "${NODE_BIN_DIR}"
+    return 0
+  fi
+  if [[ "${1:-}" == "--kueue" ]]; then
+    if [[ ! -x "${KUEUE_BIN_DIR}/kueue" || ! -d "${KUEUE_BIN_DIR}/crds" ]]; then
+      exec 9>"${MLOPS_CACHE}/build.lock"
+      flock 9
+      local start=${SECONDS}
+      ensure_go
+      go_env
+      build_kueue
+      log "kueue ${KUEUE_VERSION} ready in $((SECONDS - start)) s: ${KUEUE_BIN_DIR}"
+    fi
+    echo "${KUEUE_BIN_DIR}"
     return 0
   fi
   # Fast path: everything is there (up.sh calls us every time).

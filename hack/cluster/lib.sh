@@ -151,6 +151,32 @@ node_up() {
   curl -sf --max-time 2 "http://127.0.0.1:${MLOPS_KUBELET_HEALTHZ_PORT}/healthz" >/dev/null 2>&1
 }
 
+# --- Kueue (kueue-up.sh, opt-in: a running cluster gets it on demand) -------------------------
+# Kueue's controller manager as a plain process beside the cluster, from modules/kueue (its own
+# module: it brings Kubernetes libraries of another minor than modules/k8s). Its webhooks are
+# URL webhooks on 127.0.0.1 with a certificate of the cluster's CA, so nothing runs in a pod.
+KUEUE_MODULE_DIR="${CLUSTER_HACK_DIR}/modules/kueue"
+KUEUE_VERSION="$(mod_version "${KUEUE_MODULE_DIR}/go.mod" sigs.k8s.io/kueue)"
+kueue_ldflags() { # Kueue's Makefile stamps the same variable (its /version, its startup log)
+  echo "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}"
+}
+KUEUE_BIN_DIR="${MLOPS_CACHE}/bin/kueue-${KUEUE_VERSION}-$(_key "$(kueue_ldflags)" \
+  "${KUEUE_MODULE_DIR}"/{go.mod,go.sum,tools.go})"
+# Its ports follow the API server's, so every cluster of hack/test.sh (26443, 27443, 28443) gets
+# its own without new settings: 26446-26448 for the default cluster.
+MLOPS_KUEUE_WEBHOOK_PORT="${MLOPS_KUEUE_WEBHOOK_PORT:-$((MLOPS_APISERVER_PORT + 3))}"
+MLOPS_KUEUE_HEALTH_PORT="${MLOPS_KUEUE_HEALTH_PORT:-$((MLOPS_APISERVER_PORT + 4))}"   # /readyz, plain HTTP
+MLOPS_KUEUE_METRICS_PORT="${MLOPS_KUEUE_METRICS_PORT:-$((MLOPS_APISERVER_PORT + 5))}" # HTTPS
+KUEUE_STATE="${STATE}/kueue"
+# The Mutating- and ValidatingWebhookConfiguration kueue-up.sh registers (one name for both).
+KUEUE_WEBHOOK_CONFIG="mlops-local-kueue"
+
+# kueue_up: Kueue runs (our PID) and reports ready on its health port.
+kueue_up() {
+  pid_alive kueue &&
+    curl -sf --max-time 2 "http://127.0.0.1:${MLOPS_KUEUE_HEALTH_PORT}/readyz" >/dev/null 2>&1
+}
+
 # our_pid NAME -> prints NAME's recorded PID when that process still runs and is ours.
 our_pid() {
   local f="${PIDS}/$1.pid" pid

@@ -23,6 +23,9 @@ if [[ -d "${NODE_STATE}" ]]; then
   done
   if node_up; then log "real node ${NODE_NAME}: up"; else log "real node ${NODE_NAME}: not up"; fi
 fi
+if [[ -e "${PIDS}/kueue.pid" ]]; then
+  if kueue_up; then log "kueue: running (pid $(our_pid kueue)), ready"; else log "kueue: not up"; fi
+fi
 if cluster_up; then
   log "up: ${KUBECONFIG_ADMIN}"
   exit 0
