@@ -76,7 +76,7 @@ e2e-argo4: $(STAMP) ## the e2e main cases (-m argo_matrix) against Argo Workflow
 e2e-kind: $(STAMP) ## the same e2e tests on a kind cluster with Argo and kwok (needs Docker, kind, internet)
 	PYTEST_ARGS="$(PYTEST_ARGS)" hack/kind/e2e.sh
 
-bench: $(STAMP) ## run the benchmarks; results in bench/results/
+bench: $(STAMP) ## run the benchmarks; results in bench/results/ (results.json with targets) and README.md's Performance table
 	$(BIN)/python bench/run_all.py
 
 clean: ## remove local run outputs and caches (not the cluster binaries)

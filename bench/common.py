@@ -45,6 +45,50 @@ class Row:
         return self.ours / self.reference if self.reference else float("nan")
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a row's ratio should be (issue 13's targets): ``ratio >= value`` or ``<= value``."""
+
+    prefix: str  # the rows it applies to: their ``benchmark`` starts with this
+    op: str  # ">=" or "<="
+    value: float
+    text: str  # as the README shows it
+    # Set when today's row compares something else than the target means (another reference):
+    # the row is then not judged against the target, and this says why.
+    unlike: str = ""
+
+    def met(self, ratio: float) -> bool | None:
+        """Whether ``ratio`` meets the target; None when the row cannot be judged by it."""
+        if self.unlike:
+            return None
+        return ratio >= self.value if self.op == ">=" else ratio <= self.value
+
+
+NOT_FLOP_MATCHED = "not FLOP-matched: ours does more multiply-adds per image; the row to rebuild"
+TARGETS = (
+    Target("PixelCNN sampling", "<=", 0.05, "≤ 0.05 (≥ 20x faster)"),
+    Target("PixelCNN training, masked kernels on their nonzero taps", ">=", 1.5, "≥ 1.5"),
+    Target("PixelCNN training", ">=", 1.0, "≥ 1.0", NOT_FLOP_MATCHED),
+    Target("VQ-VAE training", ">=", 1.0, "≥ 1.0", NOT_FLOP_MATCHED),
+    Target("U-Net training", ">=", 1.0, "≥ 1.0", NOT_FLOP_MATCHED),
+    Target("trainer recovery after SIGTERM", "<=", 1.1, "≤ 1.1"),
+    Target("steps lost to a", "<=", 1.0, "≤ 1 interval"),
+    Target(
+        "input pipeline", ">=", 0.7, "≥ 0.7",
+        "the reference reads bytes without decoding; the target's is a bare PNG decode",
+    ),
+    Target(
+        "operator: apply", "<=", 1.5, "≤ 1.5",
+        "the floor is a serial client loop; the target's is a concurrent client at N=1000",
+    ),
+)  # fmt: skip
+
+
+def target_of(benchmark: str) -> Target | None:
+    """The first target whose prefix the row's name starts with (the most specific come first)."""
+    return next((t for t in TARGETS if benchmark.startswith(t.prefix)), None)
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` timed calls, in seconds (the least disturbed by the machine)."""
     times = []
@@ -66,12 +110,26 @@ def write_rows(name: str, rows: list[Row], extra: dict[str, object] | None = Non
     payload = {
         "name": name,
         "machine": machine(),
+        # When and from which commit: the README's table says where each figure comes from.
+        "measured": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commit": _commit(),
         "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
         **(extra or {}),
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(markdown(payload["rows"]))  # type: ignore[arg-type]
     return path
+
+
+def _commit() -> str:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
