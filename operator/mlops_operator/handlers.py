@@ -69,6 +69,16 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # Off: the namespaces given on the command line and the CRDs present at startup are used.
     settings.scanning.disabled = not SETTINGS.resource_scanning
     kube.load_config(SETTINGS.api_timeout_s)
+    if SETTINGS.render.queue_mode == "kueue" and not kube.api_served(*KUEUE):
+        # Without Kueue nothing queues the runs (no webhook gates their pods: they would run
+        # unqueued, past the quota the platform set): stop at once with the reason (the pod's
+        # restarts retry, so installing Kueue is enough).
+        group, version, plural = KUEUE
+        raise kopf.PermanentError(
+            f"queue mode kueue (the chart's kueue.enabled), but the API server serves no "
+            f"{plural}.{group}/{version}: install Kueue v0.17 or later with its pod integration "
+            "(integrations.frameworks: [pod]), or set kueue.enabled=false"
+        )
     metrics.serve(SETTINGS.metrics_port)
     logger.info("mlops-operator started (metrics port %s)", SETTINGS.metrics_port or "off")
 

@@ -152,6 +152,20 @@ def ping() -> None:
     call("GET /version", client.VersionApi(api()).get_code, timeout=(3.0, 5.0))
 
 
+def api_served(group: str, version: str, plural: str) -> bool:
+    """Whether the API server serves ``plural`` in ``group/version`` (a CRD installed)."""
+    try:
+        found = call(
+            f"GET /apis/{group}/{version}", _custom().get_api_resources, group, version,
+            timeout=(3.0, 10.0),
+        )  # fmt: skip
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return any(r.name == plural for r in found.resources or [])
+
+
 # === Children ===
 
 

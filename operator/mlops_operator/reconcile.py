@@ -803,17 +803,20 @@ def _workflow_phase(workflow: WorkflowView) -> tuple[str, str, str]:
             last.message if last and last.message else workflow.message
         )
         return "Failed", "WorkflowFailed", f"run {run} failed: {detail or 'no message'}"
-    wait = workflow.kueue
-    if wait is not None and (last is None or last.phase == "Pending"):
+    if workflow.kueue_queue and last is not None and last.phase == "Pending":
         # Kueue gates the pod until its ClusterQueue has quota: Kueue's own words say why.
-        said = f"{wait.reason}: {wait.message}" if wait.message else wait.reason or "not yet"
-        message = f"run {run} waits for Kueue admission (LocalQueue {wait.queue}): {said}"
-        # A retry waiting again (after a preemption) is still a started run.
-        return (
-            "Queued" if len(workflow.attempts) <= 1 else "Running",
-            "WaitingForKueue",
-            message,
-        )
+        wait = workflow.kueue
+        if wait is None:
+            said = f"no Workload for pod {last.pod} yet (is Kueue running?)"
+        elif wait.waiting:
+            said = f"{wait.reason}: {wait.message}" if wait.message else wait.reason or "not yet"
+        else:
+            said = ""  # admitted: the pod is being scheduled and started
+        if said:
+            message = f"run {run} waits for Kueue admission (LocalQueue {wait.queue if wait else workflow.kueue_queue}): {said}"
+            # A retry waiting again (after a preemption) is still a started run.
+            phase = "Queued" if len(workflow.attempts) <= 1 else "Running"
+            return phase, "WaitingForKueue", message
     if last is None:
         if workflow.waiting:
             return "Queued", "WaitingForQueue", f"run {run} waits for its queue"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mlops_api.guardrails import Guardrails
 from mlops_workflows.render import RenderSettings
@@ -19,6 +20,15 @@ def _env_list(name: str) -> tuple[str, ...]:
     value = _env_json(name, [])
     assert isinstance(value, list), f"{name} must be a JSON list"
     return tuple(str(v) for v in value)
+
+
+def _queue_mode(raw: str) -> Literal["semaphore", "kueue"]:
+    # A typo must not quietly fall back to the semaphore queues while Kueue's LocalQueues wait.
+    if raw == "kueue":
+        return "kueue"
+    if raw == "semaphore":
+        return "semaphore"
+    raise ValueError(f"MLOPS_QUEUE_MODE={raw!r}: must be semaphore or kueue")
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -77,7 +87,7 @@ class OperatorSettings:
             service_account=os.environ.get("MLOPS_TRAINER_SERVICE_ACCOUNT", base.service_account),
             queue_config_map=os.environ.get("MLOPS_QUEUE_CONFIGMAP", base.queue_config_map),
             queue_namespace=os.environ.get("MLOPS_QUEUE_NAMESPACE") or None,
-            queue_mode="kueue" if os.environ.get("MLOPS_QUEUE_MODE") == "kueue" else "semaphore",
+            queue_mode=_queue_mode(os.environ.get("MLOPS_QUEUE_MODE") or "semaphore"),
             image_pull_policy=os.environ.get("MLOPS_IMAGE_PULL_POLICY", base.image_pull_policy),
             spot_node_selector={str(k): str(v) for k, v in spot_selector.items()},
             spot_tolerations=tuple(

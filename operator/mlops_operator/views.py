@@ -22,7 +22,7 @@ from mlops_api.naming import (
 )
 from mlops_api.spec import GROUP, KIND
 from mlops_trainers.contract import EXIT_PREEMPTED, SUMMARY_PARAMETER, Summary
-from mlops_workflows.render import PREEMPTION_MESSAGES
+from mlops_workflows.render import KUEUE_QUEUE_LABEL, PREEMPTION_MESSAGES
 
 FINAL_WORKFLOW_PHASES = frozenset({"Succeeded", "Failed", "Error"})
 _PREEMPTION = re.compile("|".join(re.escape(m) for m in PREEMPTION_MESSAGES), re.IGNORECASE)
@@ -44,6 +44,7 @@ class Attempt:
     finished_at: str | None = None
     progress: str | None = None
     summary: Summary | None = None
+    pod: str = ""  # its pod's name (argo_pod_name)
 
     @property
     def failure(self) -> FailureKind | None:
@@ -82,7 +83,9 @@ class WorkflowView:
     queue: str | None = None  # the queue key it holds units of (semaphore mode)
     gpus: int = 0
     ended_before_stop: int | None = None  # ANNOTATION_ENDED_BEFORE_STOP, once stopped
-    # Kueue mode: the Workload of its pod that Kueue has not admitted yet (with_workloads).
+    # Kueue mode: the LocalQueue its pods name (their queue-name label), and the Workload of
+    # its newest pod, if Kueue has made one (with_workloads).
+    kueue_queue: str | None = None
     kueue: WorkloadView | None = None
 
     @property
@@ -139,7 +142,18 @@ def owner_uid(body: Mapping[str, Any]) -> str | None:
     return str(uid) if uid else None
 
 
-def _attempt(node: Mapping[str, Any]) -> Attempt:
+def argo_pod_name(workflow: str, node: str, template: str = "train") -> str:
+    """The name Argo gives a node's pod (pod names v2, Argo's default since 3.4):
+    ``<workflow>-<template>-<FNV-1a 32 of the node's name>`` (argo-workflows
+    workflow/util GeneratePodName; the prefix is only cut beyond 242 characters, which our
+    names never reach)."""
+    digest = 0x811C9DC5
+    for byte in node.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return f"{workflow}-{template}-{digest}"
+
+
+def _attempt(node: Mapping[str, Any], workflow: str) -> Attempt:
     outputs = node.get("outputs") or {}
     summary = None
     for param in outputs.get("parameters") or []:
@@ -155,6 +169,9 @@ def _attempt(node: Mapping[str, Any]) -> Attempt:
         finished_at=node.get("finishedAt"),
         progress=node.get("progress"),
         summary=summary,
+        pod=argo_pod_name(
+            workflow, str(node.get("name") or ""), node.get("templateName") or "train"
+        ),
     )
 
 
@@ -185,7 +202,10 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
         finished_at=status.get("finishedAt"),
         progress=status.get("progress"),
         waiting=bool(semaphore.get("waiting")),
-        attempts=tuple(_attempt(n) for n in pods),
+        attempts=tuple(_attempt(n, str(meta.get("name") or "")) for n in pods),
+        kueue_queue=(((body.get("spec") or {}).get("podMetadata") or {}).get("labels") or {}).get(
+            KUEUE_QUEUE_LABEL
+        ),
         created=meta.get("creationTimestamp"),
         queue=annotations.get(ANNOTATION_QUEUE),
         gpus=int(gpus) if gpus.isdigit() else 0,
@@ -229,12 +249,13 @@ class WorkloadView:
 def with_workloads(
     workflows: Iterable[WorkflowView], workloads: Iterable[WorkloadView]
 ) -> list[WorkflowView]:
-    """The Workflows, each with the Workload of its pod that waits for Kueue, if any."""
-    waiting = [w for w in workloads if w.waiting]
+    """The Workflows, each with the Workload of its newest pod, if Kueue has made one."""
+    by_pod = {(w.namespace, w.pod): w for w in workloads}
     out = []
     for workflow in workflows:
-        mine = [w for w in waiting if w.namespace == workflow.namespace and w.of(workflow.name)]
-        out.append(replace(workflow, kueue=mine[-1]) if mine else workflow)
+        newest = workflow.attempts[-1].pod if workflow.attempts else ""
+        mine = by_pod.get((workflow.namespace, newest))
+        out.append(replace(workflow, kueue=mine) if mine else workflow)
     return out
 
 

@@ -443,6 +443,19 @@ def test_kueue_mode_renders_flavors_a_cluster_queue_local_queues_and_the_operato
     assert _env(default)["MLOPS_QUEUE_MODE"] == "semaphore"
     assert not [d for d in default if d["apiVersion"].startswith("kueue.x-k8s.io")]
     assert "kueue.x-k8s.io" not in json.dumps([d for d in default if "Role" in d["kind"]])
+    # Kueue's objects outlive an uninstall or kueue.enabled=false: runs in flight still wait.
+    assert all(
+        d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        for d in docs
+        if d["apiVersion"].startswith("kueue.x-k8s.io")
+    )
+    # Flavors keyed on a label a selector does not set: refused, naming the key and the value.
+    values.write_text(yaml.safe_dump({"kueue": {"enabled": True}}))
+    args = [helm, "template", "mlops", str(CHART), "-f", str(values)]
+    refused = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0
+    assert "kueue.flavors select nodes on cloud.google.com/gke-provisioning" in refused.stderr
+    assert "spot.nodeSelector" in refused.stderr
     # The platform's own queues: nothing of Kueue's is created, the operator still uses Kueue.
     values.write_text(yaml.safe_dump({"kueue": {"enabled": True, "createQueues": False}}))
     theirs = _template(helm, values)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from conftest import LONG_PODS, OperatorFactory, make_namespace
 from kubernetes import client
+from mlops_operator.views import view_workflow
 from operator_harness import Env, end_pod, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kueue]
@@ -75,7 +76,11 @@ def env(cluster: Any, api: client.ApiClient, mlops_crd: None, kueue: None) -> It
                 },
             ],
             "localQueues": [{"namespace": env.ns, "name": "gpu"}],
-        }
+        },
+        # What the operator is started with (OPERATOR_ENV): the chart refuses flavors keyed on a
+        # label the two selectors do not set.
+        "spot": {"nodeSelector": {PROVISIONING: "spot"}},
+        "onDemand": {"nodeSelector": {PROVISIONING: "standard"}},
     }
     values_file = Path(cluster.kubeconfig).parent / f"kueue-values-{env.ns}.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -167,7 +172,12 @@ def test_kueue_admits_runs_by_gpu_quota_and_the_third_waits_with_kueues_reason(
     assert status["phase"] == "Queued", status
     assert "LocalQueue gpu" in status["message"], status
     assert "insufficient unused quota for nvidia.com/gpu in flavor" in status["message"], status
-    admitted = _workload(env, _running(env, "q1"))  # type: ignore[arg-type]
+    q1 = _running(env, "q1")
+    assert q1 is not None
+    # The operator finds a pod's Workload by the name Argo gives the pod: the same, live.
+    (workflow,) = env.workflows("q1")
+    assert view_workflow(workflow).attempts[-1].pod == q1.metadata.name
+    admitted = _workload(env, q1)
     flavors = admitted["status"]["admission"]["podSetAssignments"][0]["flavors"]
     assert flavors["nvidia.com/gpu"].endswith("-spot"), admitted["status"]
     ready = next(c for c in env.status("q3")["conditions"] if c["type"] == "Ready")

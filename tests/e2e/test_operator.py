@@ -191,3 +191,29 @@ def test_twenty_at_once_no_cross_talk(env: Env, operator: Operator) -> None:
 def test_operator_metrics_count_runs(env: Env, operator: Operator) -> None:
     text = operator.metrics()
     assert "mlops_runs{" in text
+
+
+def test_kueue_mode_on_a_cluster_without_kueue_stops_the_operator_with_the_reason(
+    cluster: Any, env: Env, tmp_path: Any
+) -> None:
+    """``kueue.enabled`` where Kueue is not installed: nothing would admit the trainer pods
+    (or, with no Kueue webhook, they would run unqueued). The operator refuses to start and
+    says what to install."""
+    if cluster.kubectl("get", "crd", "workloads.kueue.x-k8s.io", check=False).returncode == 0:
+        pytest.skip(
+            "Kueue's CRDs are on this cluster (tests/e2e/test_kueue.py ran first in this "
+            "session): the refusal is checked where they are not, as in make test's [e2e] session"
+        )
+    op = Operator(
+        cluster.kubeconfig, tmp_path / "operator.log", args=["--standalone", f"--namespace={env.ns}"],
+        env={"MLOPS_QUEUE_MODE": "kueue"},
+    )  # fmt: skip
+    try:
+        with pytest.raises(AssertionError, match="the operator exited"):
+            op.start()
+        assert op.proc is not None and op.proc.returncode != 0
+        log = op.log_tail()
+        assert "serves no workloads.kueue.x-k8s.io/v1beta2" in log, log
+        assert "install Kueue v0.17 or later" in log, log
+    finally:
+        op.stop()

@@ -25,6 +25,7 @@ from mlops_operator.reconcile import decide as _decide
 from mlops_operator.views import (
     Attempt,
     WorkflowView,
+    argo_pod_name,
     view_workflow,
     view_workload,
     with_workloads,
@@ -752,24 +753,63 @@ def test_kueue_mode_a_run_whose_pod_waits_for_admission_is_queued_with_kueues_re
     kueue = Policy(render=RenderSettings(queue_mode="kueue"), default_image="x.io/t:1")
     b, decision = first_run(body(queue="team-a"))
     name = decision.create[1]["metadata"]["name"]
-    gated = wf(name, "Running", pod("Pending"), run_id=decision.status.run_id)  # type: ignore[union-attr]
-    pending = view_workload(_workload(f"{name}-train-4242", **PENDING))
+    run_id = decision.status.run_id  # type: ignore[union-attr]
+    gpod = f"{name}-train-4242"
+
+    def attempt(phase: str, pod_name: str = gpod) -> Attempt:
+        return pod(phase, pod=pod_name)
+
+    def view(*attempts: Attempt, workloads: tuple[Any, ...] = ()) -> WorkflowView:
+        (out,) = with_workloads([wf(name, "Running", *attempts, run_id=run_id,
+                                    kueue_queue="team-a")], workloads)  # fmt: skip
+        return out
+
+    pending = view_workload(_workload(gpod, **PENDING))
     other = view_workload(_workload("someone-else-train-1", **PENDING))
     assert pending is not None and other is not None
-    (view,) = with_workloads([gated], [other, pending])
-    status = decide(b, [view], kueue, AT).status
+    status = decide(b, [view(attempt("Pending"), workloads=(other, pending))], kueue, AT).status
     assert status is not None
     assert (status.phase, status.reason) == ("Queued", "WaitingForKueue")
     assert "LocalQueue team-a" in status.message
     assert "insufficient unused quota for nvidia.com/gpu in flavor spot-gpu" in status.message
-    # Admitted: the pod runs, and so does the run.
-    admitted = view_workload(_workload(f"{name}-train-4242", **ADMITTED))
+    # Before Kueue has made the pod's Workload (or with Kueue gone): still waiting, and said so.
+    status = decide(b, [view(attempt("Pending"), workloads=(other,))], kueue, AT).status
+    assert status is not None and status.reason == "WaitingForKueue"
+    assert f"no Workload for pod {gpod} yet (is Kueue running?)" in status.message
+    # Admitted (the pod may still be Pending, being scheduled): the run runs.
+    admitted = view_workload(_workload(gpod, **ADMITTED))
     assert admitted is not None
-    running = wf(name, "Running", pod("Running"), run_id=decision.status.run_id)  # type: ignore[union-attr]
-    (view,) = with_workloads([running], [admitted])
-    assert view.kueue is None
-    status = decide(b, [view], kueue, AT).status
-    assert status is not None and status.phase == "Running"
+    for phase in ("Pending", "Running"):
+        status = decide(b, [view(attempt(phase), workloads=(admitted,))], kueue, AT).status
+        assert status is not None and status.phase == "Running", phase
+    # A retry after a preemption waits again: Running (a started run), reason from Kueue. The
+    # first attempt's finished Workload is not the one that counts: the newest pod's is.
+    first = attempt("Failed", f"{name}-train-1111")
+    done = view_workload(_workload(f"{name}-train-1111", **ADMITTED))
+    assert done is not None
+    status = decide(b, [view(first, attempt("Pending"), workloads=(done, pending))], kueue, AT)
+    assert status.status is not None
+    assert (status.status.phase, status.status.reason) == ("Running", "WaitingForKueue")
+
+
+# Pods of e2e runs on Argo 3.7 (the fallback, pod-deletion and Kueue tests; their names in the
+# operator's logs): (workflow, node, pod).
+ARGO_POD_NAMES = [
+    ("fallback-g1-0aebe342", "fallback-g1-0aebe342(0)", "fallback-g1-0aebe342-train-3253548010"),
+    ("fallback-g1-0aebe342", "fallback-g1-0aebe342(1)", "fallback-g1-0aebe342-train-1575639015"),
+    ("fallback-g1-0aebe342-r1", "fallback-g1-0aebe342-r1(0)",
+     "fallback-g1-0aebe342-r1-train-3216649602"),
+    ("fallback-g1-cb8ecda8", "fallback-g1-cb8ecda8(2)", "fallback-g1-cb8ecda8-train-396654558"),
+    ("pdel-g1-476876a5", "pdel-g1-476876a5(0)", "pdel-g1-476876a5-train-2800469189"),
+    ("big-g1-bd30a6e8", "big-g1-bd30a6e8(0)", "big-g1-bd30a6e8-train-403650275"),
+]  # fmt: skip
+
+
+def test_argo_pod_names_are_the_ones_argo_gives() -> None:
+    """Pod names v2, as Argo 3.7 named the pods of the e2e runs (tests/e2e/test_kueue.py checks
+    the same against live pods): ``<workflow>-train-<FNV-1a 32 of the node name>``."""
+    for workflow, node, pod_name in ARGO_POD_NAMES:
+        assert argo_pod_name(workflow, node) == pod_name
 
 
 # === GPU-aware queues (semaphore mode) ===

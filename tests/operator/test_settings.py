@@ -29,3 +29,17 @@ def test_trainer_placement_from_the_chart(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MLOPS_TRAINER_NODE_SELECTOR", "{}")
     monkeypatch.setenv("MLOPS_TRAINER_TOLERATIONS", "[]")
     assert OperatorSettings.from_env().render.node_selector == ()
+
+
+def test_queue_mode_is_semaphore_or_kueue_and_a_typo_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MLOPS_QUEUE_MODE", raising=False)
+    assert OperatorSettings.from_env().render.queue_mode == "semaphore"
+    monkeypatch.setenv("MLOPS_QUEUE_MODE", "kueue")
+    assert OperatorSettings.from_env().render.queue_mode == "kueue"
+    monkeypatch.setenv("MLOPS_ON_DEMAND_NODE_SELECTOR", json.dumps({"pool": "standard"}))
+    assert OperatorSettings.from_env().render.on_demand_node_selector == {"pool": "standard"}
+    monkeypatch.setenv("MLOPS_QUEUE_MODE", "kueu")
+    with pytest.raises(ValueError, match="MLOPS_QUEUE_MODE='kueu': must be semaphore or kueue"):
+        OperatorSettings.from_env()
