@@ -809,7 +809,11 @@ def _workflow_phase(workflow: WorkflowView) -> tuple[str, str, str]:
         if wait is None:
             said = f"no Workload for pod {last.pod} yet (is Kueue running?)"
         elif wait.waiting:
-            said = f"{wait.reason}: {wait.message}" if wait.message else wait.reason or "not yet"
+            said = (
+                f"{wait.reason}: {wait.message}"
+                if wait.message
+                else wait.reason or f"Kueue has not evaluated its Workload {wait.name} yet"
+            )
         else:
             said = ""  # admitted: the pod is being scheduled and started
         if said:

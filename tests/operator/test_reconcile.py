@@ -776,6 +776,13 @@ def test_kueue_mode_a_run_whose_pod_waits_for_admission_is_queued_with_kueues_re
     status = decide(b, [view(attempt("Pending"), workloads=(other,))], kueue, AT).status
     assert status is not None and status.reason == "WaitingForKueue"
     assert f"no Workload for pod {gpod} yet (is Kueue running?)" in status.message
+    # The Workload made, Kueue's verdict not written yet: still waiting, and said so (this was
+    # "not yet" once, which the e2e caught between Kueue's two writes).
+    fresh = view_workload(_workload(gpod))
+    assert fresh is not None and fresh.waiting
+    status = decide(b, [view(attempt("Pending"), workloads=(fresh,))], kueue, AT).status
+    assert status is not None and status.reason == "WaitingForKueue"
+    assert f"Kueue has not evaluated its Workload pod-{gpod}-1a2b3 yet" in status.message
     # Admitted (the pod may still be Pending, being scheduled): the run runs.
     admitted = view_workload(_workload(gpod, **ADMITTED))
     assert admitted is not None
