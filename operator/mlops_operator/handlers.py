@@ -308,22 +308,41 @@ def follow_workflow(
         if head is not None:
             uids.append(head.uid)
     for uid in uids:
-        parents = list(mlops_by_uid.get(uid, [])) if uid else []
-        if not parents:
-            continue  # not an MLOps object's (or it is gone: garbage collection follows)
-        try:
-            service.sync(
-                parents[0],
-                _owned(workflows_by_owner, uid),
-                SETTINGS,
-                fresh=False,
-                handler="follow",
-                post=_post,
-                queues=queues,
-                workloads=_in(workloads_by_namespace, parents[0]),
-            )
-        except kube.ApiError as exc:
-            log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
+        _sync_owner(
+            uid, "follow", str(body.metadata.name), mlops_by_uid=mlops_by_uid,
+            workflows_by_owner=workflows_by_owner, queues=queues,
+            workloads_by_namespace=workloads_by_namespace,
+        )  # fmt: skip
+
+
+def _sync_owner(
+    uid: str | None,
+    handler: str,
+    what: str,
+    *,
+    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]],
+    workflows_by_owner: Owned,
+    queues: service.QueueLookup,
+    workloads_by_namespace: Workloads,
+) -> None:
+    """Sync the MLOps object ``uid`` after an event of ``what`` (one of its children), from the
+    indexes; nothing when there is none (not ours, or gone: garbage collection follows)."""
+    parents = list(mlops_by_uid.get(uid, [])) if uid else []
+    if not parents:
+        return
+    try:
+        service.sync(
+            parents[0],
+            _owned(workflows_by_owner, uid),
+            SETTINGS,
+            fresh=False,
+            handler=handler,
+            post=_post,
+            queues=queues,
+            workloads=_in(workloads_by_namespace, parents[0]),
+        )
+    except kube.ApiError as exc:
+        log.warning("following %s failed (the resync retries): %s", what, exc)
 
 
 def workloads_by_namespace(body: kopf.Body, **_: Any) -> dict[str, WorkloadView] | None:
@@ -354,23 +373,11 @@ def follow_workload(
     ]
     if not mine:
         return  # not a pod of ours (Kueue admits other workloads too)
-    uid = mine[0].owner_uid
-    parents = list(mlops_by_uid.get(uid, [])) if uid else []
-    if not parents:
-        return
-    try:
-        service.sync(
-            parents[0],
-            _owned(workflows_by_owner, uid),
-            SETTINGS,
-            fresh=False,
-            handler="kueue",
-            post=_post,
-            queues=_queues(workflows_by_queue, waiting_by_queue),
-            workloads=_in(workloads_by_namespace, parents[0]),
-        )
-    except kube.ApiError as exc:
-        log.warning("following %s failed (the resync retries): %s", body.metadata.name, exc)
+    _sync_owner(
+        mine[0].owner_uid, "kueue", str(body.metadata.name), mlops_by_uid=mlops_by_uid,
+        workflows_by_owner=workflows_by_owner, queues=_queues(workflows_by_queue, waiting_by_queue),
+        workloads_by_namespace=workloads_by_namespace,
+    )  # fmt: skip
 
 
 if SETTINGS.render.queue_mode == "kueue":
