@@ -20,13 +20,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --progress-bar off -c constraints.txt -e '.[operator,trainer,export,dev]'
 	touch $@
 
-# Debian's Fashion-MNIST: real images for the trainer tests (sample://fashion-mnist). apt-get waits
-# for the dpkg lock rather than failing when another apt runs.
-system-deps: ## install the Debian packages the tests read (dataset-fashion-mnist; needs root or sudo)
-	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then echo "dataset-fashion-mnist: installed"; else \
+# Debian packages the tests use: Fashion-MNIST, real images for the trainer tests
+# (sample://fashion-mnist); chromium, the browser the browser tests drive (-m browser). apt-get
+# waits for the dpkg lock rather than failing when another apt runs.
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+system-deps: ## install the Debian packages the tests use (dataset-fashion-mnist, chromium; needs root or sudo)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "Debian packages: installed ($(SYSTEM_PACKAGES))"; else \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get -o DPkg::Lock::Timeout=600 update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q dataset-fashion-mnist; fi
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q $$missing; fi
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (constraints.txt)
 
@@ -56,8 +59,9 @@ generate: $(STAMP) ## regenerate the CRD, the README field tables and the chart'
 golden: $(STAMP) ## rewrite the golden workflow files (review the diff!)
 	MLOPS_REGEN_GOLDEN=1 $(BIN)/python -m pytest -q tests/workflows/test_render.py
 
-cluster-up: ## build (first time, cached) and start etcd, Kubernetes, Argo and kwok locally (MLOPS_REALNODE=1: and a real node)
+cluster-up: ## build (first time, cached) and start etcd, Kubernetes, Argo, kwok and argo-server (the UI) locally (MLOPS_REALNODE=1: and a real node)
 	hack/cluster/up.sh
+	hack/cluster/argo-server-up.sh
 
 cluster-down: ## stop the local cluster started by cluster-up
 	hack/cluster/down.sh

@@ -7,6 +7,8 @@
 #   [realnode] -m realnode on a second local cluster with a real node (its own MLOPS_CLUSTER_DIR
 #              and ports), started once [local] is done: real trainer pods want the CPU the
 #              local training would take, and its preemption tests time a 15 s grace period.
+#              Its browser tests (-m browser) open those runs in Argo's UI (argo-server on that
+#              cluster) in Debian's Chromium; [local] has the one that needs no cluster.
 #   [argo4]    -m "e2e and (argo_matrix or kueue)": the e2e main cases again, on a third local
 #              cluster whose workflow-controller is Argo Workflows 4.0 (MLOPS_ARGO=v4), once
 #              [realnode] is done; and the Kueue cases (Kueue up on that cluster for them): this
@@ -63,6 +65,8 @@ echo "[test $(stamp)] building the clusters' and the real node's binaries, then 
 set -m
 (
   hack/cluster/build.sh >/dev/null && hack/cluster/build.sh --node >/dev/null &&
+    # argo-server with Argo's UI, for [realnode]'s browser tests.
+    hack/cluster/build.sh --ui >/dev/null &&
     # The images need the venv's Python (pip, the pinned constraints): built once it exists.
     # The realnode fixture builds them too (the same cache, under a lock), so a failure here
     # only costs time.

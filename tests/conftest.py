@@ -27,10 +27,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 
 # Imported after the sys.path entry above (ruff does not flag this one).
+from browser import chromium
 from cluster import (
     CRD_PATH,
     Cluster,
@@ -129,3 +131,13 @@ def mlops_crd(cluster: Cluster) -> None:
         lambda: cluster.kubectl("get", "mlops", "--all-namespaces", check=False).returncode == 0,
         timeout=60,
     )
+
+
+@pytest.fixture(scope="session")
+def chromium_browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless (``browser.py``); fails with the reason when it cannot start."""
+    try:
+        with chromium() as browser:
+            yield browser
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -14,6 +14,9 @@
 #                                          plugins and socat from Debian; prints NODE_BIN_DIR)
 #        hack/cluster/build.sh --kueue   (Kueue's controller manager and CRDs, see kueue-up.sh;
 #                                          prints KUEUE_BIN_DIR)
+#        hack/cluster/build.sh --ui      (argo, the CLI and argo-server, with Argo's UI built from
+#                                          its own sources and lock file by yarn from the npm
+#                                          registry; see argo-server-up.sh; prints ARGOCLI_BIN_DIR)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -188,9 +191,9 @@ build_kueue() {
 # compile for Linux ("undefined: Setpgid"). argoexec is therefore built from a copy of the module
 # with that one file restored as upstream has it (the same content), through a `replace` in a
 # scratch copy of modules/argoexec (go.sum unchanged: a directory replacement needs no sum).
-# Prints the scratch module's folder.
-argoexec_module() {
-  local src dst mod
+# argo_linux_src: prints that copy's folder (made once, then read only).
+argo_linux_src() {
+  local src dst
   src="$(cd "${CLUSTER_HACK_DIR}/modules/argoexec" && go mod download -json github.com/argoproj/argo-workflows/v3 |
     awk -F'"' '$2 == "Dir" {print $4}')"
   [[ -d "${src}" ]] || die "could not download github.com/argoproj/argo-workflows/v3 ${ARGO_VERSION}"
@@ -205,10 +208,75 @@ argoexec_module() {
     touch "${dst}.tmp/.complete"
     mv "${dst}.tmp" "${dst}"
   fi
-  mod="$(mktemp -d "${MLOPS_CACHE}/src/argoexec-module.XXXXXX")"
-  cp "${CLUSTER_HACK_DIR}"/modules/argoexec/{go.mod,go.sum,tools.go} "${mod}/"
-  (cd "${mod}" && go mod edit -replace "github.com/argoproj/argo-workflows/v3=${dst}")
+  echo "${dst}"
+}
+
+# scratch_module NAME SRC: a scratch copy of modules/NAME whose Argo is the folder SRC. Prints it.
+scratch_module() {
+  local mod
+  mod="$(mktemp -d "${MLOPS_CACHE}/src/$1-module.XXXXXX")"
+  cp "${CLUSTER_HACK_DIR}/modules/$1"/{go.mod,go.sum,tools.go} "${mod}/"
+  (cd "${mod}" && go mod edit -replace "github.com/argoproj/argo-workflows/v3=$2")
   echo "${mod}"
+}
+
+argoexec_module() { scratch_module argoexec "$(argo_linux_src)"; }
+
+# yarn classic, pinned, from the npm registry into the cache (npm comes with Node.js).
+ensure_yarn() {
+  local dir="${MLOPS_CACHE}/tools/yarn-${YARN_VERSION}"
+  if [[ ! -x "${dir}/node_modules/.bin/yarn" ]]; then
+    command -v npm >/dev/null 2>&1 ||
+      die "Node.js (>= 20, with npm) is needed to build Argo's UI: install Debian's nodejs and npm"
+    rm -rf "${dir}.tmp"
+    npm install --prefix "${dir}.tmp" --no-audit --no-fund --silent "yarn@${YARN_VERSION}" >&2
+    rm -rf "${dir}"
+    mv "${dir}.tmp" "${dir}"
+  fi
+  echo "${dir}/node_modules/.bin/yarn"
+}
+
+# argo (CLI + argo-server) with its UI. argo-server serves ui/dist/app through go:embed, which the
+# module zip lacks (upstream's Makefile builds it with yarn first). So: a copy of the module
+# (argo_linux_src's), ui.patch applied (argo-ui from the npm registry, see that file), yarn
+# install --frozen-lockfile (the lock decides every package) and Argo's own `yarn build`
+# (webpack, production), then `go build` of cmd/argo against that copy.
+build_argocli() {
+  [[ "${MLOPS_ARGO}" == v3 ]] || die "argo-server and its UI are built for MLOPS_ARGO=v3 only"
+  [[ "${ARGOCLI_VERSION}" == "${ARGO_VERSION}" ]] ||
+    die "modules/argocli pins Argo ${ARGOCLI_VERSION} but the controller is ${ARGO_VERSION}: bump both"
+  local yarn src work mod start=${SECONDS}
+  yarn="$(ensure_yarn)"
+  src="$(argo_linux_src)"
+  work="$(mktemp -d "${MLOPS_CACHE}/src/argo-ui.XXXXXX")"
+  cp -r "${src}/." "${work}/"
+  chmod -R u+w "${work}"
+  patch --quiet -p1 -d "${work}" <"${ARGOCLI_MODULE_DIR}/ui.patch"
+  log "argo UI ${ARGOCLI_VERSION}: yarn install (${YARN_VERSION}, frozen lock file; ~1 min)"
+  (
+    cd "${work}/ui"
+    export YARN_CACHE_FOLDER="${MLOPS_CACHE}/yarn-cache"
+    nice -n 10 "${yarn}" install --frozen-lockfile --non-interactive --network-timeout 600000 \
+      >"${work}/yarn-install.log" 2>&1 || {
+      tail -n 30 "${work}/yarn-install.log" >&2
+      die "argo UI: yarn install failed (log: ${work}/yarn-install.log)"
+    }
+    log "argo UI: webpack build (production; ~2 min on 2 idle cores)"
+    NODE_ENV=production VERSION="${ARGOCLI_VERSION}" nice -n 10 "${yarn}" build \
+      >"${work}/yarn-build.log" 2>&1 || {
+      tail -n 40 "${work}/yarn-build.log" >&2
+      die "argo UI: yarn build failed (log: ${work}/yarn-build.log)"
+    }
+  )
+  [[ -s "${work}/ui/dist/app/index.html" ]] || die "argo UI: no ui/dist/app/index.html after the build"
+  log "argo UI built in $((SECONDS - start)) s"
+  # node_modules (~550 MB) is of no use to go build.
+  rm -rf "${work}/ui/node_modules"
+  mod="$(scratch_module argocli "${work}")"
+  go_build "argo CLI + server ${ARGOCLI_VERSION}" "${mod}" "${ARGOCLI_BIN_DIR}" \
+    "$(argo_ldflags github.com/argoproj/argo-workflows/v3 "${ARGOCLI_VERSION}")" \
+    github.com/argoproj/argo-workflows/v3/cmd/argo
+  rm -rf "${mod}" "${work}"
 }
 
 # The real node's Debian packages (pinned by Debian's release): containerd 1.6 (kubelet 1.36 still
@@ -312,6 +380,21 @@ main() {
       log "kueue ${KUEUE_VERSION} ready in $((SECONDS - start)) s: ${KUEUE_BIN_DIR}"
     fi
     echo "${KUEUE_BIN_DIR}"
+    return 0
+  fi
+  if [[ "${1:-}" == "--ui" ]]; then
+    if [[ ! -x "${ARGOCLI_BIN_DIR}/argo" ]]; then
+      exec 9>"${MLOPS_CACHE}/build.lock"
+      flock 9
+      if [[ ! -x "${ARGOCLI_BIN_DIR}/argo" ]]; then
+        local start=${SECONDS}
+        ensure_go
+        go_env
+        build_argocli
+        log "argo CLI + server with its UI ready in $((SECONDS - start)) s: ${ARGOCLI_BIN_DIR}"
+      fi
+    fi
+    echo "${ARGOCLI_BIN_DIR}"
     return 0
   fi
   # Fast path: everything is there (up.sh calls us every time).

@@ -72,9 +72,10 @@ main() {
   local failed=0
   # The real node first (node-up.sh), while the API server can still delete its Node object.
   "${CLUSTER_HACK_DIR}/node-down.sh" || failed=1
-  # Kueue (kueue-up.sh) with the other clients: its webhook configurations go with the API
-  # server and etcd, so kueue-down.sh's careful order is not needed here.
-  stop kueue workflow-controller kwok kube-scheduler kube-controller-manager || failed=1
+  # argo-server (argo-server-up.sh) and Kueue (kueue-up.sh) with the other clients: Kueue's
+  # webhook configurations go with the API server and etcd, so kueue-down.sh's careful order is
+  # not needed here.
+  stop argo-server kueue workflow-controller kwok kube-scheduler kube-controller-manager || failed=1
   stop kube-apiserver || failed=1
   stop etcd || failed=1
   ((failed == 0)) || die "some processes did not stop; leaving ${STATE} in place (pids/ names them)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Points a shell at the local test cluster: KUBECONFIG (admin), MLOPS_KUBECONFIG_USER (the
-# non-admin user) and PATH with the cached binaries (kubectl, helm, ...).
+# non-admin user) and PATH with the cached binaries (kubectl, helm, ..., and argo once
+# argo-server-up.sh or build.sh --ui built it).
 #   eval "$(hack/cluster/env.sh)"    prints export lines (works from any shell)
 #   source hack/cluster/env.sh       exports them into the current bash
 # It does not start or build anything (up.sh does); the paths exist once `up.sh` has run.
@@ -12,7 +13,7 @@ _mlops_env_lines() {
   printf 'export MLOPS_KUBECONFIG_USER=%q\n' "${KUBECONFIG_USER}"
   printf 'export MLOPS_CLUSTER_BIN=%q\n' "${CLUSTER_BIN_DIR}"
   # shellcheck disable=SC2016  # ${PATH} is for the shell that evals these lines
-  printf 'export PATH=%q:"${PATH}"\n' "${CLUSTER_BIN_DIR}"
+  printf 'export PATH=%q:%q:"${PATH}"\n' "${CLUSTER_BIN_DIR}" "${ARGOCLI_BIN_DIR}"
 }
 
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then

@@ -177,6 +177,27 @@ kueue_up() {
     curl -sf --max-time 2 "http://127.0.0.1:${MLOPS_KUEUE_HEALTH_PORT}/readyz" >/dev/null 2>&1
 }
 
+# --- argo-server and the argo CLI (argo-server-up.sh, opt-in like Kueue; make cluster-up) ------
+# One binary, `argo`, from modules/argocli at the controller's Argo version, with the UI that
+# go:embed needs (ui/dist/app, not in the module zip) built first from the module's own ui/
+# sources. Its key also covers ui.patch (what we change in ui/, see build.sh) and yarn's version.
+ARGOCLI_MODULE_DIR="${CLUSTER_HACK_DIR}/modules/argocli"
+ARGOCLI_VERSION="$(mod_version "${ARGOCLI_MODULE_DIR}/go.mod" github.com/argoproj/argo-workflows/v3)"
+YARN_VERSION="1.22.22" # yarn classic: the lock file of Argo's ui/ is a yarn v1 one
+ARGOCLI_BIN_DIR="${MLOPS_CACHE}/bin/argocli-${ARGOCLI_VERSION}-$(_key \
+  "$(argo_ldflags github.com/argoproj/argo-workflows/v3 "${ARGOCLI_VERSION}") yarn ${YARN_VERSION}" \
+  "${ARGOCLI_MODULE_DIR}"/{go.mod,go.sum,tools.go,ui.patch})"
+# argo-server's port (plain HTTP on 127.0.0.1, like the other local add-ons), after the API
+# server's like Kueue's: each cluster of hack/test.sh gets its own; 26449 for the default one.
+MLOPS_ARGO_SERVER_PORT="${MLOPS_ARGO_SERVER_PORT:-$((MLOPS_APISERVER_PORT + 6))}"
+ARGO_SERVER_URL="http://127.0.0.1:${MLOPS_ARGO_SERVER_PORT}"
+
+# argo_server_up: argo-server runs (our PID) and answers its version endpoint.
+argo_server_up() {
+  pid_alive argo-server &&
+    curl -sf --max-time 2 "${ARGO_SERVER_URL}/api/v1/version" >/dev/null 2>&1
+}
+
 # our_pid NAME -> prints NAME's recorded PID when that process still runs and is ours.
 our_pid() {
   local f="${PIDS}/$1.pid" pid

@@ -29,7 +29,7 @@ import yaml
 from cluster import HACK, ROOT, Cluster
 from kubernetes import client
 from operator_harness import CHART, free_port, wait_for
-from realnode_support import Bucket, RealNode, Release
+from realnode_support import ArgoServer, Bucket, RealNode, Release
 
 IMAGES = ROOT / "hack" / "images" / "ocibuild.py"
 # Cold: kubelet ~1 min and argoexec ~3 min on top of the cluster's Go build; the images' base,
@@ -40,6 +40,7 @@ LOAD_TIMEOUT_S = 900.0
 BUCKET = "mlops-realnode"
 
 _BUILD_ERROR = pytest.StashKey[str]()
+_UI_BUILD_ERROR = pytest.StashKey[str]()
 
 
 def _stream(cmd: list[str], log: Callable[[str], None], timeout: float) -> str:
@@ -91,6 +92,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             show(f"[realnode] node binaries and images ready in {time.monotonic() - start:.0f} s")
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         config.stash[_BUILD_ERROR] = str(exc)
+    if any("argo_server" in item.fixturenames for item in session.items):
+        try:
+            with capman.global_and_fixture_disabled():
+                # argo and Argo's UI (yarn + webpack, then Go): ~3-5 min cold, cached after.
+                _stream([str(HACK / "build.sh"), "--ui"], show, BUILD_TIMEOUT_S)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            config.stash[_UI_BUILD_ERROR] = str(exc)
 
 
 def _lib_setting(name: str) -> str:
@@ -260,3 +268,21 @@ def release(
         )
         cluster.helm("uninstall", name, f"--namespace={namespace}", "--wait", check=False)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def argo_server(
+    request: pytest.FixtureRequest, cluster: Cluster, real_node: RealNode
+) -> ArgoServer:
+    """argo-server with Argo's UI, on this cluster (``hack/cluster/argo-server-up.sh``; down.sh
+    stops it with the cluster), and the argo CLI of the same build."""
+    error = request.config.stash.get(_UI_BUILD_ERROR, None)
+    if error:
+        pytest.fail(f"could not build argo-server and Argo's UI:\n{error}", pytrace=False)
+    proc = subprocess.run(
+        [str(HACK / "argo-server-up.sh")], capture_output=True, text=True, timeout=300, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"hack/cluster/argo-server-up.sh failed:\n{proc.stderr[-6000:]}", pytrace=False)
+    url = proc.stdout.strip().splitlines()[-1]
+    return ArgoServer(url, Path(_lib_setting("ARGOCLI_BIN_DIR")) / "argo")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cluster import Cluster
@@ -59,3 +60,11 @@ class Release:
     namespace: str
     deployment: str
     values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ArgoServer:
+    """argo-server on the cluster (argo-server-up.sh) and the argo CLI built with it."""
+
+    url: str
+    cli: Path

@@ -16,7 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -26,11 +28,13 @@ from typing import Any
 
 import pytest
 import yaml
+from argo_ui import ArgoUI
 from cluster import ROOT, Cluster
 from kubernetes import client, watch
 from mlops_trainers import storage
 from operator_harness import ARGO, GROUP, PLURAL, VERSION, wait_for
-from realnode_support import Bucket, RealNode, Release
+from playwright.sync_api import Browser, Route
+from realnode_support import ArgoServer, Bucket, RealNode, Release
 
 pytestmark = pytest.mark.realnode
 
@@ -408,15 +412,19 @@ class Preemption:
         return self.grace or 30
 
 
-def test_deleted_pods_checkpoint_and_the_retries_resume(
+# Each preempted run checkpoints every this many steps.
+PREEMPT_CHECKPOINT_EVERY = 10
+
+
+@pytest.fixture(scope="module")
+def preempted(
     cluster: Cluster, release: Release, bucket: Bucket, real_node: RealNode
-) -> None:
+) -> list[Preemption]:
     """Spot preemptions for real, with the pod's default grace period and with GKE Spot's 15 s:
-    each trainer pod is deleted mid-epoch; kubelet's SIGTERM goes through Argo's emissary to the
-    trainer, which writes a complete checkpoint within the grace period and exits 143; Argo
-    retries; the new pod resumes from that checkpoint, and at most one checkpoint interval of
-    steps is lost. (Both runs at once: their pod starts and Argo's 30 s retry backoff overlap.)"""
-    checkpoint_every = 10
+    two runs of the example, each trainer pod deleted mid-epoch (both runs at once: their pod
+    starts and Argo's 30 s retry backoff overlap). The test below checks what followed; the
+    browser tests show the same runs in Argo's UI."""
+    checkpoint_every = PREEMPT_CHECKPOINT_EVERY
     suffix = uuid.uuid4().hex[:4]
     cases = [
         Preemption(
@@ -454,7 +462,17 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
             args.append(f"--grace-period={case.grace}")
         case.deleted_at = time.time()
         cluster.kubectl(*args, "--wait=false")
+    return cases
 
+
+def test_deleted_pods_checkpoint_and_the_retries_resume(
+    preempted: list[Preemption], real_node: RealNode
+) -> None:
+    """Each deleted pod: kubelet's SIGTERM goes through Argo's emissary to the trainer, which
+    writes a complete checkpoint within the grace period and exits 143; Argo retries; the new
+    pod resumes from that checkpoint, and at most one checkpoint interval of steps is lost."""
+    checkpoint_every = PREEMPT_CHECKPOINT_EVERY
+    cases = preempted
     for case in cases:
         run, follow = case.run, case.watch
         assert follow is not None
@@ -627,3 +645,190 @@ def test_app_errors_fail_with_the_trainers_message(broken: Broken) -> None:
     (pod,) = broken.missing.pod_nodes()
     assert pod["outputs"]["exitCode"] == "2"  # fatal: retrying cannot make the data appear
     assert "does not exist" in broken.missing.status()["message"]
+
+
+# === Argo's UI and CLI: what a user watching these runs sees ===
+
+
+@pytest.fixture(scope="module")
+def argo_ui(
+    argo_server: ArgoServer, chromium_browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> ArgoUI:
+    return ArgoUI(chromium_browser, argo_server.url, tmp_path_factory.mktemp("argo-ui"))
+
+
+@dataclass
+class Rerun:
+    """A second run of the `trained` object (`mlops.dev/rerun`), caught while its pod runs."""
+
+    first: str  # the first run's Workflow
+    second: str  # the rerun's Workflow
+    second_run_id: str
+    pod: str  # the rerun's trainer pod, running when the fixture returns
+
+
+@pytest.fixture(scope="module")
+def rerun(cluster: Cluster, trained: Trained) -> Rerun:
+    run = trained.run
+    first = trained.workflow["metadata"]["name"]
+    cluster.kubectl(
+        "annotate", "mlops", run.name, "mlops.dev/rerun=2", "--overwrite", f"-n={run.namespace}"
+    )
+
+    def second_workflow() -> dict[str, Any] | None:
+        return next((w for w in run.workflows() if w["metadata"]["name"] != first), None)
+
+    second = wait_for("the rerun's Workflow", second_workflow, timeout=120)
+    name = second["metadata"]["name"]
+
+    def its_pod() -> client.V1Pod | None:
+        pod = run.running_pod()
+        labels = pod.metadata.labels if pod is not None else {}
+        return pod if labels.get("workflows.argoproj.io/workflow") == name else None
+
+    pod = wait_for("the rerun's trainer pod running", its_pod, timeout=RUN_TIMEOUT_S, every=1)
+    return Rerun(first, name, second["metadata"]["labels"]["mlops.dev/run-id"], pod.metadata.name)
+
+
+def argo(server: ArgoServer, cluster: Cluster, *args: str, timeout: float = 60) -> str:
+    """The argo CLI, as a user runs it: with the cluster's kubeconfig (no argo-server needed)."""
+    proc = subprocess.run(
+        [str(server.cli), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+    )
+    assert proc.returncode == 0, (
+        f"argo {' '.join(args)}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    )
+    return proc.stdout
+
+
+def test_argo_cli_lists_gets_and_shows_the_logs_of_our_runs(
+    cluster: Cluster, trained: Trained, rerun: Rerun, argo_server: ArgoServer
+) -> None:
+    """`argo list -l mlops.dev/name=…` finds every run of one object, `argo get` shows a run,
+    `argo logs` the trainer's log while its pod exists (the rerun's, caught running)."""
+    run = trained.run
+    ns = f"-n={run.namespace}"
+    listed = argo(argo_server, cluster, "list", ns, f"-l=mlops.dev/name={run.name}", "-o=name")
+    assert sorted(listed.split()) == sorted([rerun.first, rerun.second])
+    got = json.loads(argo(argo_server, cluster, "get", rerun.first, ns, "-o=json"))
+    assert got["status"]["phase"] == "Succeeded"
+    assert got["metadata"]["labels"]["mlops.dev/run-id"] == trained.status["runId"]
+    shown = argo(argo_server, cluster, "get", rerun.first, ns)
+    assert re.search(r"^Status:\s+Succeeded$", shown, re.MULTILINE), shown
+    # Followed (-f) from while the pod runs until its trainer exits: the whole log.
+    logs = argo(
+        argo_server, cluster, "logs", rerun.second, ns, "-c=main", "-f", timeout=RUN_TIMEOUT_S
+    )
+    assert rerun.second_run_id in logs and "done" in logs, logs[-3000:]
+
+
+@dataclass
+class Finished:
+    """A run as the browser tests look at it: finished, its status and its Workflow."""
+
+    run: Run
+    status: dict[str, Any]
+    workflow: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def preempted_run(preempted: list[Preemption]) -> Finished:
+    """The first preempted run (its pod deleted once, then retried), once it has finished."""
+    run = preempted[0].run
+    status = run.wait_phase("Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", run.diagnostics()
+    return Finished(run, status, run.workflow())
+
+
+@pytest.mark.browser
+def test_argo_ui_lists_the_run_with_its_title_phase_and_progress(
+    argo_ui: ArgoUI, preempted_run: Finished
+) -> None:
+    run, status, wf = preempted_run.run, preempted_run.status, preempted_run.workflow
+    page = argo_ui.page()
+    argo_ui.open_list(page, run.namespace)
+    argo_ui.shot(page, "workflow-list")
+    (row,) = [r for r in argo_ui.rows(page) if r.workflow == wf["metadata"]["name"]]
+    # The title annotation, rendered (Markdown bold): the trainer and the MLOps object.
+    assert row.title == f"vqvae · {run.name}", row
+    assert row.description == f"run {status['runId']} → {status['output']}", row
+    assert row.status == "success", row
+    # Argo's progress adds up both attempts (80/160); the operator's is the run's own.
+    assert row.progress == wf["status"]["progress"] == "80/160", (row, wf["status"]["progress"])
+    assert status["progress"] == "80/80", status
+    assert row.run == status["runId"], row
+
+
+@pytest.mark.browser
+def test_argo_ui_run_page_shows_the_retry_the_metrics_and_the_links(
+    argo_ui: ArgoUI, preempted_run: Finished
+) -> None:
+    run, status = preempted_run.run, preempted_run.status
+    name = preempted_run.workflow["metadata"]["name"]
+    page = argo_ui.page()
+    argo_ui.open_workflow(page, run.namespace, name)
+    nodes = argo_ui.nodes(page)
+    # The retry node and each attempt: the preempted pod, then the one that finished.
+    assert nodes[name] == "Succeeded", nodes
+    assert nodes[f"{name}(0)"] in ("Failed", "Error"), nodes
+    assert nodes[f"{name}(1)"] == "Succeeded", nodes
+    argo_ui.shot(page, "workflow-graph")
+
+    # The finished attempt's panel: its output parameter `summary`, the trainer's final metrics.
+    argo_ui.click_node(page, f"{name}(1)")
+    page.get_by_text("INPUTS/OUTPUTS").first.click()
+    page.get_by_text("summary", exact=True).first.wait_for()
+    text = page.inner_text("body")
+    for metric in status["metrics"]:
+        assert f'"{metric}"' in text, (metric, text[-3000:])
+    argo_ui.shot(page, "workflow-node-outputs")
+
+    # The links open the run's own folder and TensorBoard (answered here: this machine reaches
+    # neither the Cloud console nor a TensorBoard). A request carries no #fragment.
+    opened: list[str] = []
+
+    def answer(route: Route) -> None:
+        opened.append(route.request.url)
+        route.fulfill(body="ok")
+
+    page.route(
+        re.compile(r"^(https://console\.cloud\.google\.com/|http://127\.0\.0\.1:6006/)"), answer
+    )
+    folder = status["output"].removeprefix("gs://")
+    for button, expected in (
+        ("OUTPUT FOLDER", f"https://console.cloud.google.com/storage/browser/{folder}"),
+        ("TENSORBOARD", f"http://127.0.0.1:6006/?runFilter={status['runId']}"),
+    ):
+        argo_ui.open_workflow(page, run.namespace, name)
+        page.get_by_role("button", name=button).click()
+        wait_for(f"the {button} link to open", lambda: opened, timeout=30)
+        assert opened.pop() == expected
+
+
+@pytest.mark.browser
+def test_argo_ui_label_filter_finds_every_run_of_one_object(
+    argo_ui: ArgoUI, trained: Trained, rerun: Rerun, preempted: list[Preemption]
+) -> None:
+    run = trained.run
+    page = argo_ui.page()
+    # Unfiltered, the namespace holds other objects' runs too ...
+    argo_ui.open_list(page, run.namespace)
+    everything = {r.workflow for r in argo_ui.rows(page)}
+    others = {c.run.workflow()["metadata"]["name"] for c in preempted}
+    assert others <= everything, (others, everything)
+    # ... the label filter keeps exactly this object's runs: the first and the rerun.
+    argo_ui.open_list(page, run.namespace, label=f"mlops.dev/name={run.name}")
+    wait_for(
+        "the filtered list",
+        lambda: {r.workflow for r in argo_ui.rows(page)} == {rerun.first, rerun.second},
+        timeout=30,
+    )
+    rows = argo_ui.rows(page)
+    assert {r.title for r in rows} == {f"vqvae · {run.name}"}
+    assert {r.run for r in rows} == {trained.status["runId"], rerun.second_run_id}
+    argo_ui.shot(page, "workflow-list-label-filter")

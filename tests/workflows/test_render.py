@@ -276,6 +276,10 @@ def test_argo_ui_title_description_and_link_annotations() -> None:
     assert output in annotations["workflows.argoproj.io/description"]
     assert annotations["mlops.dev/output"] == output
     assert annotations["mlops.dev/tensorboard-logdir"] == f"{output}/tb"
+    # For Argo's links, which must start with http(s):// (argo-server refuses to start with a
+    # link that is only a ${...} variable): the folder without its scheme.
+    assert output.startswith("gs://")
+    assert annotations["mlops.dev/output-path"] == output.removeprefix("gs://")
     assert (
         browser_url("gs://b/runs/r") == "https://console.cloud.google.com/storage/browser/b/runs/r"
     )

@@ -43,6 +43,7 @@ CONFIG_MAP_LIMIT = 1 << 20  # the API server refuses a ConfigMap over 1 MiB
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ANNOTATION_OUTPUT = "mlops.dev/output"
 ANNOTATION_OUTPUT_BROWSER = "mlops.dev/output-browser"
+ANNOTATION_OUTPUT_PATH = "mlops.dev/output-path"
 ANNOTATION_TENSORBOARD_LOGDIR = "mlops.dev/tensorboard-logdir"
 ANNOTATION_ARGO_TITLE = "workflows.argoproj.io/title"
 ANNOTATION_ARGO_DESCRIPTION = "workflows.argoproj.io/description"
@@ -375,11 +376,14 @@ def render(
     ui = {
         ANNOTATION_ARGO_TITLE: f"**{obj.spec.trainer.kind}** · {plan.name}",
         ANNOTATION_ARGO_DESCRIPTION: f"run `{plan.run_id}` → {plan.config.output}",
-        # For links in Argo's UI (its ConfigMap's `links`, e.g.
-        # ${workflow.metadata.annotations.mlops.dev/output-browser}): the run's folder, in a
-        # browser, and its TensorBoard log dir.
+        # The run's folder, in a browser, and its TensorBoard log dir.
         ANNOTATION_OUTPUT: plan.config.output,
         ANNOTATION_OUTPUT_BROWSER: browser_url(plan.config.output),
+        # For links in Argo's UI (its ConfigMap's `links`): argo-server refuses a link whose URL
+        # does not start with http(s)://, so a link cannot be a whole ${...} annotation; this
+        # is the folder without its scheme, for e.g. https://console.cloud.google.com/storage/
+        # browser/${workflow.metadata.annotations.mlops.dev/output-path}.
+        ANNOTATION_OUTPUT_PATH: plan.config.output.partition("://")[2] or plan.config.output,
         ANNOTATION_TENSORBOARD_LOGDIR: f"{plan.config.output}/{TB_DIR}",
     }
     workflow = render_workflow(
