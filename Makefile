@@ -21,11 +21,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 # Debian packages the tests use: Fashion-MNIST, real images for the trainer tests
-# (sample://fashion-mnist); chromium, the browser the browser tests drive (-m browser). apt-get
-# waits for the dpkg lock rather than failing when another apt runs.
+# (sample://fashion-mnist); chromium, the browser the browser tests drive (-m browser). A package
+# counts when dpkg says "install ok installed": a removed one leaves "deinstall ok config-files",
+# which `dpkg -s` still accepts. apt-get waits for the dpkg lock rather than failing when another
+# apt runs.
 SYSTEM_PACKAGES := dataset-fashion-mnist chromium
 system-deps: ## install the Debian packages the tests use (dataset-fashion-mnist, chromium; needs root or sudo)
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -z "$$missing" ]; then echo "Debian packages: installed ($(SYSTEM_PACKAGES))"; else \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get -o DPkg::Lock::Timeout=600 update -q && \
