@@ -287,7 +287,7 @@ NODE_PACKAGES=(containerd runc containernetworking-plugins socat debootstrap)
 ensure_node_packages() {
   local missing=() pkg
   for pkg in "${NODE_PACKAGES[@]}"; do
-    dpkg -s "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
+    deb_installed "${pkg}" || missing+=("${pkg}")
   done
   ((${#missing[@]} == 0)) && return 0
   [[ "$(id -u)" == 0 ]] || die "the real node needs root and the Debian packages: ${missing[*]}"

@@ -198,6 +198,12 @@ argo_server_up() {
     curl -sf --max-time 2 "${ARGO_SERVER_URL}/api/v1/version" >/dev/null 2>&1
 }
 
+# deb_installed PKG: Debian's package PKG is installed. Not `dpkg -s`, which also succeeds for a
+# package removed with its config files left ("deinstall ok config-files").
+deb_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
 # our_pid NAME -> prints NAME's recorded PID when that process still runs and is ours.
 our_pid() {
   local f="${PIDS}/$1.pid" pid

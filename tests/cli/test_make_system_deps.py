@@ -1,4 +1,5 @@
-"""`make system-deps` installs what the tests need and is not fooled by a removed package."""
+"""`make system-deps` (and hack/cluster's deb_installed, which build.sh --node uses for the real
+node's packages) install what is needed and are not fooled by a removed package."""
 
 from __future__ import annotations
 
@@ -46,3 +47,30 @@ def test_a_removed_package_with_config_files_left_is_installed_again(tmp_path: P
     assert installs, proc.stdout
     (install,) = installs
     assert install.split()[-1:] == ["chromium"], install  # only what is missing
+
+
+def test_deb_installed_of_hack_cluster_says_the_same(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    _fake(
+        fake,
+        "dpkg-query",
+        'case "$*" in\n'
+        '  *containerd*) echo "install ok installed";;\n'
+        '  *runc*) echo "deinstall ok config-files";;\n'
+        "  *) exit 1;;\n"
+        "esac\n",
+    )
+    lib = ROOT / "hack" / "cluster" / "lib.sh"
+    results = {}
+    for pkg in ("containerd", "runc", "socat"):
+        proc = subprocess.run(
+            ["bash", "-c", f'source "{lib}" && deb_installed {pkg}'],
+            env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        results[pkg] = proc.returncode == 0
+    assert results == {"containerd": True, "runc": False, "socat": False}
