@@ -234,6 +234,15 @@ def assert_unprivileged(seen: dict[str, Any], uid: int) -> None:
     assert seen["seccomp"] == "2", seen  # seccompProfile RuntimeDefault (filter mode)
 
 
+def attempt_log_tail(run: Run, attempt: int, lines: int = 40) -> str:
+    """The end of the trainer's own log of one attempt, as far as it reached the bucket."""
+    try:
+        text = storage.read_text(run.url("logs", f"attempt-{attempt}.log"))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        return f"(no attempt-{attempt}.log in the bucket: {exc!r})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def read_metrics(run: Run) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(storage.read_text(run.url("metrics.csv")))))
 
@@ -479,7 +488,12 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert follow.gone.wait(case.budget + 60), f"{run.name}: the pod was not gone in time"
         terminated = follow.main_terminated()
         assert terminated is not None, [p.status for p in follow.seen[-2:]]
-        assert terminated.exit_code == 143, terminated  # the trainer's "preempted, checkpointed"
+        # The trainer's "preempted, checkpointed". When it is not, say which run, how long it
+        # had, and how far its own log (copied to the bucket at each checkpoint) got.
+        assert terminated.exit_code == 143, (
+            f"{run.name} (grace {case.budget} s, deleted at {case.deleted_at:.1f}): {terminated}\n"
+            f"{attempt_log_tail(run, 1)}"
+        )
         took = terminated.finished_at.timestamp() - case.deleted_at
         assert took < case.budget, f"{run.name}: {took:.1f}s of a {case.budget}s grace period"
         status = run.wait_phase("Succeeded", "Failed")
@@ -664,7 +678,6 @@ class Rerun:
     first: str  # the first run's Workflow
     second: str  # the rerun's Workflow
     second_run_id: str
-    pod: str  # the rerun's trainer pod, running when the fixture returns
 
 
 @pytest.fixture(scope="module")
@@ -686,8 +699,9 @@ def rerun(cluster: Cluster, trained: Trained) -> Rerun:
         labels = pod.metadata.labels if pod is not None else {}
         return pod if labels.get("workflows.argoproj.io/workflow") == name else None
 
-    pod = wait_for("the rerun's trainer pod running", its_pod, timeout=RUN_TIMEOUT_S, every=1)
-    return Rerun(first, name, second["metadata"]["labels"]["mlops.dev/run-id"], pod.metadata.name)
+    # Returned once its trainer pod runs: `argo logs` needs the pod.
+    wait_for("the rerun's trainer pod running", its_pod, timeout=RUN_TIMEOUT_S, every=1)
+    return Rerun(first, name, second["metadata"]["labels"]["mlops.dev/run-id"])
 
 
 def argo(server: ArgoServer, cluster: Cluster, *args: str, timeout: float = 60) -> str:
