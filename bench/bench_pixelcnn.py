@@ -1,4 +1,4 @@
-"""PixelCNN: compiled sampling against a predict-per-position loop; training against keras.io's.
+"""PixelCNN: compiled sampling against a forward per position; cropped masked kernels against whole.
 
 (a) Seconds per sampled image on a 40x40 code grid at the ``pixelcnn`` trainer's default sizes
 (K = 128, the VQ-VAE's default codebook; 64 filters, 6 gated layers, 5x5 kernels): ours is
@@ -11,19 +11,14 @@ timed over the first ``--ref-positions`` positions and extrapolated to the grid;
 must equal ours. Rounds alternate in random order; the ratio is the median of the per-round
 ratios, each round's in the notes.
 
-(b) Training steps/s: ours (:class:`PixelCNN` as the ``pixelcnn`` trainer builds it: embedding,
-gated type-A block + type-B blocks, 1x1 head, ``train_on_batch`` on ``{"codes", "valid"}``)
-against a Keras 3 port of keras.io's ``examples/generative/pixelcnn.py`` (ADMoreau):
-``PixelConvLayer`` (a Conv2D whose kernel is multiplied by a type-A/B mask, re-assigned at every
-call, as in the original), ``ResidualBlock`` (1x1 conv, masked 3x3 conv at half width, 1x1 conv,
-add), one 7x7 type-A layer, ``layers - 1`` residual blocks, two masked 1x1 layers. Same grid,
-filters, depth (masked layers), batch and optimizer; the original's one-sigmoid-channel head for
-binary pixels becomes a ``K``-logit head with sparse cross-entropy so that both model the same
-codes, and its input is the code grid as one float channel (``code / K``), as the original feeds
-pixel values. Timed in alternating rounds in one process; the ratio is ours / reference.
+(b) Training steps/s of our PixelCNN with its masked convolutions on their nonzero taps (the
+kernel cropped, the input padded to match) against the same model computing the whole masked
+kernels, as before that change; paired rounds in random order, a 95% interval. (Training against
+keras.io's PixelCNN at the same multiply-adds is ``bench/bench_train.py``'s ``train_pixelcnn``.)
 
     python bench/bench_pixelcnn.py [--grid 40] [--batch 2] [--ref-positions 200]
                                    [--train-grid 16] [--train-batch 16] [--filters 32]
+                                   [--steps 50] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -40,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also when imported
 
-from common import Row, write_rows
+from common import Paired, Row, write_rows
 
 
 def keras_io_pixelcnn(grid: int, filters: int, layers_: int, num_embeddings: int) -> Any:
@@ -262,63 +257,17 @@ def bench_cropped_taps(args: argparse.Namespace) -> Row:
         order = list(steps) if rng.random() < 0.5 else list(reversed(steps))
         for name in order:
             rates[name].append(_steps_per_second(steps[name], batches))
-    ratios = [a / b for a, b in zip(rates["cropped"], rates["full"], strict=True)]
+    paired = Paired.of([a / b for a, b in zip(rates["cropped"], rates["full"], strict=True)])
+    cropped_rate = statistics.median(rates["cropped"])
     return Row(
         f"PixelCNN training, masked kernels on their nonzero taps, {grid}x{grid} codes, K={k}, "
         f"filters {f}, {n} layers, kernel {args.kernel}, batch {args.train_batch}",
-        statistics.median(rates["cropped"]),
-        statistics.median(rates["full"]),
+        cropped_rate,
+        cropped_rate / paired.mean,  # so that the row's ratio is the paired one
         "steps/s",
         "the same model computing the whole masked kernels (before this change)",
-        f"{args.rounds} rounds of {args.steps} steps in random order; per-round ratios "
-        f"{', '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.2f}",
+        f"{paired.text()}; {args.steps} timed steps per round after 2 of warm-up",
     )
-
-
-def bench_training(args: argparse.Namespace) -> tuple[Row, dict[str, Any]]:
-    import keras
-
-    keras.utils.set_random_seed(0)
-    k, grid, f, n = args.train_num_embeddings, args.train_grid, args.filters, args.layers
-    ours = _ours(k, grid, f, n, args.kernel)
-    reference = keras_io_pixelcnn(grid, f, n, k)
-    reference.compile(
-        optimizer=keras.optimizers.Adam(3e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    rng = np.random.default_rng(0)
-    batches = [
-        rng.integers(0, k, (args.train_batch, grid, grid)).astype("int32")
-        for _ in range(args.steps)
-    ]
-    valid = np.ones((args.train_batch, grid, grid), "float32")
-    steps = {
-        "ours": lambda c: ours.train_on_batch({"codes": c, "valid": valid}),
-        "keras_io": lambda c: reference.train_on_batch((c / k).astype("float32")[..., None], c),
-    }
-    for step in steps.values():
-        _steps_per_second(step, batches[:2])  # warm-up: tracing
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            rates[name].append(_steps_per_second(step, batches))
-    ours_rate = statistics.median(rates["ours"])
-    reference_rate = statistics.median(rates["keras_io"])
-    paired = statistics.median(a / b for a, b in zip(rates["ours"], rates["keras_io"], strict=True))
-    params = {"ours": int(ours.count_params()), "keras_io": int(reference.count_params())}
-    row = Row(
-        f"PixelCNN training, {grid}x{grid} codes, K={k}, filters {f}, {n} layers, "
-        f"batch {args.train_batch}",
-        ours_rate,
-        reference_rate,
-        "steps/s",
-        "keras.io pixelcnn.py (Keras 3 port, K-logit head)",
-        f"params {params['ours']:,} vs {params['keras_io']:,}; ours: gated blocks, kernel "
-        f"{args.kernel}, bits/code metrics; theirs: 7x7 A + residual 3x3 B; medians of "
-        f"{args.rounds} alternating rounds; median per-round ratio {paired:.2f}",
-    )
-    detail = {"rates": rates, "params": params, "paired_ratio": paired}
-    return row, detail
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -336,21 +285,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--filters", type=int, default=32)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per round and model")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per round and model")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, random order")
     args = parser.parse_args(None if argv is None else list(argv))
 
     import keras
 
     rows = bench_sampling(args)
-    train_row, detail = bench_training(args)
-    rows.append(train_row)
     rows.append(bench_cropped_taps(args))
-    result: dict[str, Any] = {
-        "args": vars(args),
-        "training": detail,
-        "backend": keras.backend.backend(),
-    }
+    result: dict[str, Any] = {"args": vars(args), "backend": keras.backend.backend()}
     write_rows("pixelcnn", rows, extra={"detail": result})
     return result
 

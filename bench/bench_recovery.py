@@ -13,7 +13,10 @@ VQ-VAE of ``examples/vqvae.yaml`` on a local output folder. Each round:
 
 Steps come from ``ARGO_PROGRESS_FILE`` (rewritten after every step; polled every 5 ms). Lost steps
 = the killed process's last finished step - the step the restart resumed from (its log line).
-Rows: recovery / cold start (< 1: recovering is cheaper than starting over; about 1: restarting
+Each restart's time is broken down by phase from its own log lines (``exit``: kill -> the old
+process gone; ``start``: process start -> the run's first line, i.e. Python, TensorFlow, Keras;
+``data``; ``build``: the model; ``load``: the checkpoint; ``first_step``: the first batch and the
+step's tracing), and a cold start's the same way. Rows: recovery / cold start (< 1: recovering is cheaper than starting over; about 1: restarting
 is all process start and tracing), and steps lost / checkpoint interval. The medians of
 ``--rounds`` rounds.
 
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,7 @@ class Trainer:
             "ARGO_PROGRESS_FILE": str(self.progress),
         }
         self.started = time.perf_counter()
+        self.started_wall = time.time()
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlops_trainers", "--config", str(run_file)],
@@ -73,6 +78,28 @@ class Trainer:
             return int(self.progress.read_text().split("/")[0])
         except (FileNotFoundError, ValueError):
             return None
+
+    def phases(self, since: float) -> dict[str, float]:
+        """Seconds of each start-up phase, from the trainer's own log lines (wall clock, ms):
+        ``since`` (time.time() of the kill, or of the start) -> each line's time."""
+        marks = {
+            "start": r"INFO run \S+, attempt \d+:",  # Python, TensorFlow and Keras imported
+            "data": r"INFO \d+ images at ",
+            "build": r"INFO model built in ",
+            "load": r"INFO resumed from ",
+            "first_step": r"INFO first step in ",  # the first batch and the step's tracing
+        }
+        text = self.log.read_text(errors="replace")
+        out: dict[str, float] = {}
+        last = since
+        for name, pattern in marks.items():
+            match = re.search(r"^(\S+ \S+) " + pattern, text, re.MULTILINE)
+            if match is None:
+                continue
+            at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out[name] = at - last
+            last = at
+        return out
 
     def resumed_from(self) -> int:
         match = RESUMED.search(self.log.read_text(errors="replace"))
@@ -144,6 +171,7 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
 
     cold = Trainer(path, workdir, f"{index}-cold")
     result["cold_s"] = cold.wait_for_step(1) - cold.started
+    result["cold_phases"] = cold.phases(cold.started_wall)
     current, after = cold, _mid_interval(0, every)
     for signum in (signal.SIGTERM, signal.SIGKILL):
         name = signal.Signals(signum).name
@@ -153,7 +181,9 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
         exited = time.perf_counter()
         restarted = Trainer(path, workdir, f"{index}-{name}")
         first, resumed = restarted.first_step_after_resume()
+        phases = {"exit": exited - killed, **restarted.phases(restarted.started_wall)}
         result[name] = {
+            "phases": phases,
             "recovery_s": first - killed,
             "exit_s": exited - killed,
             "restart_to_first_step_s": first - restarted.started,
@@ -189,6 +219,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         paired = statistics.median(r[name]["recovery_s"] / r["cold_s"] for r in rounds)
         lost = statistics.median(r[name]["lost"] for r in rounds)
         exit_s = statistics.median(r[name]["exit_s"] for r in rounds)
+        phases = {
+            k: statistics.median(r[name]["phases"].get(k, 0.0) for r in rounds)
+            for k in rounds[0][name]["phases"]
+        }
+        cold_phases = {
+            k: statistics.median(r["cold_phases"].get(k, 0.0) for r in rounds)
+            for k in rounds[0]["cold_phases"]
+        }
+        breakdown = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+        cold_breakdown = ", ".join(f"{k} {v:.2f}" for k, v in cold_phases.items())
         rows.append(
             Row(
                 f"trainer recovery after {name} (VQ-VAE demo, kill -> first step after restart)",
@@ -197,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "s",
                 "cold start of the same run to its first step",
                 f"{what}; dying took {exit_s:.2f} s; steps lost {lost:g}; "
-                f"medians of {args.rounds} rounds; median per-round ratio {paired:.2f}",
+                f"medians of {args.rounds} rounds; median per-round ratio {paired:.2f}; "
+                f"seconds by phase: {breakdown} (cold start: {cold_breakdown})",
             )
         )
         rows.append(

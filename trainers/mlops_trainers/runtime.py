@@ -68,6 +68,7 @@ from mlops_trainers.run_record import RunRecord, RunState
 from mlops_trainers.signals import StopFlag, Stopped, stop_on_signals
 from mlops_trainers.spike_guard import Snapshot, SpikeDetector
 from mlops_trainers.tensorboard import TensorBoardWriter
+from mlops_trainers.trainer import reset_metrics
 
 if TYPE_CHECKING:
     import keras
@@ -112,6 +113,7 @@ class _Run:
         self.tb: TensorBoardWriter | None = None
         self.bar: Any = None
         self.total_steps = 0
+        self.stepped = False  # whether this attempt has trained a step
 
     @property
     def state(self) -> RunState:
@@ -131,8 +133,11 @@ class _Run:
         data = trainer.datasets()
         if data.steps_per_epoch < 1:
             raise DataError("the data gives no training step (fewer images than a batch?)")
+        began = time.perf_counter()
         model = trainer.build_model()
         optim.configure(model.optimizer, trainer.config)
+        # Where a (re)start's time goes: bench/bench_recovery.py reads these lines.
+        log.info("model built in %.2fs", time.perf_counter() - began)
         loaded = self._load_start(trainer, model, start)
         self.total_steps = data.steps_per_epoch * config.epochs
         self.record.started(total_steps=self.total_steps, inputs=trainer.inputs)
@@ -359,7 +364,11 @@ class _Run:
                 state.global_step += 1
                 self.record.stepped()
             else:
+                began = time.perf_counter()
                 logs = self._step(trainer, model, batch)
+                if not self.stepped:
+                    self.stepped = True
+                    log.info("first step in %.2fs (tracing included)", time.perf_counter() - began)
                 done += 1
                 tb.scalars("step", logs, state.global_step)
                 tb.maybe_upload()
@@ -376,10 +385,8 @@ class _Run:
     def _step(self, trainer: Trainer[Any], model: keras.Model, batch: Any) -> dict[str, float]:
         state = self.state
         # Per-batch logs (Keras' Mean trackers would otherwise average since the last reset);
-        # the runtime averages them over the epoch itself, resumably.
-        reset = getattr(model, "reset_metrics", None)
-        if reset is not None:
-            reset()
+        # the runtime averages them over the epoch itself, resumably. Compiled: one graph call.
+        reset_metrics(model)
         lr = optim.learning_rate(
             trainer.config, state.global_step, self.total_steps, state.epoch, state.lr_scale
         )

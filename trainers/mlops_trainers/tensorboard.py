@@ -69,6 +69,9 @@ class TensorBoardWriter:
         self.every_s = UPLOAD_EVERY_S if every_s is None else every_s
         self.roll_bytes = ROLL_BYTES if roll_bytes is None else roll_bytes
         self.writer: Any = None
+        # One compiled writer per (prefix, keys): the per-step scalars in one graph call, not
+        # one eager op per value (~0.6 ms each: 8 logs were 5% of a 100 ms step).
+        self._writes: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.files = 0
         self.uploaded: dict[Path, int] = {}  # size of each file at its last copy
         self.last_upload = time.monotonic()
@@ -82,6 +85,7 @@ class TensorBoardWriter:
 
     def _open(self) -> None:
         self.files += 1
+        self._writes = {}  # they hold the writer they were traced with
         # A distinct suffix per file: files opened in the same second would share a name.
         self.writer = self.tf.summary.create_file_writer(
             str(self.local), filename_suffix=f".{self.files:04d}"
@@ -96,9 +100,24 @@ class TensorBoardWriter:
     def scalars(self, prefix: str, logs: Mapping[str, float], step: int) -> None:
         if self.writer is None:
             return
-        with self.writer.as_default(step=step):
-            for key, value in logs.items():
-                self.tf.summary.scalar(f"{prefix}/{key}", float(value))
+        keys = tuple(logs)
+        write = self._writes.get((prefix, keys))
+        if write is None:
+            write = self._writes[(prefix, keys)] = self._compile_scalars(prefix, keys)
+        tf = self.tf
+        write(tf.constant([float(logs[k]) for k in keys], tf.float32), tf.constant(step, tf.int64))
+
+    def _compile_scalars(self, prefix: str, keys: tuple[str, ...]) -> Any:
+        tf, writer = self.tf, self.writer
+
+        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
+        def write(values: Any, step: Any) -> None:
+            # The step is an argument: one set by as_default() would be traced in as a constant.
+            with writer.as_default():
+                for i, key in enumerate(keys):
+                    tf.summary.scalar(f"{prefix}/{key}", values[i], step=step)
+
+        return write
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """One (H, W[, C]) image, uint8 or [0, 1] floats."""

@@ -157,7 +157,8 @@ class VLETrainer(Trainer[VLEConfig]):
 
     def datasets(self) -> RequestedTokens:
         c = self.config
-        size = len(self.train_files) * c.image_size**2 * (c.channels + 1) * 4
+        # The cache is uint8 with a 4-number box per image (mlops_trainers.data.ImageData).
+        size = len(self.train_files) * (c.image_size**2 * c.channels + 16)
         images = ImageData(
             self.train_files,
             c.image_size,

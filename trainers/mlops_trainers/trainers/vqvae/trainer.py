@@ -77,7 +77,8 @@ class VQVAETrainer(Trainer[VQVAEConfig]):
 
     def datasets(self) -> ImageData:
         c = self.config
-        size = len(self.files) * c.image_size**2 * (c.channels + 1) * 4
+        # The cache is uint8 with a 4-number box per image (mlops_trainers.data.ImageData).
+        size = len(self.files) * (c.image_size**2 * c.channels + 16)
         self.data = ImageData(
             self.files,
             c.image_size,

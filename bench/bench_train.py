@@ -1,0 +1,633 @@
+"""Training steps/s of each trainer, fairly: the runtime against ``model.fit``, and against keras.io
+at the same multiply-adds.
+
+For each trainer kind (``train_<kind>`` rows), three things train the same batches, one after the
+other in each round, in an order drawn at random per round:
+
+- **runtime**: the real ``mlops run`` loop (:func:`mlops_trainers.runtime.run`, in this process)
+  on a local output folder, with its periodic checkpoints, metrics, TensorBoard and spike guard
+  on. Its step times come from a hook on :meth:`Trainer.train_step` (the time between the starts
+  of two steps is everything the loop does per step).
+- **model.fit**: the same trainer's model (``build_model()``: same architecture, losses and
+  optimizer) in a plain ``model.fit`` over a ``tf.data`` dataset of the same batches, prefetched.
+- **keras.io**: the keras.io example closest to the trainer, ported to Keras 3 and scaled in
+  width until its training step does the same multiply-adds per example as ours (within 10%,
+  counted on both traced training steps by TensorFlow's profiler; the bench stops otherwise).
+  It runs in a plain ``model.fit`` too: its authors' way, at its best.
+
+Each round times ``--steps`` steps after ``--warmup`` untimed ones; ratios are paired per round
+and reported as a geometric mean with a 95% interval. The conv/GEMM roofline (a large float32
+GEMM and 3x3 convolution) is measured in the same process, and each trainer's achieved GFLOP/s
+(the training step's counted FLOPs x steps/s) is reported against it.
+
+    python bench/bench_train.py [--kinds vqvae pixelcnn ...] [--steps 50] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also when imported
+
+from common import Paired, Row, StepWork, roofline, train_step_work, write_rows
+
+MATCH = 0.10  # the keras.io port's multiply-adds per example must be within 10% of ours
+
+
+# === The keras.io references, Keras 3, with a width multiplier ===
+
+
+def _width(base: int, scale: float, even: bool = False) -> int:
+    n = max(2, round(base * scale))
+    return n + (n % 2) if even else n
+
+
+def keras_io_vqvae(scale: float, size: int, channels: int, latent_dim: int, codes: int) -> Any:
+    """keras.io's ``vq_vae.py`` (Sayak Paul): two stride-2 3x3 convs (32, 64), a 1x1 conv to the
+    latent, a quantizer with codebook and commitment losses, the mirrored transposed convs, and
+    its GradientTape ``train_step``; the 32 and 64 scaled by ``scale``."""
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    class VectorQuantizer(layers.Layer):  # type: ignore[misc,unused-ignore]
+        def __init__(self, num_embeddings: int, embedding_dim: int, beta: float = 0.25) -> None:
+            super().__init__(name="vector_quantizer")
+            self.embedding_dim = embedding_dim
+            self.num_embeddings = num_embeddings
+            self.beta = beta
+            self.embeddings = self.add_weight(
+                shape=(embedding_dim, num_embeddings),
+                initializer=keras.initializers.RandomUniform(),
+                name="embeddings_vqvae",
+            )
+
+        def call(self, x: Any) -> Any:
+            input_shape = tf.shape(x)
+            flattened = tf.reshape(x, [-1, self.embedding_dim])
+            similarity = tf.matmul(flattened, self.embeddings)
+            distances = (
+                tf.reduce_sum(flattened**2, axis=1, keepdims=True)
+                + tf.reduce_sum(self.embeddings**2, axis=0)
+                - 2 * similarity
+            )
+            encodings = tf.one_hot(tf.argmin(distances, axis=1), self.num_embeddings)
+            quantized = tf.matmul(encodings, self.embeddings, transpose_b=True)
+            quantized = tf.reshape(quantized, input_shape)
+            commitment_loss = tf.reduce_mean((tf.stop_gradient(quantized) - x) ** 2)
+            codebook_loss = tf.reduce_mean((quantized - tf.stop_gradient(x)) ** 2)
+            self.add_loss(self.beta * commitment_loss + codebook_loss)
+            return x + tf.stop_gradient(quantized - x)
+
+    a, b = _width(32, scale), _width(64, scale)
+    inputs = keras.Input((size, size, channels))
+    x = layers.Conv2D(a, 3, activation="relu", strides=2, padding="same")(inputs)
+    x = layers.Conv2D(b, 3, activation="relu", strides=2, padding="same")(x)
+    x = layers.Conv2D(latent_dim, 1, padding="same")(x)
+    x = VectorQuantizer(codes, latent_dim)(x)
+    x = layers.Conv2DTranspose(b, 3, activation="relu", strides=2, padding="same")(x)
+    x = layers.Conv2DTranspose(a, 3, activation="relu", strides=2, padding="same")(x)
+    outputs = layers.Conv2DTranspose(channels, 3, padding="same")(x)
+    vqvae = keras.Model(inputs, outputs, name="vq_vae")
+
+    class VQVAETrainer(keras.Model):  # type: ignore[misc,unused-ignore]
+        def __init__(self, train_variance: float) -> None:
+            super().__init__()
+            self.train_variance = train_variance
+            self.vqvae = vqvae
+            self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+            self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+            self.vq_loss_tracker = keras.metrics.Mean(name="vq_loss")
+
+        @property
+        def metrics(self) -> list[Any]:
+            return [self.total_loss_tracker, self.reconstruction_loss_tracker, self.vq_loss_tracker]
+
+        def train_step(self, data: Any) -> dict[str, Any]:
+            # Keras 3 may hand train_step (x, y, sample_weight); keras.io's tf.keras gave x.
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            with tf.GradientTape() as tape:
+                reconstructions = self.vqvae(x)
+                reconstruction_loss = (
+                    tf.reduce_mean((x - reconstructions) ** 2) / self.train_variance
+                )
+                total_loss = reconstruction_loss + sum(self.vqvae.losses)
+            grads = tape.gradient(total_loss, self.vqvae.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.vqvae.trainable_variables, strict=True))
+            self.total_loss_tracker.update_state(total_loss)
+            self.reconstruction_loss_tracker.update_state(reconstruction_loss)
+            self.vq_loss_tracker.update_state(sum(self.vqvae.losses))
+            return {m.name: m.result() for m in self.metrics}
+
+    model = VQVAETrainer(train_variance=0.1)
+    model.compile(optimizer=keras.optimizers.Adam())
+    model.optimizer.build(model.vqvae.trainable_variables)
+    return model
+
+
+def keras_io_pixelcnn(scale: float, grid: int, layers_: int, codes: int) -> Any:
+    """keras.io's ``pixelcnn.py`` (ADMoreau): a 7x7 type-A masked conv, residual blocks (1x1,
+    3x3 type-B at half width, 1x1), two 1x1 type-B layers; K logits per position for the codes
+    (keras.io's VQ-VAE example trains its PixelCNN prior on codes so). 128 filters x ``scale``."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    class PixelConvLayer(layers.Layer):  # type: ignore[misc,unused-ignore]
+        def __init__(self, mask_type: str, **kwargs: Any) -> None:
+            super().__init__()
+            self.mask_type = mask_type
+            self.conv = layers.Conv2D(**kwargs)
+
+        def build(self, input_shape: Any) -> None:
+            self.conv.build(input_shape)
+            kernel_shape = tuple(self.conv.kernel.shape)
+            self.mask = np.zeros(shape=kernel_shape, dtype="float32")
+            self.mask[: kernel_shape[0] // 2, ...] = 1.0
+            self.mask[kernel_shape[0] // 2, : kernel_shape[1] // 2, ...] = 1.0
+            if self.mask_type == "B":
+                self.mask[kernel_shape[0] // 2, kernel_shape[1] // 2, ...] = 1.0
+
+        def call(self, inputs: Any) -> Any:
+            self.conv.kernel.assign(self.conv.kernel * self.mask)
+            return self.conv(inputs)
+
+    class ResidualBlock(layers.Layer):  # type: ignore[misc,unused-ignore]
+        def __init__(self, filters: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.conv1 = layers.Conv2D(filters=filters, kernel_size=1, activation="relu")
+            self.pixel_conv = PixelConvLayer(
+                mask_type="B", filters=filters // 2, kernel_size=3, activation="relu",
+                padding="same",
+            )  # fmt: skip
+            self.conv2 = layers.Conv2D(filters=filters, kernel_size=1, activation="relu")
+
+        def call(self, inputs: Any) -> Any:
+            x = self.conv2(self.pixel_conv(self.conv1(inputs)))
+            return layers.add([inputs, x])
+
+    filters = _width(128, scale, even=True)
+    inputs = keras.Input(shape=(grid, grid), dtype="int32")
+    x = keras.ops.one_hot(inputs, codes)
+    x = PixelConvLayer(
+        mask_type="A", filters=filters, kernel_size=7, activation="relu", padding="same"
+    )(x)
+    for _ in range(layers_ - 1):  # the type-A layer + these = `layers_` masked layers, as ours
+        x = ResidualBlock(filters=filters)(x)
+    for _ in range(2):
+        x = PixelConvLayer(
+            mask_type="B", filters=filters, kernel_size=1, strides=1, activation="relu",
+            padding="valid",
+        )(x)  # fmt: skip
+    out = layers.Conv2D(filters=codes, kernel_size=1, strides=1, padding="valid")(x)
+    model = keras.Model(inputs, out, name="keras_io_pixelcnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def keras_io_unet(scale: float, tile: int, bands: int) -> Any:
+    """keras.io's Oxford-Pets U-Net (``get_model``, fchollet): separable-conv down blocks with
+    strided residual projections, transposed-conv up blocks; one sigmoid channel out. Its widths
+    (32, 64, 128, 256) scaled by ``scale``."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((tile, tile, bands))
+    x = layers.Conv2D(_width(32, scale), 3, strides=2, padding="same")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    previous = x
+    for base in (64, 128, 256):
+        filters = _width(base, scale)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(filters, 1, strides=2, padding="same")(previous)
+        x = layers.add([x, residual])
+        previous = x
+    for base in (256, 128, 64, 32):
+        filters = _width(base, scale)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2DTranspose(filters, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.UpSampling2D(2)(x)
+        residual = layers.UpSampling2D(2)(previous)
+        residual = layers.Conv2D(filters, 1, padding="same")(residual)
+        x = layers.add([x, residual])
+        previous = x
+    outputs = layers.Conv2D(1, 3, activation="sigmoid", padding="same")(x)
+    model = keras.Model(inputs, outputs, name="keras_io_unet")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+# === The trainers measured ===
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One trainer kind at the sizes measured, and its keras.io reference."""
+
+    kind: str
+    data: str
+    config: dict[str, Any]
+    reference_name: str
+    # width scale -> the reference, compiled, its optimizer built
+    reference: Callable[[float], Any]
+    # one of our batches -> the reference's (x, y) (y None: the model's own losses)
+    reference_batch: Callable[[Any], tuple[Any, Any]]
+    checkpoint_every: int = 50  # one checkpoint in each round's 50 timed steps
+    parent: dict[str, Any] | None = None  # a run to make first (the PixelCNN's VQ-VAE)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _image(batch: Any) -> tuple[Any, Any]:
+    return batch["image"], None
+
+
+VQVAE_PARENT = {
+    "image_size": 32, "channels": 1, "batch_size": 32, "base_filters": 16, "downsample": 1,
+    "residual_blocks": 0, "latent_dim": 8, "num_embeddings": 64, "steps_per_epoch": 10,
+    "reconstructions": 0,
+}  # fmt: skip
+
+KINDS: dict[str, Kind] = {
+    k.kind: k
+    for k in (
+        Kind(
+            "vqvae",
+            "sample://fashion-mnist",
+            {
+                "image_size": 32,
+                "channels": 1,
+                "batch_size": 32,
+                "base_filters": 32,
+                "downsample": 2,
+                "residual_blocks": 1,
+                "latent_dim": 16,
+                "num_embeddings": 64,
+                "reconstructions": 0,
+            },
+            "keras.io vq_vae.py (Keras 3 port)",
+            lambda s: keras_io_vqvae(s, 32, 1, 16, 64),
+            _image,
+        ),
+        Kind(
+            "pixelcnn",
+            "sample://fashion-mnist",
+            {"batch_size": 32, "filters": 64, "layers": 6, "kernel_size": 5, "samples": 0},
+            "keras.io pixelcnn.py (Keras 3 port, K logits on the codes)",
+            lambda s: keras_io_pixelcnn(s, 16, 6, 64),
+            lambda b: (b["codes"], b["codes"]),
+            parent=VQVAE_PARENT,
+        ),
+        Kind(
+            "segmenter",
+            "sample://clouds",
+            {
+                "tile_size": 64,
+                "bands": 4,
+                "batch_size": 8,
+                "base_filters": 16,
+                "depth": 3,
+                "predictions": 0,
+                "export_onnx": False,
+            },
+            "keras.io Oxford-Pets U-Net (Keras 3 port)",
+            lambda s: keras_io_unet(s, 64, 4),
+            lambda b: (b[0], b[1][..., :1]),
+        ),
+        Kind(
+            "tokenizer",
+            "sample://webcam",
+            {
+                "image_size": 64,
+                "channels": 3,
+                "batch_size": 8,
+                "base_filters": 16,
+                "channel_multipliers": [1, 2, 2],
+                "residual_blocks": 1,
+                "groups": 4,
+                "latent_dim": 8,
+                "num_embeddings": 64,
+                "reconstructions": 0,
+            },
+            "keras.io vq_vae.py (Keras 3 port; keras.io has no VQGAN-style tokenizer)",
+            lambda s: keras_io_vqvae(s, 64, 3, 8, 64),
+            _image,
+        ),
+    )
+}
+
+
+# === Measuring ===
+
+
+def _run_config(
+    kind: str, config: dict[str, Any], data: str, root: Path, name: str, **kw: Any
+) -> Any:
+    from mlops_trainers.config import RunConfig
+
+    # Not `random`: each run seeds Python's generator with its own seed (a name would repeat).
+    output = root / f"{name}-g1-{uuid.uuid4().hex[:8]}"
+    kw.setdefault("checkpoint_every", 1000)
+    return RunConfig(
+        run_id=output.name,
+        name=name,
+        trainer={"kind": kind, "config": config},
+        data=data,
+        output_prefix=str(root),
+        output=str(output),
+        **kw,
+    )
+
+
+class _StepClock:
+    """Records when each :meth:`Trainer.train_step` starts (the runtime's loop, per step)."""
+
+    def __init__(self) -> None:
+        from mlops_trainers.trainer import Trainer
+
+        self.starts: list[float] = []
+        self._real = Trainer.train_step
+        clock = self
+
+        def timed(trainer: Any, model: Any, batch: Any) -> Any:
+            clock.starts.append(time.perf_counter())
+            return clock._real(trainer, model, batch)
+
+        Trainer.train_step = timed  # type: ignore[method-assign,assignment]
+
+    def close(self) -> None:
+        from mlops_trainers.trainer import Trainer
+
+        Trainer.train_step = self._real  # type: ignore[method-assign]
+
+
+def _rate(starts: Sequence[float], warmup: int, steps: int) -> float:
+    if len(starts) < warmup + steps + 1:
+        raise RuntimeError(f"{len(starts)} steps timed, {warmup + steps + 1} needed")
+    return steps / (starts[warmup + steps] - starts[warmup])
+
+
+def _fit_rate(model: Any, dataset: Any, warmup: int, steps: int) -> float:
+    """Steps/s of ``model.fit`` over ``dataset``'s batches, steps ``warmup..warmup+steps``."""
+    import keras
+
+    starts: list[float] = []
+
+    class Clock(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            starts.append(time.perf_counter())
+
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps + 1, verbose=0, callbacks=[Clock()])
+    return _rate(starts, warmup, steps)
+
+
+def _dataset(batches: list[Any]) -> Any:
+    """The batches as a ``tf.data`` dataset of whole batches, repeated and prefetched."""
+    import numpy as np
+    import tensorflow as tf
+
+    stacked = tf.nest.map_structure(lambda *a: np.stack([np.asarray(x) for x in a]), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def _x_y(batch: Any) -> tuple[Any, Any]:
+    """What ``train_on_batch``/``fit`` hand ``train_step`` for one of our batches."""
+    if isinstance(batch, tuple):
+        return batch[0], batch[1] if len(batch) > 1 else None
+    return batch, None
+
+
+def _match(kind: Kind, ours: StepWork, x: Any, y: Any) -> tuple[float, Any, StepWork]:
+    """The width scale at which the reference's multiply-adds per example are ours (bisection
+    on the scale: its work grows monotonically with width)."""
+    import keras
+
+    cache: dict[float, tuple[Any, StepWork]] = {}
+
+    def work(scale: float) -> StepWork:
+        if scale not in cache:
+            keras.utils.clear_session()
+            model = kind.reference(scale)
+            cache[scale] = (model, train_step_work(model, x, y))
+        return cache[scale][1]
+
+    target = ours.macs_per_example
+    low, high = 1 / 64, 64.0
+    for _ in range(24):
+        mid = (low * high) ** 0.5
+        if work(mid).macs_per_example < target:
+            low = mid
+        else:
+            high = mid
+        if abs(work(mid).macs_per_example / target - 1) < MATCH / 4 or high / low < 1.01:
+            break
+    best = min(cache, key=lambda s: abs(cache[s][1].macs_per_example / target - 1))
+    off = cache[best][1].macs_per_example / target - 1
+    if abs(off) > MATCH:
+        raise SystemExit(
+            f"{kind.kind}: the keras.io port cannot be scaled to our multiply-adds "
+            f"(closest {off:+.0%} at width x{best:.3g}); not reporting an unmatched row"
+        )
+    keras.utils.clear_session()
+    model = kind.reference(best)  # a fresh one: the traced copies built graphs of their own
+    return best, model, cache[best][1]
+
+
+def measure(
+    kind: Kind, *, warmup: int, steps: int, rounds: int, root: Path, orders: random.Random
+) -> dict[str, Any]:
+    import itertools as it
+
+    import keras
+    from mlops_trainers.runtime import run
+    from mlops_trainers.trainer import RunContext, get_trainer
+
+    config = dict(kind.config, steps_per_epoch=warmup + steps + 1)
+    extra: dict[str, Any] = {}
+    if kind.parent is not None:
+        parent = _run_config("vqvae", kind.parent, kind.data, root, "parent", epochs=1)
+        if run(parent) != 0:
+            raise SystemExit(f"{kind.kind}: its VQ-VAE run failed ({parent.output})")
+        config["vqvae"] = parent.output
+    # Our model and batches, once, for model.fit and the counts.
+    probe = _run_config(kind.kind, config, kind.data, root, "probe", epochs=1)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
+    trainer.prepare()
+    data = trainer.datasets()
+    batches = list(it.islice(data.batches(0), warmup + steps + 1))
+    x, y = _x_y(batches[0])
+    model = trainer.build_model()
+    ours_work = train_step_work(model, x, y)
+    ref_batches = [kind.reference_batch(b) for b in batches]
+    ref_x, ref_y = ref_batches[0]
+    scale, reference, ref_work = _match(kind, ours_work, ref_x, ref_y)
+    # The dataset of model.fit: (x, y) tuples as fit unpacks them; x alone when there is no y.
+    ref_data = _dataset([x_ if y_ is None else (x_, y_) for x_, y_ in ref_batches])
+    keras.utils.clear_session()
+    trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
+    trainer.prepare()
+    trainer.datasets()
+    model = trainer.build_model()
+    fit_data = _dataset(batches)
+
+    def runtime() -> float:
+        cfg = _run_config(
+            kind.kind, config, kind.data, root, "runtime", epochs=1,
+            checkpoint_every=kind.checkpoint_every,
+        )  # fmt: skip
+        clock = _StepClock()
+        try:
+            if run(cfg) != 0:
+                raise SystemExit(f"{kind.kind}: the runtime run failed ({cfg.output})")
+        finally:
+            clock.close()
+        shutil.rmtree(cfg.output, ignore_errors=True)
+        return _rate(clock.starts, warmup, steps)
+
+    arms: dict[str, Callable[[], float]] = {
+        "runtime": runtime,
+        "fit": lambda: _fit_rate(model, fit_data, warmup, steps),
+        "keras_io": lambda: _fit_rate(reference, ref_data, warmup, steps),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    drawn: list[list[str]] = []
+    for r in range(rounds):
+        order = list(arms)
+        orders.shuffle(order)  # its own generator: every run re-seeds the global one
+        drawn.append(order)
+        for name in order:
+            rates[name].append(arms[name]())
+        print(
+            f"  {kind.kind} round {r + 1}/{rounds} ({', '.join(order)}): "
+            + ", ".join(f"{n} {rates[n][-1]:.3g}" for n in arms)
+            + " steps/s",
+            flush=True,
+        )
+    shutil.rmtree(scratch, ignore_errors=True)
+    vs_fit = Paired.of([a / b for a, b in zip(rates["runtime"], rates["fit"], strict=True)])
+    vs_ref = Paired.of([a / b for a, b in zip(rates["runtime"], rates["keras_io"], strict=True)])
+    extra.update(
+        kind=kind.kind, config=config, warmup=warmup, steps=steps, rounds=rounds, orders=drawn,
+        rates=rates, reference_scale=scale, ours_macs_per_example=ours_work.macs_per_example,
+        reference_macs_per_example=ref_work.macs_per_example, ours_flops=ours_work.flops,
+        reference_flops=ref_work.flops, ours_by_op=ours_work.by_op,
+        reference_by_op=ref_work.by_op, uncounted=[ours_work.uncounted, ref_work.uncounted],
+        vs_fit=vs_fit.__dict__, vs_reference=vs_ref.__dict__,
+    )  # fmt: skip
+    return extra
+
+
+def rows_of(m: dict[str, Any], peak: float) -> list[Row]:
+    import statistics
+
+    kind = KINDS[m["kind"]]
+    med = {name: statistics.median(v) for name, v in m["rates"].items()}
+    ours_mac, ref_mac = m["ours_macs_per_example"], m["reference_macs_per_example"]
+    batch = kind.config["batch_size"]
+    sizes = (
+        f"batch {batch}; training step {ours_mac / 1e6:.1f} M multiply-adds per example "
+        f"(keras.io at width x{m['reference_scale']:.3g}: {ref_mac / 1e6:.1f} M, "
+        f"{ref_mac / ours_mac - 1:+.1%}); {m['steps']} timed steps after {m['warmup']} per round"
+    )
+    achieved = m["ours_flops"] * med["runtime"] / 1e9
+    ref_achieved = m["reference_flops"] * med["keras_io"] / 1e9
+    vs_fit, vs_ref = Paired(**m["vs_fit"]), Paired(**m["vs_reference"])
+    name = f"train_{m['kind']}"
+    # ours: the runtime's median steps/s; reference: that over the paired geometric mean of the
+    # per-round ratios, so that the row's ratio is the paired one (not a ratio of medians).
+    return [
+        Row(
+            f"{name}: runtime loop vs the same model in model.fit",
+            med["runtime"],
+            med["runtime"] / vs_fit.mean,
+            "steps/s",
+            "plain model.fit of build_model() on the same batches (tf.data, prefetched)",
+            f"{vs_fit.text()}; {sizes}; checkpoints every {kind.checkpoint_every} steps, metrics,"
+            " TensorBoard and the spike guard on",
+        ),
+        Row(
+            f"{name}: vs keras.io at the same multiply-adds",
+            med["runtime"],
+            med["runtime"] / vs_ref.mean,
+            "steps/s",
+            kind.reference_name,
+            f"{vs_ref.text()}; {sizes}",
+        ),
+        Row(
+            f"{name}: achieved GFLOP/s vs the roofline",
+            achieved,
+            peak,
+            "GFLOP/s",
+            "a 1024^3 float32 GEMM / a 16x32x32x128->128 3x3 conv, the faster, same process",
+            f"training-step FLOPs counted on the traced graph x median steps/s; keras.io's "
+            f"{ref_achieved:.3g} GFLOP/s",
+        ),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=sorted(KINDS))
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per round and arm")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="of the rounds' random orders")
+    parser.add_argument("--out", default="train", help="bench/results/<out>.json")
+    args = parser.parse_args(None if argv is None else list(argv))
+    orders = random.Random(args.seed)
+    peak = roofline()
+    print(f"roofline: {peak}", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-train-runs-"))
+    measured: list[dict[str, Any]] = []
+    try:
+        for i, name in enumerate(args.kinds, 1):
+            print(f"[{i}/{len(args.kinds)}] train_{name} ...", flush=True)
+            measured.append(
+                measure(
+                    KINDS[name],
+                    warmup=args.warmup,
+                    steps=args.steps,
+                    rounds=args.rounds,
+                    root=root,
+                    orders=orders,
+                )
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    after = roofline()  # the machine may have changed under the run: both are kept
+    rows = list(itertools.chain.from_iterable(rows_of(m, peak["peak"]) for m in measured))
+    write_rows(
+        args.out, rows, extra={"roofline": peak, "roofline_after": after, "detail": measured}
+    )
+    return measured
+
+
+if __name__ == "__main__":
+    main()
