@@ -1,7 +1,7 @@
 """Run every ``bench/bench_*.py`` (each in its own process), then write the results.
 
     python bench/run_all.py                 # all of them (what `make bench` does)
-    python bench/run_all.py input vqvae     # only bench_input.py and bench_vqvae.py
+    python bench/run_all.py input train     # only bench_input.py and bench_train.py
     python bench/run_all.py --table         # run nothing: rewrite the results from the JSON files
     python bench/run_all.py --check         # exit 1 if README.md's table is not the JSON files'
 
