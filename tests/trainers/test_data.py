@@ -102,3 +102,14 @@ def test_load_images_matches_a_hand_padded_image(tmp_path: Path) -> None:
     raw = tf.io.decode_png(tf.io.read_file(files[0]), channels=3).numpy()
     np.testing.assert_allclose(images[0, 1:7, 2:6], raw / 255.0, rtol=1e-6)
     assert masks[0].sum() == 24
+
+
+def test_load_images_does_not_round_a_downscaled_image() -> None:
+    """load_images' floats (the tokenizer's, the MaskGIT prior's) keep a downscale unrounded: the
+    uint8 rounding is the cache's alone (rounding there moved a MaskGIT test's held-out bits)."""
+    image = np.random.default_rng(2).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    floats, _ = pad_image(tf.constant(image), 16)
+    levels = floats.numpy()[:, 4:12] * 255.0
+    assert np.abs(levels - np.round(levels)).max() > 1e-3
+    placed, _ = place_image(tf.constant(image), 16)
+    np.testing.assert_allclose(placed.numpy()[:, 4:12], levels, atol=0.5 + 1e-3)

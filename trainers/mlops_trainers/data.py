@@ -123,11 +123,13 @@ def list_images(url: str) -> list[str]:
 # the pipeline's cost, and uint8 makes the decoded cache 4x smaller (bench/bench_input.py).
 
 
-def place_image(image: Any, size: int) -> tuple[Any, Any]:
+def place_image(image: Any, size: int, *, as_float: bool = False) -> tuple[Any, Any]:
     """(H, W, C) uint8 -> ((size, size, C) uint8 centred on black, int32 [top, left, h, w]).
 
     Downscales (keeping the aspect ratio, antialiased, rounded back to uint8) only if the image is
-    larger than ``size``; a smaller one is padded as is, its pixels untouched.
+    larger than ``size``; a smaller one is padded as is, its pixels untouched. ``as_float``: the
+    pixels as float32 in [0, 1] instead, a downscaled image not rounded (what
+    :func:`load_images` returns: its callers' numbers do not move by a rounding).
     """
     import tensorflow as tf
 
@@ -135,6 +137,7 @@ def place_image(image: Any, size: int) -> tuple[Any, Any]:
     height, width = shape[0], shape[1]
     longest = tf.maximum(height, width)
     channels = image.shape[-1]
+    pixels = tf.cast(image, tf.float32) / 255.0 if as_float else tf.cast(image, tf.uint8)
 
     def shrink() -> tuple[Any, Any, Any]:
         scale = float(size) / tf.cast(longest, tf.float32)
@@ -144,12 +147,13 @@ def place_image(image: Any, size: int) -> tuple[Any, Any]:
         new_w = tf.clip_by_value(
             tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32), 1, size
         )
+        if as_float:
+            resized = tf.image.resize(pixels, tf.stack([new_h, new_w]), antialias=True)
+            return tf.clip_by_value(resized, 0.0, 1.0), new_h, new_w
         resized = tf.image.resize(image, tf.stack([new_h, new_w]), antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8), new_h, new_w
 
-    pixels, new_h, new_w = tf.cond(
-        longest > size, shrink, lambda: (tf.cast(image, tf.uint8), height, width)
-    )
+    pixels, new_h, new_w = tf.cond(longest > size, shrink, lambda: (pixels, height, width))
     top = (size - new_h) // 2
     left = (size - new_w) // 2
     # tf.pad, not tf.image.pad_to_bounding_box: the same zeros without its checks and reshapes.
@@ -171,10 +175,13 @@ def box_mask(boxes: Any, size: int) -> Any:
 
 
 def batch_to_float(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
-    """``{"image": uint8, "box": int32}`` batch -> ``{"image": float32 in [0, 1], "mask"}``."""
+    """``{"image": uint8, "box": int32}`` batch -> ``{"image": float32 in [0, 1], "mask"}``
+    (an image already float is kept)."""
     import tensorflow as tf
 
-    image = tf.cast(batch["image"], tf.float32) * (1.0 / 255.0)
+    image = tf.convert_to_tensor(batch["image"])
+    if image.dtype == tf.uint8:
+        image = tf.cast(image, tf.float32) * (1.0 / 255.0)
     return {"image": image, "mask": box_mask(batch["box"], size)}
 
 
@@ -183,7 +190,7 @@ def pad_image(image: Any, size: int) -> tuple[Any, Any]:
 
     :func:`place_image`, as floats: for one image outside a pipeline (a sky mask, a preview).
     """
-    padded, box = place_image(image, size)
+    padded, box = place_image(image, size, as_float=True)
     out = batch_to_float({"image": padded[None], "box": box[None]}, size)
     return out["image"][0], out["mask"][0]
 
@@ -200,37 +207,42 @@ def _read_file_op(path: Any) -> Any:
     return data
 
 
-def _decode_fn(size: int, channels: int, local: bool) -> Any:
+def _decode_fn(size: int, channels: int, local: bool, as_float: bool = False) -> Any:
     import tensorflow as tf
 
     def decode(path: Any) -> dict[str, Any]:
         data = tf.io.read_file(path) if local else _read_file_op(path)
         image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
         image.set_shape([None, None, channels])
-        pixels, box = place_image(image, size)
+        pixels, box = place_image(image, size, as_float=as_float)
         return {"image": pixels, "box": box}
 
     return decode
 
 
-def _file_dataset(files: Sequence[str], size: int, channels: int) -> Any:
-    """The files decoded and placed, uint8 ``{"image", "box"}`` per file, in order."""
+def _file_dataset(files: Sequence[str], size: int, channels: int, as_float: bool = False) -> Any:
+    """The files decoded and placed, uint8 (or float) ``{"image", "box"}`` per file, in order."""
     import tensorflow as tf
 
     local = all("://" not in f for f in files)
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(files, dtype=object).astype(str))
     return ds.map(
-        _decode_fn(size, channels, local), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        _decode_fn(size, channels, local, as_float),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
 
 
-def load_placed(files: Sequence[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and place ``files``: ((N, size, size, C) uint8, (N, 4) int32 boxes)."""
+def load_placed(
+    files: Sequence[str], size: int, channels: int, *, as_float: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and place ``files``: ((N, size, size, C) uint8 or float32, (N, 4) int32 boxes)."""
     import tensorflow as tf
 
     images, boxes = [], []
+    ds = _file_dataset(files, size, channels, as_float)
     try:
-        for batch in _file_dataset(files, size, channels).batch(64).prefetch(tf.data.AUTOTUNE):
+        for batch in ds.batch(64).prefetch(tf.data.AUTOTUNE):
             images.append(batch["image"].numpy())
             boxes.append(batch["box"].numpy())
     except tf.errors.OpError as err:
@@ -247,8 +259,9 @@ def to_float(images: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarr
 
 
 def load_images(files: Sequence[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and pad ``files``: ((N, size, size, C) float32, (N, size, size, 1) float32)."""
-    return to_float(*load_placed(files, size, channels), size)
+    """Decode and pad ``files``: ((N, size, size, C) float32, (N, size, size, 1) float32); a
+    downscaled image is not rounded to uint8 on the way (unlike :class:`ImageData`'s cache)."""
+    return to_float(*load_placed(files, size, channels, as_float=True), size)
 
 
 # === Deterministic epochs ===
