@@ -37,7 +37,7 @@ from mlops_api.validation import ANNOTATION_SCRATCH_OUTPUT
 from mlops_workflows.render import RenderedRun, RenderSettings, render
 
 from mlops_operator.queueing import QueueView, units
-from mlops_operator.views import WorkflowView
+from mlops_operator.views import WorkflowView, unseen_attempts
 
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
 CONDITION_TYPES = ("Validated", "Accepted", "Synced", "Ready", "Running", "Succeeded")
@@ -701,7 +701,7 @@ def _details(
     counts from all of its segments (a resumed run keeps what it used of its budgets)."""
     segments = segments or (workflow,)
     update: dict[str, Any] = {
-        "preemptions": sum(w.preemptions for w in segments),
+        "preemptions": sum(w.preemptions for w in segments) + unseen_attempts(workflow, segments),
         "app_errors": sum(w.app_errors for w in segments),
     }
     progress = next(

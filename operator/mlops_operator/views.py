@@ -131,6 +131,28 @@ class WorkflowView:
         return next((a.summary for a in reversed(self.attempts) if a.summary), None)
 
 
+def unseen_attempts(workflow: WorkflowView, segments: Iterable[WorkflowView]) -> int:
+    """Trainer attempts of the run that Argo shows no node for: preemptions its nodes miss.
+
+    Argo makes a pod again for the same node when the pod vanished between its two looks in
+    one reconcile (the pod list, then "does the node's pod exist?" before creating it): a pod
+    deleted while the controller lags. The node then shows one attempt, maybe Succeeded, though
+    the trainer ran twice and its first pod was taken away. The trainer counts its attempts
+    itself (attempts.json, in its summary); the attempts Argo shows up to the one that wrote
+    the newest summary (earlier segments' included: a resumed run keeps its counter) are
+    subtracted. Attempts Argo shows that never reached the trainer only make this smaller.
+    """
+    newest = next(
+        ((i, a.summary) for i, a in reversed(list(enumerate(workflow.attempts))) if a.summary),
+        None,
+    )
+    if newest is None or not newest[1].attempt:
+        return 0
+    index, summary = newest
+    earlier = sum(len(w.attempts) for w in segments if w.name != workflow.name)
+    return max(0, summary.attempt - (earlier + index + 1))
+
+
 def owner_uid(body: Mapping[str, Any]) -> str | None:
     """The uid of the MLOps object that owns ``body``: its controller ownerReference, else our
     owner-uid label. A Workflow that names no MLOps owner is not ours."""

@@ -30,6 +30,7 @@ from mlops_operator.views import (
     view_workload,
     with_workloads,
 )
+from mlops_trainers.contract import Summary
 from mlops_workflows.render import RenderSettings
 
 AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -928,3 +929,45 @@ def test_a_scratch_output_run_the_chart_test_makes_is_submitted() -> None:
     decision = decide(b, [], POLICY, AT)
     assert decision.create and decision.status is not None
     assert decision.status.reason == "RunSubmitted", decision.status
+
+
+def _summarized(phase: str, attempt: int, state: str, **kw: Any) -> Attempt:
+    summary = Summary(state=state, attempt=attempt)  # type: ignore[arg-type]
+    return pod(phase, summary=summary, **kw)
+
+
+def test_a_trainer_attempt_argo_has_no_node_for_is_a_preemption() -> None:
+    """Argo makes a pod again for the same node when the pod vanished between its two looks in
+    one reconcile (a pod deleted while the controller lags; seen on the real node): the node
+    then shows one attempt, Succeeded, though the trainer ran twice and the first was taken
+    away. The trainer's own attempt number (attempts.json, in its summary) tells."""
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    remade = wf(run, "Succeeded", _summarized("Succeeded", 2, "succeeded"))
+    status = decide(b, [remade], POLICY, AT).status
+    assert status is not None and status.phase == "Succeeded"
+    assert (status.preemptions, status.app_errors) == (1, 0)
+    # An ordinary retry is counted once: its failed node, not also the attempt number.
+    retried = wf(
+        run,
+        "Succeeded",
+        _summarized("Failed", 1, "preempted", exit_code="143"),
+        _summarized("Succeeded", 2, "succeeded"),
+    )
+    status = decide(b, [retried], POLICY, AT).status
+    assert status is not None and (status.preemptions, status.app_errors) == (1, 0)
+    # Attempts in an earlier segment (a suspend, then a resume) are Argo's too: none unseen.
+    stopped = wf(
+        run,
+        "Failed",
+        _summarized("Failed", 1, "preempted", message="workflow shutdown with strategy: Stop"),
+        shutdown="Stop",
+    )
+    resumed = wf(f"{run}-r1", "Running", _summarized("Running", 2, "running"), run_id=run)
+    status = decide(b, [stopped, resumed], POLICY, AT).status
+    assert status is not None and status.preemptions == 0
+    # Hidden attempts count against the budget (2 here): three of them spend it.
+    spent = wf(run, "Running", _summarized("Running", 4, "preempted"))
+    status = decide(b, [spent], POLICY, AT).status
+    assert status is not None and status.phase == "Failed"
+    assert status.reason == "PreemptionBudgetExhausted" and status.preemptions == 3

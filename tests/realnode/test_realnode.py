@@ -498,12 +498,24 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert took < case.budget, f"{run.name}: {took:.1f}s of a {case.budget}s grace period"
         status = run.wait_phase("Succeeded", "Failed")
         assert status["phase"] == "Succeeded", run.diagnostics()
-        assert status["preemptions"] == 1, status
-        first, second = run.pod_nodes()
-        assert first["phase"] in ("Failed", "Error"), first
-        assert second["phase"] == "Succeeded" and second["hostNodeName"] == real_node.name
+        nodes = run.pod_nodes()
         record = storage.read_json(run.url("run.json"))
+        if status["preemptions"] != 1 or len(nodes) != 2:
+            # What Argo recorded of each attempt (what the operator counted from) and every
+            # state the deleted pod was seen in, whole (an assertion message is cut short).
+            print(json.dumps({"status": status, "nodes": nodes}, indent=1, default=str))
+            for pod in follow.seen:
+                print(pod.metadata.resource_version, pod.metadata.deletion_timestamp, pod.status)
         assert record["attempt"] == 2
+        assert status["preemptions"] == 1, (status, nodes)
+        # Argo's record: a failed attempt and its retry; or, when the controller looked for the
+        # node's pod after it was gone but before it had seen it fail, one node whose pod Argo
+        # made again at once (no backoff). The trainer's attempt count says it ran twice, and
+        # the operator counts the unseen attempt (views.unseen_attempts).
+        assert len(nodes) in (1, 2), nodes
+        if len(nodes) == 2:
+            assert nodes[0]["phase"] in ("Failed", "Error"), nodes[0]
+        assert nodes[-1]["phase"] == "Succeeded" and nodes[-1]["hostNodeName"] == real_node.name
         # Where the first pod stopped, from its own log (kept in the bucket, attempt by attempt:
         # status.json says "preempted" only until the retry rewrites it, a race under load).
         first_log = storage.read_text(run.url("logs", "attempt-1.log"))
@@ -752,11 +764,18 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def preempted_run(preempted: list[Preemption]) -> Finished:
-    """The first preempted run (its pod deleted once, then retried), once it has finished."""
-    run = preempted[0].run
-    status = run.wait_phase("Succeeded", "Failed")
-    assert status["phase"] == "Succeeded", run.diagnostics()
-    return Finished(run, status, run.workflow())
+    """A preempted run (its pod deleted once, then retried) that Argo shows as a retry, once
+    it has finished: Argo sometimes makes the deleted pod again for the same node instead
+    (test_deleted_pods_checkpoint_and_the_retries_resume), which leaves no retry to show."""
+    finished = []
+    for case in preempted:
+        status = case.run.wait_phase("Succeeded", "Failed")
+        assert status["phase"] == "Succeeded", case.run.diagnostics()
+        finished.append(Finished(case.run, status, case.run.workflow()))
+    for one in finished:
+        if len(one.run.pod_nodes()) == 2:
+            return one
+    pytest.skip("Argo made every deleted pod again in place: no run shows a retry")
 
 
 @pytest.mark.browser

@@ -122,6 +122,8 @@ def test_run_writes_artifacts_and_provenance(
     summary = json.loads(summary_file.read_text())
     assert summary["latest_checkpoint"] == newest.url
     assert (summary["epoch"], summary["step"]) == (2, 8)
+    # Its attempt number (attempts.json), which the operator compares with Argo's attempts.
+    assert summary["attempt"] == record["attempt"] == 1
     assert summary["metrics"]["recon_mse"] == pytest.approx(record["final_metrics"]["recon_mse"])
     assert progress.read_text().strip() == "8/8"
 

@@ -86,6 +86,9 @@ class Summary(BaseModel):
     epoch: int = 0
     step: int = 0
     error: str | None = None
+    # This run's attempt number (attempts.json: across pods and Workflows), so the operator
+    # sees attempts Argo has no node for (views.unseen_attempts).
+    attempt: int = 0
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

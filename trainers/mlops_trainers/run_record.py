@@ -350,6 +350,7 @@ class RunRecord:
                 "epoch": self.state.epoch,
                 "step": self.state.global_step,
                 "error": error,
+                "attempt": self.attempt,
             }
         )
 
