@@ -53,14 +53,34 @@ def canonical_json(value: Any) -> str:
 NOT_THE_RUN = frozenset({"suspend", "keep_runs", "on_change", "stop_on_delete"})
 
 
+# Trainer options added after objects and trainer images already existed, with their defaults:
+# hashed and written into run files only when set to something else. Hashed at its default, a
+# new field would change the hash of every existing object after the upgrade, and its next
+# generation (a suspend, a keepRuns change) would start a fresh run in a new folder instead of
+# going on with the current one; written at its default, it would make an older trainer image
+# (spec.image pinned) refuse the run file (its configs forbid unknown keys).
+ADDED_TRAINER_DEFAULTS: dict[str, Any] = {"precision": "auto", "jit_compile": "auto"}
+
+
+def drop_added_defaults(trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """``trainer_config`` (a dumped trainer config) without the fields of
+    :data:`ADDED_TRAINER_DEFAULTS` that hold their default; changed in place and returned."""
+    for field, default in ADDED_TRAINER_DEFAULTS.items():
+        if field in trainer_config and trainer_config[field] == default:
+            del trainer_config[field]
+    return trainer_config
+
+
 def spec_hash(spec: MLOpsSpec) -> str:
     """First 8 hex digits of the SHA-256 of the spec with every default filled in, but for the
-    fields in :data:`NOT_THE_RUN`.
+    fields in :data:`NOT_THE_RUN` and the later ones of :data:`ADDED_TRAINER_DEFAULTS` at their
+    defaults.
 
     Two specs that mean the same run (one writes a default out, or suspends it) hash the same;
     the operator keeps the current run when a new generation has the same hash.
     """
     data = spec.model_dump(mode="json", by_alias=True, exclude_none=False, exclude=set(NOT_THE_RUN))
+    drop_added_defaults((data.get("trainer") or {}).get("config") or {})
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:8]
 
 

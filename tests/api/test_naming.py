@@ -71,3 +71,33 @@ def test_label_values_are_valid_for_every_name() -> None:
             assert len(value) <= 63
             assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", value), value
     assert label_value("b" * 62 + "-c") == "b" * 62
+
+
+def test_options_added_later_leave_existing_hashes_and_run_files_alone() -> None:
+    """precision and jit_compile came after objects existed: at their defaults they change no
+    spec hash (an upgraded operator would otherwise start a fresh run at the next generation,
+    e.g. a suspend) and stay out of the run file (an older trainer image refuses unknown keys);
+    set, they are a different run and reach the trainer."""
+    from mlops_api import parse_manifest
+    from mlops_workflows.render import RenderSettings, render
+
+    # The hash of SPEC before these options existed (computed at abdc44e; the golden files pin
+    # the run ids of theirs).
+    assert spec_hash(_spec()) == "540045c5"
+    written = {"kind": "vqvae", "config": {"precision": "auto", "jit_compile": "auto"}}
+    assert spec_hash(_spec(trainer=written)) == spec_hash(_spec())
+    chosen = {"kind": "vqvae", "config": {"precision": "mixed_bfloat16"}}
+    assert spec_hash(_spec(trainer=chosen)) != spec_hash(_spec())
+
+    def run_file(trainer: dict[str, object]) -> str:
+        manifest = {
+            "apiVersion": "mlops.dev/v1alpha1",
+            "kind": "MLOps",
+            "metadata": {"name": "demo", "namespace": "ml"},
+            "spec": {**SPEC, "trainer": trainer},
+        }
+        rendered = render(parse_manifest(manifest), RenderSettings())
+        return str(rendered.config_map["data"]["run.yaml"])
+
+    assert "precision" not in run_file(written) and "jit_compile" not in run_file(written)
+    assert "precision: mixed_bfloat16" in run_file(chosen)

@@ -6,7 +6,8 @@ operator image, which has no TensorFlow, validates every trainer's hyperparamete
 :class:`TrainerConfig` also holds the training options every trainer has, applied by the runtime
 (:mod:`mlops_trainers.optim`, :mod:`mlops_trainers.spike_guard`) with no code in the trainers:
 ``learning_rate`` and ``clipnorm``, the learning-rate ``schedule`` (warmup, cosine, step,
-plateau), ``early_stopping`` and the ``spike_guard``. A trainer's config class overrides a
+plateau), ``early_stopping``, the ``spike_guard``, and ``precision`` and ``jit_compile``
+(:mod:`mlops_trainers.precision`). A trainer's config class overrides a
 default by declaring the field again (the VQ-VAE's ``learning_rate`` is 1e-4, the segmenter's
 schedule watches ``val_iou``), and lists the epoch metrics it reports in ``METRICS``, so that a
 schedule or an early stop watching a metric the trainer never reports is refused by
@@ -162,6 +163,14 @@ class TrainerConfig(ConfigModel):
     spike_guard: SpikeGuardConfig = Field(
         default_factory=SpikeGuardConfig,
         description="Roll back loss spikes (and non-finite losses) instead of failing.",
+    )
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto",
+        description="Keras dtype policy: mixed_* compute in 16 bits and keep variables, quantizer distances and losses in float32. auto: mixed_bfloat16 on GPUs of compute capability 8.0+, mixed_float16 (loss-scaled) on 7.x, float32 on older GPUs and the CPU.",
+    )
+    jit_compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Compile the train step with XLA. auto: on with a GPU, off on the CPU.",
     )
 
     @classmethod

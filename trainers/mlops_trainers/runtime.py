@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from mlops_trainers import optim, storage
+from mlops_trainers import optim, precision, storage
 from mlops_trainers.config import RunConfig
 from mlops_trainers.contract import (
     EXIT_APP_ERROR,
@@ -114,6 +114,7 @@ class _Run:
         self.bar: Any = None
         self.total_steps = 0
         self.stepped = False  # whether this attempt has trained a step
+        self.accel = precision.Acceleration("float32", False, "not resolved yet")
 
     @property
     def state(self) -> RunState:
@@ -123,7 +124,10 @@ class _Run:
         import keras
 
         config = self.config
-        log.info("devices: %s", describe_devices())
+        accel = self.accel = precision.resolve(
+            trainer.config.precision, trainer.config.jit_compile, precision.visible_gpus()
+        )
+        log.info("devices: %s; %s", describe_devices(), accel.describe())
         # One seed for Python, NumPy and the backend: weight init and any draws repeat per run.
         keras.utils.set_random_seed(config.seed)
         # Where the run starts is decided first, so a resume source of the wrong kind fails
@@ -134,7 +138,9 @@ class _Run:
         if data.steps_per_epoch < 1:
             raise DataError("the data gives no training step (fewer images than a batch?)")
         began = time.perf_counter()
-        model = trainer.build_model()
+        with precision.dtype_policy(accel.policy):
+            model = trainer.build_model()
+        precision.apply_jit(model, accel.jit_compile)
         optim.configure(model.optimizer, trainer.config)
         # Where a (re)start's time goes: bench/bench_recovery.py reads these lines.
         log.info("model built in %.2fs", time.perf_counter() - began)
@@ -199,6 +205,8 @@ class _Run:
             "kind": self.config.trainer.kind,
             "trainer_config": trainer.config.model_dump(mode="json"),
             "seed": self.config.seed,
+            # What "auto" resolved to: the optimizer state's layout depends on it.
+            "precision": self.accel.policy,
         }
         began = time.perf_counter()
         checkpoint = save_checkpoint(model, self.config.output, self.scratch, manifest)
@@ -258,6 +266,7 @@ class _Run:
         if start is None:
             return False
         how, checkpoint, parent = start
+        self._check_precision(checkpoint)
         if how == "own":
             load_checkpoint(model, checkpoint, self.scratch, optimizer=True)
             self.record.resumed(checkpoint)
@@ -278,6 +287,19 @@ class _Run:
             checkpoint.step,
         )
         return True
+
+    def _check_precision(self, checkpoint: Any) -> None:
+        """Refuse a checkpoint whose optimizer state has another layout than this attempt's:
+        a loss-scaled one (mixed_float16) against one that is not. Weights are float32 under
+        every policy, so any other change of precision resumes as is."""
+        saved = str(checkpoint.manifest.get("precision") or "float32")
+        if precision.loss_scaled(saved) != precision.loss_scaled(self.accel.policy):
+            raise ConfigError(
+                f"checkpoint {checkpoint.url} was trained with precision {saved}, this attempt "
+                f"resolves trainer.config.precision={self.config.trainer.config.precision!r} "
+                f"to {self.accel.policy} ({self.accel.why}): their optimizer states differ "
+                f"(loss scaling); set trainer.config.precision: {saved} to resume it"
+            )
 
     # --- training ---
 

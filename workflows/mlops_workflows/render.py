@@ -20,6 +20,7 @@ from mlops_api.naming import (
     ANNOTATION_SPEC_HASH,
     CONFIG_FILE,
     config_map_name,
+    drop_added_defaults,
     queue_key,
     run_labels,
     spec_hash,
@@ -143,7 +144,9 @@ def retry_expression() -> str:
 def render_config_map(
     plan: RunPlan, labels: dict[str, str], annotations: dict[str, str]
 ) -> dict[str, Any]:
-    run_file = yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=True)
+    data = plan.config.model_dump(mode="json")
+    drop_added_defaults(data["trainer"]["config"])  # an older trainer image reads it too
+    run_file = yaml.safe_dump(data, sort_keys=True)
     cm: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -27,6 +27,10 @@ class Quantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
     embeddings: Any
 
     def __init__(self, num_embeddings: int, embedding_dim: int, **kwargs: Any) -> None:
+        # float32 under any mixed policy (inputs are cast on the way in): an argmin over nearly
+        # equal 16-bit distances picks codes by rounding, and the EMA statistics and code
+        # losses are sums that float16 overflows.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
@@ -39,6 +43,8 @@ class Quantizer(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
         """
         if embeddings is None:
             embeddings = ops.convert_to_tensor(self.embeddings)
+        # Also when called directly (codes(), not through the layer's autocasting __call__).
+        flat, embeddings = ops.cast(flat, "float32"), ops.cast(embeddings, "float32")
         return (
             ops.sum(flat**2, axis=1, keepdims=True)
             - 2.0 * ops.matmul(flat, ops.transpose(embeddings))

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.maskgit.masking import decoding_schedule
 from mlops_trainers.trainers.maskgit.transformer_block import TransformerBlock
 
@@ -140,6 +141,9 @@ class MaskGIT(keras.Model):  # type: ignore[misc,unused-ignore]
     def masked_nats(self, x: dict[str, Any], logits: Any) -> tuple[Any, Any]:
         """Mean nats per masked code, and per masked valid code."""
         codes = ops.cast(x["codes"], "int32")
+        # In float32 under any policy (mlops_trainers.precision): a log-softmax over K codes
+        # and sums over the batch.
+        logits = as_float32(logits)
         nats = keras.losses.sparse_categorical_crossentropy(codes, logits, from_logits=True)
         mask = ops.cast(x["mask"], nats.dtype)
         valid = ops.cast(x["valid"], nats.dtype) * mask if "valid" in x else mask
@@ -173,7 +177,9 @@ class MaskGIT(keras.Model):  # type: ignore[misc,unused-ignore]
 
         def body(t: Any, codes: Any) -> Any:
             grid = ops.reshape(codes, (batch, self.grid_size, self.grid_size))
-            logits = ops.reshape(self(grid, training=False), (batch, self.tokens, -1))
+            logits = ops.reshape(
+                as_float32(self(grid, training=False)), (batch, self.tokens, -1)
+            )  # the noise is float32; so are the confidences compared
             scaled = logits / temperature
             draw = ops.cast(ops.argmax(scaled + ops.take(noise["tokens"], t, axis=0), -1), "int32")
             unknown = codes == self.mask_id

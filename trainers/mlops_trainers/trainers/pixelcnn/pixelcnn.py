@@ -31,6 +31,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.pixelcnn.gated_pixelcnn_block import GatedPixelCNNBlock, gate
 
 
@@ -132,6 +133,8 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
     ) -> Any:
         del y, sample_weight, training
         codes = ops.cast(self._codes(x), "int32")
+        # In float32 under any policy (mlops_trainers.precision).
+        y_pred = as_float32(y_pred)
         nats = keras.losses.sparse_categorical_crossentropy(codes, y_pred, from_logits=True)
         loss = ops.mean(nats)
         valid = (
@@ -146,7 +149,7 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
 
     def bits_per_code(self, codes: Any) -> float:
         """Mean negative log2-likelihood per code of ``codes`` (B, h, w) under the model."""
-        logits = self(ops.convert_to_tensor(codes), training=False)
+        logits = as_float32(self(ops.convert_to_tensor(codes), training=False))
         nats = keras.losses.sparse_categorical_crossentropy(
             ops.cast(codes, "int32"), logits, from_logits=True
         )
@@ -183,7 +186,8 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
                 horizontal = self.embedding(ops.expand_dims(row, 1))  # (B, 1, w, F)
                 for block, vh in zip(self.blocks, from_vertical, strict=True):
                     horizontal = block.horizontal_step(horizontal, vh)
-                logits = self.logits(self.hidden(ops.relu(horizontal)))  # (B, 1, w, K)
+                # (B, 1, w, K), float32 as the noise under any policy
+                logits = as_float32(self.logits(self.hidden(ops.relu(horizontal))))
                 logits_j = ops.take(logits[:, 0], j, axis=1)
                 noise = ops.take(gumbel, i * size + j, axis=0)
                 draw = ops.argmax(logits_j / temperature + noise, axis=-1)

@@ -46,7 +46,7 @@ class MaskedSegmentationMetric(keras.metrics.Metric):  # type: ignore[misc,unuse
         y_true = ops.cast(y_true, "float32")
         target = y_true[..., 0] > 0.5
         valid = ops.cast(y_true[..., 1] > 0.5, "float32")
-        score = ops.convert_to_tensor(y_pred)[..., 0]
+        score = ops.cast(y_pred, "float32")[..., 0]  # float32 under any policy
         if self.from_logits:
             score = ops.sigmoid(score)
         pred = score > self.threshold

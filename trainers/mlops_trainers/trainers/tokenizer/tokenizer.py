@@ -31,6 +31,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.tokenizer.codebook_quantizer import CodebookQuantizer
 from mlops_trainers.trainers.tokenizer.group_norm_residual_block import (
     GroupNormResidualBlock,
@@ -141,12 +142,13 @@ class Tokenizer(keras.Model):  # type: ignore[misc,unused-ignore]
 
     # === Inputs ===
 
-    def _unpack(self, inputs: Any) -> tuple[Any, Any]:
+    def _unpack(self, inputs: Any, dtype: str | None = None) -> tuple[Any, Any]:
+        dtype = dtype or self.compute_dtype
         if isinstance(inputs, dict):
-            images = ops.convert_to_tensor(inputs["image"], dtype=self.compute_dtype)
+            images = ops.convert_to_tensor(inputs["image"], dtype=dtype)
             mask = inputs.get("mask")
         else:
-            images, mask = ops.convert_to_tensor(inputs, dtype=self.compute_dtype), None
+            images, mask = ops.convert_to_tensor(inputs, dtype=dtype), None
         if mask is None:
             mask = ops.ones_like(images[..., :1])
         mask = ops.cast(mask, images.dtype)
@@ -202,10 +204,12 @@ class Tokenizer(keras.Model):  # type: ignore[misc,unused-ignore]
         sample_weight: Any = None,
         training: bool = True,
     ) -> Any:
-        images, mask = self._unpack(x)
+        # Losses and statistics in float32 under any policy (mlops_trainers.precision).
+        images, mask = self._unpack(x, "float32")
         if y_pred is None:
             y_pred = self(x, training=training)
-        reconstruction = ops.cast(y_pred["reconstruction"], images.dtype)
+        y_pred = as_float32(y_pred)
+        reconstruction = y_pred["reconstruction"]
         # Mean squared error over sky pixels only (per channel), so the score does not improve
         # just because a frame has more ground or more padding.
         squared = mask * (reconstruction - images) ** 2

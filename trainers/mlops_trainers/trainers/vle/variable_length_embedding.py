@@ -44,6 +44,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.vle.conv_lstm_cell import ConvLSTMCell
 from mlops_trainers.trainers.vle.plain_autoencoder import PlainAutoencoder
 from mlops_trainers.trainers.vle.stacks import down_stack, up_stack
@@ -159,12 +160,13 @@ class VariableLengthEmbedding(keras.Model):  # type: ignore[misc,unused-ignore]
 
     # === Inputs ===
 
-    def _unpack(self, inputs: Any) -> tuple[Any, Any]:
+    def _unpack(self, inputs: Any, dtype: str | None = None) -> tuple[Any, Any]:
+        dtype = dtype or self.compute_dtype
         if isinstance(inputs, dict):
-            image = ops.convert_to_tensor(inputs["image"], dtype=self.compute_dtype)
+            image = ops.convert_to_tensor(inputs["image"], dtype=dtype)
             tokens = inputs.get("tokens")
         else:
-            image, tokens = ops.convert_to_tensor(inputs, dtype=self.compute_dtype), None
+            image, tokens = ops.convert_to_tensor(inputs, dtype=dtype), None
         if tokens is None:
             tokens = ops.full((ops.shape(image)[0],), self.max_tokens, dtype="int32")
         return image, ops.reshape(ops.cast(tokens, "int32"), (-1,))
@@ -239,9 +241,11 @@ class VariableLengthEmbedding(keras.Model):  # type: ignore[misc,unused-ignore]
         training: bool = True,
     ) -> Any:
         del y, sample_weight
-        image, _ = self._unpack(x)
+        # Losses in float32 under any policy (mlops_trainers.precision).
+        image, _ = self._unpack(x, "float32")
         if y_pred is None:
             y_pred = self(x, training=training)
+        y_pred = as_float32(y_pred)
         mse = ops.mean((y_pred["reconstruction"] - image) ** 2)
         loss = mse
         self.mse_tracker.update_state(mse)
@@ -250,7 +254,10 @@ class VariableLengthEmbedding(keras.Model):  # type: ignore[misc,unused-ignore]
             loss = loss + self.mask_diff_weight * mask_loss
             self.mask_loss_tracker.update_state(mask_loss)
         if self.baseline_tracker is not None:
-            base = [ops.mean((b(image, training=training) - image) ** 2) for b in self.baselines]
+            base = [
+                ops.mean((as_float32(b(image, training=training)) - image) ** 2)
+                for b in self.baselines
+            ]
             base_sum = ops.sum(ops.stack(base))
             loss = loss + base_sum
             self.baseline_tracker.update_state(base_sum / len(base))

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.vqvae.residual_block import LEAKY_SLOPE, ResidualBlock
 from mlops_trainers.trainers.vqvae.vector_quantizer import VectorQuantizer
 
@@ -188,16 +189,17 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
 
     # --- inputs ---
 
-    def _unpack(self, inputs: Any) -> tuple[Any, Any]:
+    def _unpack(self, inputs: Any, dtype: str | None = None) -> tuple[Any, Any]:
         if isinstance(inputs, dict):
             image = inputs["image"]
             mask = inputs.get("mask")
         else:
             image, mask = inputs, None
-        image = ops.cast(image, self.compute_dtype)
+        dtype = dtype or self.compute_dtype
+        image = ops.cast(image, dtype)
         if mask is None:
             mask = ops.ones_like(image[..., :1])
-        return image, ops.cast(mask, self.compute_dtype)
+        return image, ops.cast(mask, dtype)
 
     def latent_mask(self, mask: Any) -> Any:
         """(B, h, w): 1 where a latent's receptive block holds any valid pixel."""
@@ -233,7 +235,9 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         training: bool = True,
     ) -> Any:
         del y, sample_weight, training
-        image, mask = self._unpack(x)
+        # Losses and statistics in float32 under any policy (mlops_trainers.precision).
+        image, mask = self._unpack(x, "float32")
+        y_pred = as_float32(y_pred)
         reconstruction = y_pred["reconstruction"]
         # Squared error over valid pixels only: padding is not part of the image.
         squared = ops.mean((reconstruction - image) ** 2, axis=-1, keepdims=True)
