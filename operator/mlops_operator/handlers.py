@@ -240,7 +240,10 @@ def _rerun_asked(body: kopf.Body, **_: Any) -> bool:
 def resync(
     body: kopf.Body,
     uid: str,
+    *,
     workflows_by_owner: Owned = NO_INDEX,
+    workflows_by_queue: Owned = NO_INDEX,
+    waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
     workloads_by_namespace: Workloads = NO_INDEX,
     **_: Any,
 ) -> None:
@@ -252,6 +255,8 @@ def resync(
             fresh=False,
             handler="resync",
             post=_post,
+            # Without its queue a waiting run would be admitted whatever the queue's size.
+            queues=_queues(workflows_by_queue, waiting_by_queue),
             workloads=_in(workloads_by_namespace, body),
         )
     except kube.ApiError as exc:

@@ -174,63 +174,65 @@ def sync(
             decision = decide(body, owned, policy)
             # A decision may ask for more than the indexes hold: whether a run's stopped
             # trainers have exited, how its queue stands. Answer, and decide again. Admitting
-            # a run to a queue holds the admission lock until its Workflow is created.
-            admitting = contextlib.ExitStack()
-            alive: bool | None = None
-            view: QueueView | None = None
-            for _ in range(3):
-                if decision.check_trainers is not None and alive is None:
-                    alive = bool(
-                        kube.live_pods(
-                            body["metadata"]["namespace"], uid, run=decision.check_trainers
+            # a run to a queue holds the admission lock until its Workflow is created, and not
+            # a moment past any other way out of this attempt (a stale body, an object gone, an
+            # error): a lock left held would stop every later admission of every run.
+            with contextlib.ExitStack() as admitting:
+                alive: bool | None = None
+                view: QueueView | None = None
+                for _ in range(3):
+                    if decision.check_trainers is not None and alive is None:
+                        alive = bool(
+                            kube.live_pods(
+                                body["metadata"]["namespace"], uid, run=decision.check_trainers
+                            )
                         )
+                    elif decision.check_queue is not None and view is None:
+                        admitting.enter_context(ADMISSIONS.lock)
+                        # No lookup (a test, a tool): the queue does not hold the run back.
+                        view = (
+                            queues(body, decision.check_queue, ADMISSIONS.recent())
+                            if queues is not None
+                            else QueueView(key=decision.check_queue, capacity=None)
+                        )
+                    else:
+                        break
+                    decision = decide(body, owned, policy, trainers_alive=alive, queue=view)
+                if decision.acts and not fresh:
+                    latest = kube.get_mlops(body["metadata"]["namespace"], body["metadata"]["name"])
+                    if latest is None:
+                        return Outcome(Decision())
+                    fresh = True
+                    if latest["metadata"].get("resourceVersion") != body["metadata"].get(
+                        "resourceVersion"
+                    ):
+                        body = latest
+                        continue
+                try:
+                    with admitting:
+                        _act(body, decision, settings)
+                        ADMISSIONS.record(decision.create)
+                except kube.ChildConflictError as exc:
+                    return _report(
+                        body, decision, handler, "ChildConflict", str(exc), post=post, final=True
                     )
-                elif decision.check_queue is not None and view is None:
-                    admitting.enter_context(ADMISSIONS.lock)
-                    # No lookup (a test, a tool): the queue does not hold the run back.
-                    view = (
-                        queues(body, decision.check_queue, ADMISSIONS.recent())
-                        if queues is not None
-                        else QueueView(key=decision.check_queue, capacity=None)
+                except kube.ApiError as exc:
+                    outcome = _report(
+                        body,
+                        decision,
+                        handler,
+                        exc.reason or "ApiError",
+                        str(exc),
+                        post=post,
+                        final=not exc.transient,
+                        error=exc,
                     )
-                else:
-                    break
-                decision = decide(body, owned, policy, trainers_alive=alive, queue=view)
-            if decision.acts and not fresh:
-                latest = kube.get_mlops(body["metadata"]["namespace"], body["metadata"]["name"])
-                if latest is None:
-                    return Outcome(Decision())
-                fresh = True
-                if latest["metadata"].get("resourceVersion") != body["metadata"].get(
-                    "resourceVersion"
-                ):
-                    body = latest
-                    continue
-            try:
-                with admitting:
-                    _act(body, decision, settings)
-                    ADMISSIONS.record(decision.create)
-            except kube.ChildConflictError as exc:
-                return _report(
-                    body, decision, handler, "ChildConflict", str(exc), post=post, final=True
-                )
-            except kube.ApiError as exc:
-                outcome = _report(
-                    body,
-                    decision,
-                    handler,
-                    exc.reason or "ApiError",
-                    str(exc),
-                    post=post,
-                    final=not exc.transient,
-                    error=exc,
-                )
-                if exc.transient:
-                    raise
-                return outcome
-            except NamespaceNotReadyError as exc:
-                _report(body, decision, handler, "NamespaceNotReady", str(exc), post=post)
-                raise kube.ApiError("namespace", None, "NamespaceNotReady", str(exc)) from exc
+                    if exc.transient:
+                        raise
+                    return outcome
+                except NamespaceNotReadyError as exc:
+                    _report(body, decision, handler, "NamespaceNotReady", str(exc), post=post)
+                    raise kube.ApiError("namespace", None, "NamespaceNotReady", str(exc)) from exc
             status = decision.status
             synced = next(
                 (c for c in parse_status(body.get("status")).conditions if c.type == "Synced"),
