@@ -20,13 +20,18 @@ step's tracing), and a cold start's the same way. Rows: recovery / cold start (<
 is all process start and tracing), and steps lost / checkpoint interval. The medians of
 ``--rounds`` rounds.
 
-    python bench/bench_recovery.py [--rounds 3] [--every 20]
+The kills of a round come in a random order. With ``--goodput-epochs N``, also **goodput**: the
+same N-epoch run uninterrupted and SIGTERMed every ``--kill-every`` seconds on average (random
+times), restarted at once each time; their wall times' ratio, and the cost of one kill.
+
+    python bench/bench_recovery.py [--rounds 3] [--every 20] [--goodput-epochs 30 --kill-every 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import signal
 import statistics
@@ -173,7 +178,12 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
     result["cold_s"] = cold.wait_for_step(1) - cold.started
     result["cold_phases"] = cold.phases(cold.started_wall)
     current, after = cold, _mid_interval(0, every)
-    for signum in (signal.SIGTERM, signal.SIGKILL):
+    # The two kills in a random order per round (seeded): neither always meets a process that
+    # has run longer (warmer caches, a bigger log).
+    order = [signal.SIGTERM, signal.SIGKILL]
+    random.Random(index).shuffle(order)
+    result["order"] = [signal.Signals(s).name for s in order]
+    for signum in order:
         name = signal.Signals(signum).name
         current.wait_for_step(after)
         killed = time.perf_counter()
@@ -200,14 +210,73 @@ def one_round(workdir: Path, index: int, every: int) -> dict[str, Any]:
     return result
 
 
+def _finish(trainer: Trainer) -> int:
+    code = trainer.process.wait(timeout=DEADLINE_S * 10)
+    if code != 0:
+        raise RuntimeError(f"exit {code}:\n" + trainer.log.read_text(errors="replace")[-3000:])
+    return code
+
+
+def goodput(workdir: Path, interval_s: float, epochs: int, every: int, seed: int) -> dict[str, Any]:
+    """The same run (``epochs`` of the demo) once uninterrupted and once SIGTERMed at random
+    times (uniform in 0.5-1.5 x ``interval_s`` after each start) and restarted at once, as a
+    spot pod is; in a random order. Goodput = uninterrupted wall time / interrupted wall time,
+    each from the first process start to the run's end."""
+    rng = random.Random(seed)
+    out: dict[str, Any] = {"interval_s": interval_s, "epochs": epochs}
+    sides = ["uninterrupted", "interrupted"]
+    rng.shuffle(sides)
+    out["order"] = sides
+    for side in sides:
+        run_id = f"goodput-{side[:6]}-g1-{seed:08x}"
+        path = run_file(workdir, workdir / "runs", run_id, every, epochs=epochs)
+        began = time.perf_counter()
+        trainer = Trainer(path, workdir, f"goodput-{side}")
+        kills = 0
+        if side == "interrupted":
+            while True:
+                due = trainer.started + interval_s * rng.uniform(0.5, 1.5)
+                while trainer.process.poll() is None and time.perf_counter() < due:
+                    time.sleep(0.05)
+                if trainer.process.poll() is not None:
+                    break  # the run ended before this kill was due
+                code, _ = trainer.kill(signal.SIGTERM)
+                if code == 0:
+                    break  # it finished as the signal came
+                kills += 1
+                trainer = Trainer(path, workdir, f"goodput-{side}-{kills}")
+        _finish(trainer)
+        out[side] = {"seconds": time.perf_counter() - began, "kills": kills}
+        print(f"goodput {side}: {out[side]}", flush=True)
+    out["goodput"] = out["uninterrupted"]["seconds"] / out["interrupted"]["seconds"]
+    # What each kill cost: the extra wall time over the kills (process start, checkpoint
+    # load, the re-traced step, the partial step lost).
+    kills = max(1, out["interrupted"]["kills"])
+    out["cost_per_kill_s"] = (
+        out["interrupted"]["seconds"] - out["uninterrupted"]["seconds"]
+    ) / kills
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--every", type=int, default=20, help="checkpoint_every (steps)")
+    parser.add_argument(
+        "--kill-every", type=float, default=60.0, help="goodput: mean seconds between kills"
+    )
+    parser.add_argument(
+        "--goodput-epochs", type=int, default=100, help="goodput: run length (0: no goodput row)"
+    )
     args = parser.parse_args(None if argv is None else list(argv))
 
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         rounds = [one_round(Path(tmp), i, args.every) for i in range(args.rounds)]
+        good = (
+            goodput(Path(tmp), args.kill_every, args.goodput_epochs, args.every, seed=7)
+            if args.goodput_epochs
+            else None
+        )
     cold = statistics.median(r["cold_s"] for r in rounds)
     rows = []
     for name, what in (
@@ -251,7 +320,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"median of {args.rounds} rounds",
             )
         )
-    write_rows("recovery", rows, extra={"detail": {"rounds": rounds, "every": args.every}})
+    if good is not None:
+        interval = args.kill_every
+        # The same cost per kill over GKE's case the target names, a kill every 5 minutes: a
+        # projection from this run's measured cost, labelled so (the run itself is shorter).
+        projected = 300.0 / (300.0 + good["cost_per_kill_s"])
+        rows.append(
+            Row(
+                f"goodput under a SIGTERM every ~{interval:g} s (VQ-VAE demo, "
+                f"{good['interrupted']['kills']} kills)",
+                good["goodput"],
+                1.0,
+                "x",
+                "the same run uninterrupted (= 1)",
+                f"interrupted {good['interrupted']['seconds']:.0f} s vs uninterrupted "
+                f"{good['uninterrupted']['seconds']:.0f} s; {good['cost_per_kill_s']:.1f} s "
+                f"lost per kill, so a kill every 300 s would leave {projected:.3f} "
+                "(projected from this cost, not run)",
+            )
+        )
+    detail = {"rounds": rounds, "every": args.every, "goodput": good}
+    write_rows("recovery", rows, extra={"detail": detail})
     return {"rounds": rounds}
 
 

@@ -71,13 +71,13 @@ TARGETS = (
     Target(r"train_\w+: runtime loop vs the same model in model\.fit", ">=", 0.95, "≥ 0.95"),
     Target(r"train_\w+: vs keras\.io at the same multiply-adds", ">=", 1.0, "≥ 1.0"),
     Target(r"trainer recovery after SIGTERM", "<=", 1.1, "≤ 1.1"),
+    Target(r"goodput under a SIGTERM", ">=", 0.9, "≥ 0.9"),
     Target(r"steps lost to a", "<=", 1.0, "≤ 1 interval"),
     Target(r"input pipeline, epoch 2 from the uint8 cache", ">=", 5.0, "≥ 5x epoch 1"),
     Target(r"input pipeline, epoch 1", ">=", 0.7, "≥ 0.7"),
-    Target(
-        r"operator: apply", "<=", 1.5, "≤ 1.5",
-        "the floor is a serial client loop; the target's is a concurrent client at N=1000",
-    ),
+    # bench_operator.py's rows are operator_n<N>; issue 13 sets a target for N=1000 only (the
+    # smaller N is there for the CPU slope, and is reported without a target).
+    Target(r"operator_n1000", "<=", 1.5, "≤ 1.5 (vs a concurrent plain client)"),
 )  # fmt: skip
 
 

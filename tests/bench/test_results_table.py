@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import TARGETS, target_of  # noqa: E402
+from common import TARGETS, Target, target_of  # noqa: E402
 
 
 def test_readme_performance_table_is_the_json_files() -> None:
@@ -36,8 +36,13 @@ def test_targets_judge_both_directions_and_rows_unlike_theirs_are_not_judged() -
     assert target_of("train_vqvae: achieved GFLOP/s vs the roofline") is None  # reported only
     cached = target_of("input pipeline, epoch 2 from the uint8 cache, local folder")
     assert cached is not None and cached.value == 5.0 and cached.met(4.98) is False
-    unlike = target_of("operator: apply N=100 -> all ConfigMaps + Workflows")
-    assert unlike is not None and unlike.met(1.0) is None and "floor" in unlike.unlike
+    operator = target_of("operator_n1000")
+    assert operator is not None and operator.op == "<=" and operator.value == 1.5
+    assert operator.met(1.4) is True and operator.met(1.6) is False
+    assert target_of("operator_n100") is None  # reported only: the target is for N=1000
+    # A row whose reference is not the one a target means is reported, not judged.
+    unlike = Target("x", "<=", 1.5, "≤ 1.5", unlike="another reference")
+    assert unlike.met(1.0) is None and unlike.met(2.0) is None
     assert target_of("something else entirely") is None
     # Every target is reachable: no earlier one matches the text of its own pattern's rows.
     examples = {t.pattern: t.pattern.replace("\\w+", "kind").replace("\\", "") for t in TARGETS}
