@@ -98,16 +98,18 @@ def mlops_by_uid(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[s
 
 
 @kopf.index(*ARGO, labels=OURS)
-def workflows_by_queue(body: kopf.Body, **_: Any) -> dict[str, WorkflowView] | None:
+def workflows_by_queue(body: kopf.Body, **_: Any) -> dict[str, WorkflowView]:
     view = view_workflow(body)
-    return {view.queue: view} if view.queue else None
+    return {view.queue: view} if view.queue else {}  # {}, not None: see waiting_by_queue
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def waiting_by_queue(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, Waiting] | None:
+def waiting_by_queue(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, Waiting]:
     status = parse_status(body.get("status"))
     if not uid or status.reason != "WaitingForQueue" or not status.queue:
-        return None
+        # Empty, never None: kopf keeps an object's previous entries when its index function
+        # returns None, so a run admitted long ago would still wait "ahead" of every later one.
+        return {}
     waiting = Waiting(
         created=str(body.metadata.get("creationTimestamp") or ""),
         since=status.queued_at or now(),

@@ -334,7 +334,10 @@ def test_gpu_queue_runs_one_at_a_time_in_apply_order(
         if all(env.phase_is(n, *FINAL) for n in names):
             break
         time.sleep(0.5)
-    assert all(env.phase_is(n, "Succeeded") for n in names), phases_seen
+    assert all(env.phase_is(n, "Succeeded") for n in names), (
+        phases_seen,
+        {n: env.status(n).get("message") for n in names},
+    )
     assert sorted(started, key=started.__getitem__) == names, started
     for name in names[1:]:
         # Queued until its turn, then Running, then Succeeded: never back and forth.

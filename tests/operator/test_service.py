@@ -7,6 +7,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
 import pytest
 from mlops_operator import handlers, kube, service
 from mlops_operator.queueing import QueueView
@@ -97,3 +98,17 @@ def test_the_resync_asks_the_queue_like_every_other_handler(
     handlers.resync(body=_body(), uid="uid-1")
     assert seen["handler"] == "resync"
     assert seen.get("queues") is not None
+
+
+def test_a_run_that_stops_waiting_leaves_the_waiting_index() -> None:
+    """kopf keeps an object's previous index entries when its index function returns None
+    (kopf/_core/engines/indexing.py: only an exception or a filter mismatch discards them), so
+    a run admitted long ago stayed 'ahead' of every later one: with the resync asking the queue,
+    a third run of a one-unit queue waited for ever (e2e test_gpu_queue_runs_one_at_a_time_in_
+    apply_order). An empty mapping replaces the entries."""
+    waiting = _body()
+    waiting["status"] = {"phase": "Queued", "reason": "WaitingForQueue", "queue": "ml/gpu"}
+    assert set(handlers.waiting_by_queue(body=kopf.Body(waiting), uid="uid-1")) == {"ml/gpu"}
+    admitted = _body()
+    admitted["status"] = {"phase": "Running", "reason": "Running", "queue": "ml/gpu"}
+    assert handlers.waiting_by_queue(body=kopf.Body(admitted), uid="uid-1") == {}
