@@ -153,11 +153,6 @@ def apply_jit(model: keras.Model, on: bool) -> bool:
     return effective
 
 
-def policy_of(model: Any) -> str:
-    """The dtype policy name ``model`` computes under."""
-    return str(model.dtype_policy.name)
-
-
 def as_float32(tree: Any) -> Any:
     """``tree`` with its floating tensors cast to float32: a model's outputs before its losses
     and metrics (under a 16-bit policy they arrive in float16 or bfloat16)."""

@@ -124,10 +124,11 @@ class _Run:
         import keras
 
         config = self.config
+        gpus = precision.visible_gpus()  # looked up once: the log and "auto" see the same
         accel = self.accel = precision.resolve(
-            trainer.config.precision, trainer.config.jit_compile, precision.visible_gpus()
+            trainer.config.precision, trainer.config.jit_compile, gpus
         )
-        log.info("devices: %s; %s", describe_devices(), accel.describe())
+        log.info("devices: %s; %s", describe_devices(gpus), accel.describe())
         # One seed for Python, NumPy and the backend: weight init and any draws repeat per run.
         keras.utils.set_random_seed(config.seed)
         # Where the run starts is decided first, so a resume source of the wrong kind fails
@@ -618,23 +619,11 @@ class _Run:
         self.line_at, self.line_step = now, state.global_step
 
 
-def describe_devices() -> str:
+def describe_devices(gpus: Sequence[precision.Gpu] | None = None) -> str:
     """What the backend will train on, for people: the GPUs by name, else the CPU."""
-    import os
-
-    try:
-        import tensorflow as tf
-    except ImportError:
-        import keras
-
-        return f"{keras.backend.backend()} backend"
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = precision.visible_gpus() if gpus is None else gpus
     if gpus:
-        names = []
-        for gpu in gpus:
-            details = tf.config.experimental.get_device_details(gpu)
-            names.append(str(details.get("device_name") or gpu.name))
-        return f"{len(gpus)} GPU(s): {', '.join(names)}"
+        return f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}"
     return f"CPU only ({os.cpu_count()} cores; no GPU visible to TensorFlow)"
 
 
