@@ -201,7 +201,12 @@ def _check_memory(label: str, obj: MLOps, config: Any) -> None:
     if problems:
         raise ManifestError([FieldError(field, message) for field, message in problems])
     where = "on CPU" if gpu.count == 0 else f"on {gpu.type or 'a GPU of unknown memory'}"
-    device = "" if gpu.count == 0 else f", {memory.gib(estimate.model)} on the GPU"
+    device = (
+        ""
+        if gpu.count == 0
+        else f", {memory.gib(estimate.on_each_gpu(gpu.count))} on "
+        + ("the GPU" if gpu.count == 1 else f"each of its {gpu.count} GPUs (data-parallel)")
+    )
     click.echo(
         f"{label}: memory {where}: about {memory.gib(estimate.host(gpu.count > 0))} of "
         f"{resources.memory} host{device} ({estimate.parameters:,} parameters, batch_size "
@@ -255,12 +260,41 @@ def render(
     return EXIT_OK
 
 
+# What TensorFlow's C++ start-up writes to stderr before any log level applies: absl's preamble
+# and INFO lines, e.g. oneDNN's "custom operations are on" on CPUs with AVX-512 VNNI or AMX.
+_START_UP_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ")
+
+
 def quiet_tensorflow() -> None:
     """No TensorFlow start-up noise (its C++ INFO/WARNING lines, absl's preamble) unless asked:
     set before TensorFlow is first imported. Errors still show."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # oneDNN's "custom operations are on" notice is one of them; the numerics stay the same.
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow now, with the process' stderr captured, and pass on every line of it
+    but the start-up notices: the log levels above do not reach absl's lines written before its
+    logging is initialised (oneDNN's notice came through them on a CPU with AVX-512 VNNI)."""
+    import importlib.util
+    import tempfile
+
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return  # already imported, or not installed (the operator image)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not line.startswith(_START_UP_NOISE):
+                    print(line, file=sys.stderr)
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
