@@ -60,6 +60,15 @@ def test_the_seed_scale_example_fits_and_what_does_not_is_refused_with_numbers(
     assert f"{t4}: spec.resources.gpu.type: the run needs about " in err, err
     assert "activations at batch_size 24" in err and "nvidia-tesla-t4 has 16.0 GiB" in err
     assert "lower batch_size, or a GPU type with more memory" in err
+    # On three T4s, data-parallel, each holds the model and a third of the batch: it fits.
+    t4s = _fafa(
+        tmp_path,
+        "t4s",
+        config={"batch_size": 24},
+        resources={"cpu": "8", "memory": "16Gi", "gpu": {"count": 3, "type": "nvidia-tesla-t4"}},
+    )
+    assert main(["validate", str(t4s)]) == 0, capsys.readouterr().err
+    assert "on each of its 3 GPUs (data-parallel)" in capsys.readouterr().err
     # A pod of 2Gi cannot hold TensorFlow, the data cache and the snapshots.
     small = _fafa(
         tmp_path,

@@ -98,19 +98,31 @@ class MemoryEstimate:
         """What lives where the model trains (the GPU, or the host on CPU)."""
         return self.weights + self.gradients + self.optimizer + self.activations
 
+    def on_each_gpu(self, count: int) -> int:
+        """What each of ``count`` GPUs holds, training data-parallel over them
+        (:mod:`mlops_trainers.distribute`): the whole model and optimizer, and the activations
+        of its slice of the batch (the largest slice, when the batch does not divide)."""
+        return sum(self.parts(gpu=True, gpus=count).values())
+
     def host(self, gpu: bool) -> int:
         """Resident memory of the trainer process."""
         # The checkpoint being written holds weights and optimizer state once more.
         own = self.runtime + self.data + self.snapshot + self.weights + self.optimizer
         return own + (0 if gpu else self.model)
 
-    def parts(self, gpu: bool) -> dict[str, int]:
-        """The named parts of the host (``gpu=False``) or GPU (``gpu=True``) total."""
+    def parts(self, gpu: bool, gpus: int = 1) -> dict[str, int]:
+        """The named parts of the host (``gpu=False``) or of each of ``gpus`` GPUs' total."""
+        share = -(-self.batch_size // max(gpus, 1))  # examples on each GPU (the most)
+        activations = (
+            f"activations at batch_size {self.batch_size}"
+            if share == self.batch_size
+            else f"activations of {share} of batch_size {self.batch_size}"
+        )
         model = {
             "weights": self.weights,
             "gradients": self.gradients,
             "optimizer slots": self.optimizer,
-            f"activations at batch_size {self.batch_size}": self.activations,
+            activations: self.activations * share // max(self.batch_size, 1),
         }
         if gpu:
             return model
@@ -161,14 +173,16 @@ def fit_problems(
         )
     if gpu and gpu_type in GPU_MEMORY:
         usable = GPU_MEMORY[gpu_type] * GPU_USABLE
-        if estimate.model > usable:
-            bigger = [t for t, m in GPU_MEMORY.items() if m * GPU_USABLE >= estimate.model]
+        need = estimate.on_each_gpu(gpu_count)
+        if need > usable:
+            bigger = [t for t, m in GPU_MEMORY.items() if m * GPU_USABLE >= need]
             hint = f", or a GPU type with more memory ({bigger[0]})" if bigger else ""
+            where = "the GPU" if gpu_count == 1 else f"each of its {gpu_count} GPUs"
             problems.append(
                 (
                     "spec.resources.gpu.type",
-                    f"the run needs about {gib(estimate.model)} on the GPU "
-                    f"({_listing(estimate.parts(gpu=True))}) but {gpu_type} has "
+                    f"the run needs about {gib(need)} on {where} "
+                    f"({_listing(estimate.parts(gpu=True, gpus=gpu_count))}) but {gpu_type} has "
                     f"{gib(GPU_MEMORY[gpu_type])} ({gib(usable)} usable): lower batch_size"
                     f"{hint}",
                 )

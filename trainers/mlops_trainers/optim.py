@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from mlops_trainers import distribute
 from mlops_trainers.config_base import TrainerConfig
 
 __all__ = ["configure", "gradient_norm", "learning_rate", "schedule_factor"]
@@ -78,20 +79,48 @@ def configure(optimizer: Any, config: TrainerConfig) -> None:
         target.global_clipnorm = float(config.clipnorm)
     if _NORM_ATTR in vars(target):
         return
-    norm = keras.Variable(0.0, trainable=False, dtype="float32", name="gradient_norm")
+    # Every replica assigns the same (global) norm: "only_first_replica" keeps the copies equal.
+    norm = keras.Variable(
+        0.0,
+        trainable=False,
+        dtype="float32",
+        name="gradient_norm",
+        aggregation=distribute.SAME_ON_EVERY_REPLICA,
+    )
     # Set through __dict__, past Keras' attribute tracking: the norm is a log, not optimizer state.
     vars(target)[_NORM_ATTR] = norm
     clip = target._clip_gradients
+    if distribute.replicas() > 1:
+        # Data-parallel: Keras clips each replica's own gradients and sums them afterwards
+        # (TFOptimizer._all_reduce_sum_gradients), so the norm logged and clipped would be a
+        # replica's, not the global batch's. clip_and_record sums them first instead, once.
+        vars(target)["_all_reduce_sum_gradients"] = lambda grads_and_vars: grads_and_vars
 
     def clip_and_record(grads: list[Any]) -> list[Any]:
         # Keras 3 calls _clip_gradients once per update with the unscaled gradients, whatever the
         # optimizer class (BaseOptimizer._backend_apply_gradients): the one place to see them all.
+        grads = _summed_over_replicas(grads)
         present = [ops.cast(g, "float32") for g in grads if g is not None]
         if present:
             norm.assign(ops.sqrt(sum(ops.sum(ops.square(g)) for g in present)))
         return clip(grads)  # type: ignore[no-any-return]
 
     vars(target)["_clip_gradients"] = clip_and_record
+
+
+def _summed_over_replicas(grads: list[Any]) -> list[Any]:
+    """The gradients summed over the replicas (as they are with one device: unchanged).
+
+    An embedding's IndexedSlices stays one: the replicas' rows one after the other, which for
+    lookups that follow the batch are one device's rows. Keras' ops and optimizers treat its
+    rows one by one, repeated indices apart (the logged norm counts a token seen twice as
+    2 x^2, not (2x)^2, on one device as here), so a dense sum would change both the norm and
+    the update from one device's."""
+    if distribute.replicas() == 1:
+        return grads
+    present = [g for g in grads if g is not None]
+    summed = iter(distribute.all_reduce_sum(present) if present else [])
+    return [None if g is None else next(summed) for g in grads]
 
 
 def gradient_norm(optimizer: Any) -> float | None:

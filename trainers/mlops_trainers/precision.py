@@ -11,7 +11,8 @@ Two shared trainer options (:class:`~mlops_trainers.config_base.TrainerConfig`):
   on older GPUs and on the CPU, where 16-bit math is emulated and slower.
 * ``jit_compile``: whether the train step is compiled with XLA (``on``/``off``); ``auto`` is on
   with a GPU and off on the CPU (Keras' own rule, which also turns it off under a distribution
-  strategy; XLA's compile time does not pay back on a CPU).
+  strategy; XLA's compile time does not pay back on a CPU). Training data-parallel on several
+  GPUs (:mod:`mlops_trainers.distribute`) it is off whatever it says.
 
 What must stay float32 under a 16-bit policy does so in the layers themselves: the quantizers'
 codebook distances (an argmin over nearly equal float16 distances picks the wrong code) and
@@ -74,8 +75,11 @@ class Acceleration:
         return f"precision {self.policy}, XLA {'on' if self.jit_compile else 'off'} ({self.why})"
 
 
-def resolve(precision: str, jit_compile: str, gpus: Sequence[Gpu]) -> Acceleration:
-    """The policy and XLA choice for ``precision``/``jit_compile`` on a machine with ``gpus``."""
+def resolve(
+    precision: str, jit_compile: str, gpus: Sequence[Gpu], *, replicas: int = 1
+) -> Acceleration:
+    """The policy and XLA choice for ``precision``/``jit_compile`` on a machine with ``gpus``,
+    training data-parallel over ``replicas`` devices (:mod:`mlops_trainers.distribute`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
     if jit_compile not in JIT_CHOICES:
@@ -99,6 +103,14 @@ def resolve(precision: str, jit_compile: str, gpus: Sequence[Gpu]) -> Accelerati
     else:
         policy = precision
     jit = bool(gpus) if jit_compile == "auto" else jit_compile == "on"
+    if replicas > 1:
+        # Keras compiles the whole step, strategy.run included, and XLA cannot reach the other
+        # replicas' variables ("Trying to access resource ... located in device ... CPU:1"):
+        # data-parallel steps run without it ("auto" is Keras' own rule too).
+        if jit_compile == "on":
+            log.warning("jit_compile: on is ignored when training on %d replicas", replicas)
+        jit = False
+        seen += f", {replicas} replicas: no XLA"
     return Acceleration(policy, jit, seen)
 
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from mlops_trainers import optim, precision, storage
+from mlops_trainers import distribute, optim, precision, storage
 from mlops_trainers.config import RunConfig
 from mlops_trainers.contract import (
     EXIT_APP_ERROR,
@@ -121,14 +121,24 @@ class _Run:
         return self.record.state
 
     def execute(self, trainer: Trainer[Any]) -> int:
+        gpus = precision.visible_gpus()  # looked up once: the log and "auto" see the same
+        # Several GPUs: data-parallel under a MirroredStrategy, whose scope covers the model's
+        # whole life (built, loaded, trained, saved). One device: no strategy, no scope.
+        strategy = distribute.strategy_for(gpus)
+        replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        accel = self.accel = precision.resolve(
+            trainer.config.precision, trainer.config.jit_compile, gpus, replicas=replicas
+        )
+        log.info("devices: %s; %s", describe_devices(gpus, replicas=replicas), accel.describe())
+        if strategy is None:
+            return self._execute(trainer)
+        with strategy.scope():
+            return self._execute(trainer)
+
+    def _execute(self, trainer: Trainer[Any]) -> int:
         import keras
 
-        config = self.config
-        gpus = precision.visible_gpus()  # looked up once: the log and "auto" see the same
-        accel = self.accel = precision.resolve(
-            trainer.config.precision, trainer.config.jit_compile, gpus
-        )
-        log.info("devices: %s; %s", describe_devices(gpus), accel.describe())
+        config, accel = self.config, self.accel
         # One seed for Python, NumPy and the backend: weight init and any draws repeat per run.
         keras.utils.set_random_seed(config.seed)
         # Where the run starts is decided first, so a resume source of the wrong kind fails
@@ -619,12 +629,18 @@ class _Run:
         self.line_at, self.line_step = now, state.global_step
 
 
-def describe_devices(gpus: Sequence[precision.Gpu] | None = None) -> str:
-    """What the backend will train on, for people: the GPUs by name, else the CPU."""
+def describe_devices(gpus: Sequence[precision.Gpu] | None = None, *, replicas: int = 1) -> str:
+    """What the backend will train on, for people: the GPUs by name, else the CPU, and the
+    data-parallel replicas when there are several."""
     gpus = precision.visible_gpus() if gpus is None else gpus
     if gpus:
-        return f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}"
-    return f"CPU only ({os.cpu_count()} cores; no GPU visible to TensorFlow)"
+        where = f"{len(gpus)} GPU(s): {', '.join(g.name for g in gpus)}"
+    else:
+        where = f"CPU only ({os.cpu_count()} cores; no GPU visible to TensorFlow)"
+    if replicas > 1:
+        over = "GPUs" if gpus else f"logical CPU devices, {distribute.CPU_REPLICAS_ENV}"
+        where += f"; data-parallel, MirroredStrategy over {replicas} replicas ({over})"
+    return where
 
 
 def _fmt(logs: Mapping[str, float]) -> str:

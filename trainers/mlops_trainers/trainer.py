@@ -236,11 +236,44 @@ def train_on_batch(model: keras.Model, batch: Any) -> dict[str, float]:
     data = tuple(batch) if isinstance(batch, tuple) else (batch,)
     x, y, weight = (*data, None, None)[:3]
     function = getattr(model, "train_function", None)
+    strategy = getattr(model, "_distribute_strategy", None)  # set when built under a scope
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        return _train_distributed(model, strategy, (x, y, weight))
     if function is None:
         logs = model.train_on_batch(x, y, weight, return_dict=True)
     else:
         logs = function(iter([(x, y, weight)]))
     return {k: float(v) for k, v in logs.items()}
+
+
+def _train_distributed(
+    model: keras.Model, strategy: Any, data: tuple[Any, Any, Any]
+) -> dict[str, float]:
+    """One step of a model built under a multi-replica strategy: each replica trains on its
+    slice of the global batch. Keras' ``train_on_batch`` would hand every replica the whole
+    batch (``strategy.run`` with a plain value copies it), which is N times the work and
+    N times the gradient."""
+    from mlops_trainers.distribute import distribute_batch
+
+    if model.train_function is None:
+        # What train_on_batch does first: build the compiled metrics/losses from the batch.
+        model._maybe_symbolic_build(data_batch=data)
+        model.make_train_function()
+    model.train_function(iter([distribute_batch(strategy, data)]))
+    # The metrics read across the replicas (their variables summed), not Keras' step logs:
+    # those are each replica's own result, averaged, and a ratio (IoU) of a slice is not the
+    # batch's. Traced once per train function, like the reset (eager reads halve a small
+    # model's step rate).
+    cached = _RESULTS.get(model)
+    if cached is None or cached[0] is not model.train_function:
+        import tensorflow as tf
+
+        cached = _RESULTS[model] = (model.train_function, tf.function(model.get_metrics_result))
+    return {k: float(v) for k, v in cached[1]().items()}
+
+
+# model -> (the train function its metrics' read was traced beside, the compiled read)
+_RESULTS: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 # model -> (the train function its reset was traced beside, the compiled reset)

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlops_trainers.distribute import mean_count, scale_loss
 from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.maskgit.masking import decoding_schedule
 from mlops_trainers.trainers.maskgit.transformer_block import TransformerBlock
@@ -147,8 +148,8 @@ class MaskGIT(keras.Model):  # type: ignore[misc,unused-ignore]
         nats = keras.losses.sparse_categorical_crossentropy(codes, logits, from_logits=True)
         mask = ops.cast(x["mask"], nats.dtype)
         valid = ops.cast(x["valid"], nats.dtype) * mask if "valid" in x else mask
-        loss = ops.sum(nats * mask) / ops.maximum(ops.sum(mask), 1.0)
-        valid_nats = ops.sum(nats * valid) / ops.maximum(ops.sum(valid), 1.0)
+        loss = ops.sum(nats * mask) / ops.maximum(mean_count(ops.sum(mask)), 1.0)
+        valid_nats = ops.sum(nats * valid) / ops.maximum(mean_count(ops.sum(valid)), 1.0)
         return loss, valid_nats
 
     def compute_loss(
@@ -163,7 +164,7 @@ class MaskGIT(keras.Model):  # type: ignore[misc,unused-ignore]
         loss, valid_nats = self.masked_nats(x, y_pred)
         self.bits_tracker.update_state(loss / math.log(2.0))
         self.valid_bits_tracker.update_state(valid_nats / math.log(2.0))
-        return loss
+        return scale_loss(loss)
 
     # === Sampling ===
 

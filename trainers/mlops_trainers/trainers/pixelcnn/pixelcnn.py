@@ -31,6 +31,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.distribute import mean_count, scale_loss
 from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.pixelcnn.gated_pixelcnn_block import GatedPixelCNNBlock, gate
 
@@ -142,10 +143,10 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
             if isinstance(x, dict) and "valid" in x
             else ops.ones_like(nats)
         )
-        valid_nats = ops.sum(nats * valid) / ops.maximum(ops.sum(valid), 1.0)
+        valid_nats = ops.sum(nats * valid) / ops.maximum(mean_count(ops.sum(valid)), 1.0)
         self.bits_tracker.update_state(loss / math.log(2.0))
         self.valid_bits_tracker.update_state(valid_nats / math.log(2.0))
-        return loss
+        return scale_loss(loss)
 
     def bits_per_code(self, codes: Any) -> float:
         """Mean negative log2-likelihood per code of ``codes`` (B, h, w) under the model."""

@@ -22,6 +22,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.distribute import all_reduce_sum
+
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
 class BCEDiceLoss(keras.losses.Loss):  # type: ignore[misc,unused-ignore]
@@ -82,8 +84,11 @@ class BCEDiceLoss(keras.losses.Loss):  # type: ignore[misc,unused-ignore]
         pv = p * valid
         tv = target * valid
         if self.dice == "batch":
-            intersection = ops.sum(pv * tv)
-            dice = (2.0 * intersection + self.smooth) / (ops.sum(pv) + ops.sum(tv) + self.smooth)
+            # Data-parallel: the global batch's ratio on every replica (the sums all-reduced,
+            # gradients included), not a ratio per replica slice (mlops_trainers.distribute).
+            intersection = all_reduce_sum(ops.sum(pv * tv))
+            union = all_reduce_sum(ops.sum(pv) + ops.sum(tv))
+            dice = (2.0 * intersection + self.smooth) / (union + self.smooth)
             dice = dice * ops.ones_like(bce)
         else:
             intersection = ops.sum(pv * tv, axis=axes)

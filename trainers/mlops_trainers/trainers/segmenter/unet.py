@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from mlops_trainers import distribute
 from mlops_trainers.tiling import predict_scene as _predict_tiles
 
 
@@ -118,6 +119,10 @@ def _conv_block(x: Any, filters: int, name: str) -> Any:
         )
         # momentum 0.9, not Keras' 0.99: the moving statistics then settle within tens of steps,
         # so short runs (and the CPU demo) predict in inference mode what they learnt.
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+        # Data-parallel (mlops_trainers.distribute): statistics over the global batch, the same
+        # on every replica, so the moving averages do not drift apart; one device: as always.
+        x = keras.layers.BatchNormalization(
+            momentum=0.9, synchronized=distribute.replicas() > 1, name=f"{name}_bn{i}"
+        )(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.distribute import all_reduce_min, all_reduce_sum, mean_count
 from mlops_trainers.layers.quantizer import Quantizer
 
 
@@ -75,7 +76,6 @@ class CodebookQuantizer(Quantizer):
             w = ops.ones((n,), dtype=flat.dtype)
         else:
             w = ops.reshape(ops.cast(weight, flat.dtype), (-1,))
-        total = ops.maximum(ops.sum(w), 1e-6)
 
         # Distances with the encoder side frozen: they serve the assignment, the codebook loss and
         # the unused-code loss, all of which move codes, never the encoder.
@@ -83,18 +83,22 @@ class CodebookQuantizer(Quantizer):
         indices = ops.cast(ops.argmin(dist, axis=1), "int32")
         quantized = self.lookup(indices)
 
+        # Data-parallel: the global batch's weighted means (mlops_trainers.distribute).
+        shared = ops.maximum(mean_count(ops.sum(w)), 1e-6)
         per_vector = ops.mean((ops.stop_gradient(flat) - quantized) ** 2, axis=1)
-        codebook_loss = ops.sum(w * per_vector) / total
+        codebook_loss = ops.sum(w * per_vector) / shared
         commit = ops.mean((flat - ops.stop_gradient(quantized)) ** 2, axis=1)
-        commitment_loss = ops.sum(w * commit) / total
+        commitment_loss = ops.sum(w * commit) / shared
 
-        # Usage of each code over the weighted (sky) latents of this batch.
+        # Usage of each code over the weighted (sky) latents of this batch (data-parallel: of
+        # the global batch, as the nearest vectors below: mlops_trainers.distribute).
         onehot = ops.one_hot(indices, self.num_embeddings, dtype=flat.dtype)
-        usage = ops.sum(onehot * w[:, None], axis=0)
+        usage = all_reduce_sum(ops.sum(onehot * w[:, None], axis=0))
+        total = ops.maximum(all_reduce_sum(ops.sum(w)), 1e-6)
         used = ops.cast(usage > 0, flat.dtype)
         # Nearest *weighted* encoder vector per code: latents with no sky are out of reach.
         reachable = ops.where(w[:, None] > 0, dist, ops.full_like(dist, 1e9))
-        nearest = ops.min(reachable, axis=0) / self.embedding_dim
+        nearest = all_reduce_min(ops.min(reachable, axis=0)) / self.embedding_dim
         unused = 1.0 - used
         unused_loss = ops.sum(unused * ops.minimum(nearest, 1e6)) / ops.maximum(
             ops.sum(unused), 1.0

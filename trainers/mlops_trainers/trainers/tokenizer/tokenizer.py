@@ -31,6 +31,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.distribute import mean_count, scale_loss
 from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.tokenizer.codebook_quantizer import CodebookQuantizer
 from mlops_trainers.trainers.tokenizer.group_norm_residual_block import (
@@ -213,7 +214,7 @@ class Tokenizer(keras.Model):  # type: ignore[misc,unused-ignore]
         # Mean squared error over sky pixels only (per channel), so the score does not improve
         # just because a frame has more ground or more padding.
         squared = mask * (reconstruction - images) ** 2
-        count = ops.maximum(ops.sum(mask), 1.0) * self.channels
+        count = ops.maximum(mean_count(ops.sum(mask)), 1.0) * self.channels
         reconstruction_error = ops.sum(squared) / count
         loss = reconstruction_error + y_pred["vq_loss"]
         self.reconstruction_tracker.update_state(reconstruction_error)
@@ -221,7 +222,7 @@ class Tokenizer(keras.Model):  # type: ignore[misc,unused-ignore]
         self.unused_loss_tracker.update_state(y_pred["unused_loss"])
         self.perplexity_tracker.update_state(y_pred["perplexity"])
         self.codes_used_tracker.update_state(y_pred["codes_used"])
-        return loss
+        return scale_loss(loss)
 
     # === Config ===
 

@@ -44,6 +44,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.distribute import scale_loss
 from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.vle.conv_lstm_cell import ConvLSTMCell
 from mlops_trainers.trainers.vle.plain_autoencoder import PlainAutoencoder
@@ -261,7 +262,7 @@ class VariableLengthEmbedding(keras.Model):  # type: ignore[misc,unused-ignore]
             base_sum = ops.sum(ops.stack(base))
             loss = loss + base_sum
             self.baseline_tracker.update_state(base_sum / len(base))
-        return loss
+        return scale_loss(loss)
 
     # === Config ===
 

@@ -21,6 +21,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from mlops_trainers.distribute import (
+    SAME_ON_EVERY_REPLICA,
+    all_reduce_sum,
+    first_replica_only,
+    mean_count,
+)
 from mlops_trainers.layers.quantizer import Quantizer
 
 
@@ -28,7 +34,11 @@ from mlops_trainers.layers.quantizer import Quantizer
 class VectorQuantizer(Quantizer):
     """``z (B, H, W, D) -> (z_q (B, H, W, D), codes (B, H, W) int32)``.
 
-    ``z_q`` carries straight-through gradients to ``z``. The losses are added with ``add_loss``.
+    ``z_q`` carries straight-through gradients to ``z``. The losses are added with ``add_loss``,
+    or returned as a third output with ``return_loss=True`` (what the VQ-VAE trains with: a
+    layer's ``add_loss`` list is shared by the replicas of a data-parallel step, whose threads
+    take turns at every all-reduce of the EMA update, so one replica's loss could be read by
+    another; see :mod:`mlops_trainers.distribute`).
 
     Args:
         num_embeddings: codebook size K.
@@ -69,18 +79,22 @@ class VectorQuantizer(Quantizer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         k, d = self.num_embeddings, self.embedding_dim
+        # The train step assigns these (EMA, restarts) from statistics summed over the
+        # replicas, the same value on each: see mlops_trainers.distribute.
+        same = SAME_ON_EVERY_REPLICA
         self.embeddings = self.add_weight(
             shape=(k, d),
             initializer=keras.initializers.VarianceScaling(scale=1.0, distribution="uniform"),
             trainable=not self.ema,
             name="embeddings",
+            aggregation=same,
         )
         if self.ema:
             self.ema_count = self.add_weight(
-                shape=(k,), initializer="ones", trainable=False, name="ema_count"
+                shape=(k,), initializer="ones", trainable=False, name="ema_count", aggregation=same
             )
             self.ema_sum = self.add_weight(
-                shape=(k, d), initializer="zeros", trainable=False, name="ema_sum"
+                shape=(k, d), initializer="zeros", trainable=False, name="ema_sum", aggregation=same
             )
             self.ema_sum.assign(self.embeddings)
         # Usage starts at 0: a code no latent has chosen yet is dead, so the first training
@@ -88,7 +102,9 @@ class VectorQuantizer(Quantizer):
         # outputs (a data-dependent initialisation). Starting at 1/K instead, a randomly
         # initialised codebook that collapsed onto one code would wait ~400 steps
         # (log(1e-3 K) / log(0.99)) before its first restart. A restarted code gets 1/K.
-        self.usage = self.add_weight(shape=(k,), initializer="zeros", trainable=False, name="usage")
+        self.usage = self.add_weight(
+            shape=(k,), initializer="zeros", trainable=False, name="usage", aggregation=same
+        )
         self.built = True
 
     # The restart RNG state is part of the training state: save it with the weights so that a
@@ -103,7 +119,13 @@ class VectorQuantizer(Quantizer):
             self.seed_generator.state.assign(ops.convert_to_tensor(store["seed_state"]))
         super().load_own_variables({k: store[k] for k in keys if k != "seed_state"})
 
-    def call(self, inputs: Any, valid_mask: Any = None, training: bool | None = None) -> Any:
+    def call(
+        self,
+        inputs: Any,
+        valid_mask: Any = None,
+        training: bool | None = None,
+        return_loss: bool = False,
+    ) -> Any:
         shape = ops.shape(inputs)
         flat = ops.reshape(inputs, (-1, self.embedding_dim))
         if valid_mask is None:
@@ -115,34 +137,41 @@ class VectorQuantizer(Quantizer):
         quantized = ops.take(embeddings, indices, axis=0)
 
         # Losses over valid latents only: mean over vectors of the mean squared difference.
-        count = ops.maximum(ops.sum(valid), 1.0)
+        count = ops.maximum(mean_count(ops.sum(valid)), 1.0)
 
         def masked_mse(a: Any, b: Any) -> Any:
             return ops.sum(valid * ops.mean((a - b) ** 2, axis=1)) / count
 
-        self.add_loss(self.beta * masked_mse(flat, ops.stop_gradient(quantized)))
+        loss = self.beta * masked_mse(flat, ops.stop_gradient(quantized))
         if not self.ema:
-            self.add_loss(masked_mse(ops.stop_gradient(flat), quantized))
+            loss = loss + masked_mse(ops.stop_gradient(flat), quantized)
+        if not return_loss:
+            self.add_loss(loss)
 
         if training:
             self._update(flat, valid, indices, embeddings)
 
         straight_through = flat + ops.stop_gradient(quantized - flat)
-        return ops.reshape(straight_through, shape), ops.reshape(indices, shape[:-1])
+        outputs = ops.reshape(straight_through, shape), ops.reshape(indices, shape[:-1])
+        return (*outputs, loss) if return_loss else outputs
 
     def _update(self, flat: Any, valid: Any, indices: Any, embeddings: Any) -> None:
         k = self.num_embeddings
         decay = self.ema_decay
         flat = ops.stop_gradient(flat)
         onehot = ops.one_hot(indices, k, dtype=flat.dtype) * valid[:, None]
-        counts = ops.sum(onehot, axis=0)
+        # Data-parallel: the counts and sums of every replica's slice, so each replica applies
+        # the global batch's update (with one device these are the batch's own).
+        stats = [ops.sum(onehot, axis=0)]
+        if self.ema:
+            stats.append(ops.matmul(ops.transpose(onehot), flat))
+        stats = all_reduce_sum(stats)
+        counts = stats[0]
         total = ops.maximum(ops.sum(counts), 1.0)
         usage = decay * ops.convert_to_tensor(self.usage) + (1.0 - decay) * counts / total
         if self.ema:
             ema_count = decay * ops.convert_to_tensor(self.ema_count) + (1.0 - decay) * counts
-            ema_sum = decay * ops.convert_to_tensor(self.ema_sum) + (1.0 - decay) * ops.matmul(
-                ops.transpose(onehot), flat
-            )
+            ema_sum = decay * ops.convert_to_tensor(self.ema_sum) + (1.0 - decay) * stats[1]
             n = ops.sum(ema_count)
             smoothed = (ema_count + self.epsilon) / (n + k * self.epsilon) * n
             embeddings = ema_sum / smoothed[:, None]
@@ -151,7 +180,8 @@ class VectorQuantizer(Quantizer):
             # A random valid encoder output per code (log(0) -> never padding, unless all is).
             logits = ops.log(valid + 1e-12)[None, :]
             picks = keras.random.categorical(logits, k, seed=self.seed_generator)[0]
-            fresh = ops.take(flat, picks, axis=0)
+            # Data-parallel: the first replica's slice re-seeds the codes of every replica.
+            fresh = first_replica_only(ops.take(flat, picks, axis=0))
             embeddings = ops.where(dead[:, None], fresh, embeddings)
             usage = ops.where(dead, ops.full_like(usage, 1.0 / k), usage)
             if self.ema:

@@ -20,6 +20,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.distribute import all_reduce_sum, mean_count, scale_loss
 from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.vqvae.residual_block import LEAKY_SLOPE, ResidualBlock
 from mlops_trainers.trainers.vqvae.vector_quantizer import VectorQuantizer
@@ -29,7 +30,8 @@ from mlops_trainers.trainers.vqvae.vector_quantizer import VectorQuantizer
 class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
     """VQ-VAE over ``{"image": (B, S, S, C) in [0, 1], "mask": (B, S, S, 1)}`` (or an image).
 
-    ``call`` returns ``{"reconstruction": (B, S, S, C), "codes": (B, S/2^d, S/2^d) int32}``.
+    ``call`` returns ``{"reconstruction": (B, S, S, C), "codes": (B, S/2^d, S/2^d) int32}``, and
+    in training also the quantizer's ``"vq_loss"`` (a scalar).
 
     Args:
         image_size: side S of the (square, padded) images; a multiple of ``2**downsample``.
@@ -220,11 +222,18 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
     def call(self, inputs: Any, training: bool | None = None) -> dict[str, Any]:
         image, mask = self._unpack(inputs)
         latents = self.encoder(image - 0.5, training=training)
-        quantized, codes = self.quantizer(
-            latents, valid_mask=self.latent_mask(mask), training=training
+        valid = self.latent_mask(mask)
+        if not training:
+            quantized, codes = self.quantizer(latents, valid_mask=valid, training=training)
+            reconstruction = self.decoder(quantized, training=training) + 0.5
+            return {"reconstruction": reconstruction, "codes": codes}
+        # Training: the quantizer's loss is an output, not add_loss (data-parallel replicas
+        # share a layer's add_loss list: mlops_trainers.trainers.vqvae.vector_quantizer).
+        quantized, codes, vq_loss = self.quantizer(
+            latents, valid_mask=valid, training=training, return_loss=True
         )
         reconstruction = self.decoder(quantized, training=training) + 0.5
-        return {"reconstruction": reconstruction, "codes": codes}
+        return {"reconstruction": reconstruction, "codes": codes, "vq_loss": vq_loss}
 
     def compute_loss(
         self,
@@ -241,13 +250,17 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         reconstruction = y_pred["reconstruction"]
         # Squared error over valid pixels only: padding is not part of the image.
         squared = ops.mean((reconstruction - image) ** 2, axis=-1, keepdims=True)
-        recon = ops.sum(squared * mask) / ops.maximum(ops.sum(mask), 1.0)
-        vq = ops.sum(ops.stack(self.losses)) if self.losses else ops.zeros(())
+        recon = ops.sum(squared * mask) / ops.maximum(mean_count(ops.sum(mask)), 1.0)
+        if "vq_loss" in y_pred:
+            vq = y_pred["vq_loss"]
+        else:  # an inference call: the quantizer added its loss
+            vq = ops.sum(ops.stack(self.losses)) if self.losses else ops.zeros(())
         total = recon + vq
 
         valid = ops.reshape(self.latent_mask(mask), (-1,))
         onehot = ops.one_hot(ops.reshape(y_pred["codes"], (-1,)), self.num_embeddings)
-        counts = ops.sum(onehot * valid[:, None], axis=0)
+        # Data-parallel: the global batch's code counts (a replica's slice uses fewer codes).
+        counts = all_reduce_sum(ops.sum(onehot * valid[:, None], axis=0))
         probs = counts / ops.maximum(ops.sum(counts), 1.0)
         perplexity = ops.exp(-ops.sum(probs * ops.log(probs + 1e-10)))
         used = ops.mean(ops.cast(counts > 0, "float32"))
@@ -256,7 +269,7 @@ class VQVAE(keras.Model):  # type: ignore[misc,unused-ignore]
         self.vq_tracker.update_state(vq)
         self.perplexity_tracker.update_state(perplexity)
         self.usage_tracker.update_state(used)
-        return total
+        return scale_loss(total)
 
     def kmeans_init(self, image: Any, mask: Any | None = None, iterations: int = 10) -> None:
         """Initialise the codebook by k-means on the valid encoder outputs of a batch."""
