@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytest
 import yaml
+from h5_arrays import h5_arrays
 from mlops_trainers import distribute, precision, storage
 from test_resume import CASES, CONFIG, EVERY, TOTAL, Trainer, _final_weights, _run_file
 
@@ -250,29 +250,13 @@ def _weights_after_loading(checkpoint: Any, scratch: Path) -> dict[str, np.ndarr
     load_checkpoint(model, checkpoint, scratch, optimizer=True)
     local = scratch / "reloaded.weights.h5"
     model.save_weights(local)
-    arrays: dict[str, np.ndarray] = {}
-
-    def keep(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Dataset):
-            arrays[name] = np.asarray(item)
-
-    with h5py.File(local, "r") as f:
-        f.visititems(keep)
-    return arrays
+    return h5_arrays(local)
 
 
 def _checkpoint_arrays(checkpoint: Any, scratch: Path) -> dict[str, np.ndarray]:
     local = scratch / f"{checkpoint.step}.weights.h5"
     storage.get_file(checkpoint.weights_url, local)
-    arrays: dict[str, np.ndarray] = {}
-
-    def keep(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Dataset):
-            arrays[name] = np.asarray(item)
-
-    with h5py.File(local, "r") as f:
-        f.visititems(keep)
-    return arrays
+    return h5_arrays(local)
 
 
 @pytest.mark.slow

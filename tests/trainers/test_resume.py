@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytest
 import yaml
+from h5_arrays import h5_arrays
 from mlops_trainers import storage
 
 pytestmark = pytest.mark.slow
@@ -218,14 +218,7 @@ def _final_weights(output: str, scratch: Path) -> dict[str, np.ndarray]:
     assert checkpoint is not None and checkpoint.step == TOTAL
     local = scratch / f"{abs(hash(output))}.weights.h5"
     storage.get_file(checkpoint.weights_url, local)
-    arrays: dict[str, np.ndarray] = {}
-
-    def keep(name: str, item: Any) -> None:
-        if isinstance(item, h5py.Dataset):
-            arrays[name] = np.asarray(item)
-
-    with h5py.File(local, "r") as f:
-        f.visititems(keep)
+    arrays = h5_arrays(local)
     assert arrays
     return arrays
 
