@@ -705,12 +705,17 @@ def _details(
         "preemptions": sum(w.preemptions for w in segments) + unseen_attempts(workflow, segments),
         "app_errors": sum(w.app_errors for w in segments),
     }
+    summary = workflow.summary
     progress = next(
         (a.progress for a in reversed(workflow.attempts) if a.progress), workflow.progress
     )
+    if workflow.finished and summary is not None and summary.progress:
+        # The trainer's own count: Argo's is sampled every few seconds and not read again at
+        # the container's exit, so a short run ended "1/1" in Argo (its default for a node that
+        # reported nothing) or short of its last steps.
+        progress = summary.progress
     if progress:
         update["progress"] = progress
-    summary = workflow.summary
     if summary is not None:
         if summary.latest_checkpoint:
             update["latest_checkpoint"] = summary.latest_checkpoint

@@ -981,3 +981,27 @@ def test_a_trainer_attempt_argo_has_no_node_for_is_a_preemption() -> None:
     status = decide(b, [spent], POLICY, AT).status
     assert status is not None and status.phase == "Failed"
     assert status.reason == "PreemptionBudgetExhausted" and status.preemptions == 3
+
+
+def test_a_finished_run_reports_the_trainers_own_progress() -> None:
+    """Argo reads the progress file every few seconds and not again at the container's exit:
+    a run that trained its steps in less than that ended "1/1" (Argo's default for a node that
+    reported nothing; the real-node test saw it on a faster CPU). The trainer's summary says
+    how far it got and of how many steps."""
+    b, decision = first_run()
+    run = decision.status.run_id or ""  # type: ignore[union-attr]
+    summary = Summary(state="succeeded", attempt=1, step=16, total_steps=16)
+    done = wf(run, "Succeeded", pod("Succeeded", summary=summary, progress="1/1"), progress="1/1")
+    status = decide(b, [done], POLICY, AT).status
+    assert status is not None and status.progress == "16/16", status
+    # While it runs, Argo's sample is the newest there is (a summary is an ended attempt's).
+    early = Summary(state="preempted", attempt=1, step=4, total_steps=16)
+    running = wf(run, "Running", pod("Failed", summary=early), pod("Running", progress="9/16"))
+    status = decide(b, [running], POLICY, AT).status
+    assert status is not None and status.progress == "9/16", status
+    # An older trainer's summary has no total: Argo's figure stays.
+    old = Summary(state="succeeded", attempt=1, step=16)
+    status = decide(
+        b, [wf(run, "Succeeded", pod("Succeeded", summary=old), progress="1/1")], POLICY, AT
+    ).status
+    assert status is not None and status.progress == "1/1", status

@@ -121,7 +121,8 @@ def test_run_writes_artifacts_and_provenance(
     assert status["global_step"] == 8
     summary = json.loads(summary_file.read_text())
     assert summary["latest_checkpoint"] == newest.url
-    assert (summary["epoch"], summary["step"]) == (2, 8)
+    # The step and the run's steps in all: the operator's exact progress of an ended attempt.
+    assert (summary["epoch"], summary["step"], summary["total_steps"]) == (2, 8, 8)
     # Its attempt number (attempts.json), which the operator compares with Argo's attempts.
     assert summary["attempt"] == record["attempt"] == 1
     assert summary["metrics"]["recon_mse"] == pytest.approx(record["final_metrics"]["recon_mse"])

@@ -89,6 +89,17 @@ class Summary(BaseModel):
     # This run's attempt number (attempts.json: across pods and Workflows), so the operator
     # sees attempts Argo has no node for (views.unseen_attempts).
     attempt: int = 0
+    # The run's steps in all (0: not known yet, or an older trainer). With ``step``, the exact
+    # progress of an ended attempt: Argo samples the progress file every few seconds and stops
+    # at the container's exit, so a short attempt's last steps never reach it.
+    total_steps: int = 0
+
+    @property
+    def progress(self) -> str | None:
+        """``"step/total_steps"`` when the trainer said both (Argo's progress format)."""
+        if self.total_steps <= 0:
+            return None
+        return f"{min(self.step, self.total_steps)}/{self.total_steps}"
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

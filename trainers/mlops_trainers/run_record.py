@@ -351,6 +351,7 @@ class RunRecord:
                 "step": self.state.global_step,
                 "error": error,
                 "attempt": self.attempt,
+                "total_steps": self.total_steps or 0,
             }
         )
 
