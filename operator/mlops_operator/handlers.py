@@ -12,19 +12,18 @@ MLOps objects by uid, so a sync reads nothing from the API server unless it is a
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
 import kopf
-from mlops_api.naming import ANNOTATION_RERUN, LABEL_MANAGED_BY, MANAGED_BY, queue_key
+from mlops_api.naming import LABEL_MANAGED_BY, MANAGED_BY, queue_key
 from mlops_api.spec import GROUP, PLURAL, VERSION, MLOpsSpec
 
 from mlops_operator import kube, metrics, service
 from mlops_operator.queueing import QueueView, Waiting, queue_view
-from mlops_operator.reconcile import FINAL_PHASES, Event, compact_essence, now, parse_status
+from mlops_operator.reconcile import FINAL_PHASES, Event, handled, now, parse_status
 from mlops_operator.settings import OperatorSettings
 from mlops_operator.views import (
     KUEUE,
@@ -41,13 +40,45 @@ OURS = {LABEL_MANAGED_BY: MANAGED_BY}
 log = logging.getLogger("mlops_operator")
 
 
-class CompactDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's last-handled-configuration annotation, kept small (see ``compact_essence``): a spec
-    of a few hundred KiB must still get its Failed status instead of a rejected patch."""
+class StatusDiffBaseStorage(kopf.DiffBaseStorage):
+    """kopf's "last handled" state, read from the object's own status (``reconcile.handled``)
+    and never written. kopf's default keeps the last handled spec in an annotation: one more
+    PATCH per change (a fifth of the operator's API requests per run), a copy of the spec (a big
+    spec made the patch too large), and a second record that could disagree with the status.
 
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        essence = super().build(body=body, extra_fields=extra_fields)
-        return cast(kopf.BodyEssence, compact_essence(cast(Any, essence)))
+    Unhandled (a new generation or rerun token, or a failed action to retry): no essence, so
+    kopf calls the create handler (with its retries and backoff). Handled: the current essence,
+    so no change, and only an object first seen at startup gets the resume handler."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self.build(body=body) if handled(body) else None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass  # the status written by the reconcile is the record
+
+
+class ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress annotations (a handler's retries and backoff, kept while it fails),
+    without the marker annotation kopf adds to an object the first time it stores progress.
+    A handler that succeeds at once has its progress stored and purged in the same cycle, so
+    the marker would be the only thing written: a PATCH per object for nothing. It is still
+    written with any progress that stays on the object (it tells other kopf-based operators to
+    ignore these annotations)."""
+
+    MARKER = "kopf-managed"
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        super().purge(key=key, body=body, patch=patch)
+        metadata = patch.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        marker = f"{self.prefix}/{self.MARKER}"
+        kept = [k for k, v in annotations.items() if k != marker and v is not None]
+        if marker in annotations and not kept and marker not in body.metadata.annotations:
+            del annotations[marker]
+            if not annotations:
+                del metadata["annotations"]
+            if not metadata:
+                del patch["metadata"]
 
 
 @kopf.on.startup()
@@ -60,8 +91,8 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.networking.request_timeout = SETTINGS.api_timeout_s
     settings.networking.connect_timeout = 10
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = CompactDiffBaseStorage(prefix=GROUP)
+    settings.persistence.progress_storage = ProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = StatusDiffBaseStorage()
     settings.posting.reporting_component = "mlops-operator"
     # kopf would also post every handler log line of level >= this as an Event; ours are posted
     # explicitly, once per transition, so a run waiting its turn does not spam Events.
@@ -94,7 +125,7 @@ def workflows_by_owner(body: kopf.Body, **_: Any) -> dict[str, WorkflowView] | N
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def mlops_by_uid(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]] | None:
-    return {uid: copy.deepcopy(dict(body))} if uid else None
+    return {uid: service.lean(body)} if uid else None
 
 
 @kopf.index(*ARGO, labels=OURS)
@@ -208,27 +239,8 @@ def reconcile(
         raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
 
 
-def _undecided(body: Mapping[str, Any]) -> bool:
-    """The object's generation or rerun token has no decision in its status yet."""
-    meta = body.get("metadata") or {}
-    status = parse_status(body.get("status"))
-    rerun = (meta.get("annotations") or {}).get(ANNOTATION_RERUN) or None
-    return status.observed_generation != meta.get("generation") or status.rerun != rerun
-
-
 def _needs_resync(body: kopf.Body, **_: Any) -> bool:
-    return _undecided(body) or parse_status(body.get("status")).phase not in FINAL_PHASES
-
-
-def _rerun_asked(body: kopf.Body, **_: Any) -> bool:
-    """A new rerun value on a decided generation (a new generation is the update handler's)."""
-    status = parse_status(body.get("status"))
-    rerun = body.metadata.annotations.get(ANNOTATION_RERUN) or None
-    return (
-        not body.metadata.get("deletionTimestamp")
-        and status.observed_generation == body.metadata.get("generation")
-        and status.rerun != rerun
-    )
+    return not handled(body) or parse_status(body.get("status")).phase not in FINAL_PHASES
 
 
 @kopf.timer(
@@ -263,34 +275,6 @@ def resync(
         )
     except kube.ApiError as exc:
         log.warning("resync of %s failed (retried at the next one): %s", body.metadata.name, exc)
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL, when=_rerun_asked)
-def rerun(
-    body: kopf.Body,
-    uid: str,
-    *,
-    workflows_by_owner: Owned = NO_INDEX,
-    workflows_by_queue: Owned = NO_INDEX,
-    waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
-    workloads_by_namespace: Workloads = NO_INDEX,
-    **_: Any,
-) -> None:
-    """A new ``mlops.dev/rerun`` value. kopf's update handlers never see it: kopf leaves the
-    annotations under its own storage prefix (``mlops.dev/``) out of what it compares."""
-    try:
-        service.sync(
-            body,
-            _owned(workflows_by_owner, uid),
-            SETTINGS,
-            fresh=False,
-            handler="rerun",
-            post=_post,
-            queues=_queues(workflows_by_queue, waiting_by_queue),
-            workloads=_in(workloads_by_namespace, body),
-        )
-    except kube.ApiError as exc:
-        log.warning("rerun of %s failed (the resync retries): %s", body.metadata.name, exc)
 
 
 @kopf.on.event(*ARGO, labels=OURS)

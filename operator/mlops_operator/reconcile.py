@@ -22,7 +22,6 @@ The rules, in the order :func:`decide` applies them:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from mlops_api.validation import ANNOTATION_SCRATCH_OUTPUT
 from mlops_workflows.render import RenderedRun, RenderSettings, render
 
 from mlops_operator.queueing import QueueView, units
-from mlops_operator.views import WorkflowView, unseen_attempts
+from mlops_operator.views import WorkflowView, unseen_attempts, view_workflow
 
 FINAL_PHASES = frozenset({"Succeeded", "Failed", "Stopped"})
 CONDITION_TYPES = ("Validated", "Accepted", "Synced", "Ready", "Running", "Succeeded")
@@ -496,7 +495,9 @@ def _follow(
                 "queue": queue.key if gated and queue is not None else None,
             }
         )
-        status = phase("Queued", reason, message)
+        # The status the new Workflow will show until Argo acts on it, not a word of its own:
+        # the first event of that Workflow then changes nothing, and costs no status write.
+        status = phase(*_workflow_phase(view_workflow(rendered.workflow)))
         events.append(Event("Normal", reason, f"{message}: Workflow {status.workflow}"))
 
     starting = (
@@ -842,26 +843,19 @@ def _prune(owned: Sequence[WorkflowView], keep: int, current: str | None) -> lis
     return [w.name for w in finished[max(keep - 1, 0) :]]
 
 
-# === kopf's diff base ===
-
-# kopf keeps the last handled spec in an annotation; all of an object's annotations together may
-# not exceed 256 KiB, and a patch that would is rejected whole, status included.
-DIFFBASE_LIMIT_BYTES = 64 * 1024
+# === What kopf's change handlers still have to do ===
 
 
-def compact_essence(
-    essence: Mapping[str, Any], limit: int = DIFFBASE_LIMIT_BYTES
-) -> dict[str, Any]:
-    """kopf's "essence" of an object, or, when it is over ``limit`` bytes of JSON, each top-level
-    part (``spec``, ``metadata``) as its SHA-256: a changed part still differs from the stored one
-    (so update handlers fire), an unchanged one does not, and the annotation stays small."""
-    if len(json.dumps(essence, separators=(",", ":")).encode()) <= limit:
-        return dict(essence)
-    return {
-        key: {
-            "sha256": hashlib.sha256(
-                json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-            ).hexdigest()
-        }
-        for key, value in essence.items()
-    }
+def handled(body: Mapping[str, Any]) -> bool:
+    """Whether the object's status records a decision for its generation and its rerun token,
+    with no transient failure of that decision's actions waiting for a retry (``Synced`` False
+    on a run not yet finished). kopf's change handlers call the reconcile while this is False,
+    with their backoff; the status is the record of what was handled (kopf's own annotation would
+    cost a PATCH per change and repeat what the status says)."""
+    meta = body.get("metadata") or {}
+    status = parse_status(body.get("status"))
+    rerun = (meta.get("annotations") or {}).get(ANNOTATION_RERUN) or None
+    if status.observed_generation != meta.get("generation") or status.rerun != rerun:
+        return False
+    synced = next((c for c in status.conditions if c.type == "Synced"), None)
+    return synced is None or synced.status != "False" or status.phase in FINAL_PHASES

@@ -16,7 +16,7 @@ from mlops_operator.reconcile import (
     Decision,
     Policy,
     Stop,
-    compact_essence,
+    handled,
     parse_status,
     set_condition,
     status_json,
@@ -514,17 +514,27 @@ def test_attempts_are_classified() -> None:
     assert pod("Running").failure is None
 
 
-def test_compact_essence_keeps_small_and_hashes_big_specs() -> None:
-    small = {"spec": {"data": "gs://b/d"}, "metadata": {"labels": {"a": "b"}}}
-    assert compact_essence(small) == small
-    big = {"spec": {"data": "gs://b/" + "a" * 300_000}, "metadata": {"labels": {"a": "b"}}}
-    compact = compact_essence(big)
-    assert set(compact) == {"spec", "metadata"}
-    assert len(json.dumps(compact)) < 300
-    assert compact_essence(json.loads(json.dumps(big))) == compact
-    changed = {**big, "spec": {"data": big["spec"]["data"] + "b"}}
-    assert compact_essence(changed)["spec"] != compact["spec"]
-    assert compact_essence(changed)["metadata"] == compact["metadata"]
+def _handled_body(
+    generation: int, status: dict[str, Any], rerun: str | None = None
+) -> dict[str, Any]:
+    annotations = {"mlops.dev/rerun": rerun} if rerun else {}
+    return {"metadata": {"generation": generation, "annotations": annotations}, "status": status}
+
+
+def test_handled_reads_the_decision_from_status() -> None:
+    """What kopf's change handlers still have to do comes from the status alone."""
+    synced_false = {"type": "Synced", "status": "False", "reason": "Forbidden"}
+    assert not handled(_handled_body(1, {}))  # never decided: the create handler
+    assert handled(_handled_body(1, {"observedGeneration": 1, "phase": "Queued"}))
+    assert not handled(_handled_body(2, {"observedGeneration": 1, "phase": "Running"}))
+    # A new rerun token is a new decision, like a new generation.
+    assert not handled(_handled_body(1, {"observedGeneration": 1}, rerun="2"))
+    assert handled(_handled_body(1, {"observedGeneration": 1, "rerun": "2"}, rerun="2"))
+    # A transient failure of the decision's actions: retried (kopf's backoff) until Synced...
+    queued = {"observedGeneration": 1, "phase": "Queued", "conditions": [synced_false]}
+    assert not handled(_handled_body(1, queued))
+    # ...but a final failure (the run failed) is never retried.
+    assert handled(_handled_body(1, {**queued, "phase": "Failed"}))
 
 
 def test_a_budget_spent_when_argo_failed_the_run_by_itself_is_named() -> None:
@@ -928,7 +938,7 @@ def test_a_scratch_output_run_the_chart_test_makes_is_submitted() -> None:
     b["metadata"]["annotations"] = {"mlops.dev/scratch-output": "true", "other": "x" * 10_000}
     decision = decide(b, [], POLICY, AT)
     assert decision.create and decision.status is not None
-    assert decision.status.reason == "RunSubmitted", decision.status
+    assert [e.reason for e in decision.events] == ["RunSubmitted"], decision.events
 
 
 def _summarized(phase: str, attempt: int, state: str, **kw: Any) -> Attempt:

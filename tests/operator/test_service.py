@@ -12,6 +12,7 @@ import pytest
 from mlops_operator import handlers, kube, service
 from mlops_operator.queueing import QueueView
 from mlops_operator.settings import OperatorSettings
+from mlops_operator.views import view_workflow
 
 SPEC: dict[str, Any] = {
     "trainer": {"kind": "vqvae"},
@@ -73,7 +74,7 @@ def test_the_admission_lock_is_let_go_on_every_way_out(
     monkeypatch.setattr(kube, "get_mlops", lambda ns, name: None if latest == "gone" else changed)
     created: list[Any] = []
     monkeypatch.setattr(service, "_act", lambda body, decision, settings: created.append(1))
-    monkeypatch.setattr(kube, "replace_status", lambda body, status: None)
+    monkeypatch.setattr(kube, "replace_status", lambda body, status: {**body, "status": status})
     assert _sync_in_a_thread(_body("9"), fresh=False, queues=_open_queue) == []
     assert not service.ADMISSIONS.lock.locked()
     assert created == ([] if latest == "gone" else [1])
@@ -112,3 +113,70 @@ def test_a_run_that_stops_waiting_leaves_the_waiting_index() -> None:
     admitted = _body()
     admitted["status"] = {"phase": "Running", "reason": "Running", "queue": "ml/gpu"}
     assert handlers.waiting_by_queue(body=kopf.Body(admitted), uid="uid-1") == {}
+
+
+def test_a_sync_from_a_stale_index_copy_decides_from_its_own_last_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The MLOps watch lags the Workflow watch: a Workflow's ADDED event finds its owner in the
+    index as it was before the status write that followed the Workflow's creation. Deciding
+    from that copy wrote a status the server refused (409) and cost a GET (the operator bench
+    counted 4 status updates and a GET per object); the write's own response is used instead."""
+    service.WRITTEN.forget("uid-1")
+    written: list[dict[str, Any]] = []
+    server = {"rv": 9}
+
+    def replace(body: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+        if body["metadata"]["resourceVersion"] != str(server["rv"]):
+            raise kube.StaleObjectError("409")
+        server["rv"] += 1
+        new = {**body, "status": dict(status)}
+        new["metadata"] = {**body["metadata"], "resourceVersion": str(server["rv"])}
+        written.append(new)
+        return new
+
+    def get(namespace: str, name: str) -> dict[str, Any]:
+        raise AssertionError("a GET: the sync decided from the stale copy")
+
+    monkeypatch.setattr(kube, "replace_status", replace)
+    monkeypatch.setattr(kube, "get_mlops", get)
+    created: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        service, "_act", lambda body, decision, settings: created.extend(decision.create)
+    )
+    stale = _body("9")
+    stale["spec"]["queue"] = None
+    # The reconcile (fresh) creates the run and writes its status: rv 9 -> 10.
+    service.sync(
+        stale, [], OperatorSettings(), fresh=True, handler="reconcile", post=lambda *_: None
+    )
+    assert [w["status"]["submitted"] for w in written] == [True]
+    # A Workflow event with the index still at rv 9: nothing more to write, nothing to read.
+    workflows = [view_workflow(c) for c in created if c["kind"] == "Workflow"]
+    outcome = service.sync(
+        stale, workflows, OperatorSettings(), fresh=False, handler="follow", post=lambda *_: None
+    )
+    assert not outcome.decision.acts and len(written) == 1
+    # Only the exact version that write replaced is swapped: any other is taken as it is.
+    other = _body("11")
+    assert service.WRITTEN.latest(other)["metadata"]["resourceVersion"] == "11"
+
+
+def test_a_handler_that_succeeds_at_once_leaves_kopf_nothing_to_patch() -> None:
+    """kopf stores a handler's progress, then purges it in the same cycle when the handler
+    succeeded: only its marker annotation was left to write, a PATCH per object (the operator
+    bench counted it). While a handler is being retried its progress stays, marker included."""
+    storage = handlers.ProgressStorage(prefix="mlops.dev")
+    body = kopf.Body(_body())
+    patch = kopf.Patch()
+    record: Any = {"started": "2026-11-30T20:00:00", "retries": 0}
+    storage.store(key=kopf.HandlerId("reconcile"), record=record, body=body, patch=patch)
+    assert patch  # progress and marker, while the handler runs
+    storage.purge(key=kopf.HandlerId("reconcile"), body=body, patch=patch)
+    assert not patch, patch
+    retried = kopf.Patch()
+    storage.store(key=kopf.HandlerId("reconcile"), record=record, body=body, patch=retried)
+    assert set(retried["metadata"]["annotations"]) == {
+        "mlops.dev/reconcile",
+        "mlops.dev/kopf-managed",
+    }
