@@ -27,7 +27,16 @@ import pytest
 import yaml
 from h5_arrays import h5_arrays
 from mlops_trainers import distribute, precision, storage
-from test_resume import CASES, CONFIG, EVERY, TOTAL, Trainer, _final_weights, _run_file
+from test_resume import (
+    CASES,
+    CONFIG,
+    EVERY,
+    TOTAL,
+    Trainer,
+    _final_weights,
+    _run_file,
+    train_parent,
+)  # fmt: skip
 
 HELPER = Path(__file__).with_name("data_parallel_step.py")
 REPLICAS = {distribute.CPU_REPLICAS_ENV: "2"}
@@ -136,21 +145,10 @@ def steps(
     tmp_path_factory: pytest.TempPathFactory, make_run_file: Any, subprocess_env: Any
 ) -> dict[str, dict[str, Any]]:
     """Each case's numbers from one helper process (one TensorFlow start for all)."""
-    from mlops_trainers.config import RunConfig
-    from mlops_trainers.runtime import run
 
     tmp = tmp_path_factory.mktemp("data-parallel-steps")
     # The codes the priors train on: a tiny tokenizer run, here, on one device.
-    parent = make_run_file(
-        str(tmp / "parents"),
-        "dp-parent-g1-0123abcd",
-        TOKENIZER.kind,
-        TOKENIZER.config,
-        data=TOKENIZER.data,
-        epochs=1,
-        checkpoint_every=100,
-    )
-    assert run(RunConfig.model_validate(parent)) == 0
+    parent = train_parent(make_run_file, TOKENIZER, str(tmp / "parents"), "dp-parent-g1-0123abcd")
     cases = [
         {
             "run": make_run_file(

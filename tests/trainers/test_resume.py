@@ -56,6 +56,20 @@ class Parent:
     data: str
 
 
+def train_parent(make_run_file: Any, parent: Parent, folder: str, run_id: str) -> dict[str, Any]:
+    """Train ``parent`` (the tiny run whose codes a prior trains on) in this process, one epoch;
+    its run file."""
+    from mlops_trainers.config import RunConfig
+    from mlops_trainers.runtime import run
+
+    config = make_run_file(
+        folder, run_id, parent.kind, parent.config, data=parent.data, epochs=1,
+        checkpoint_every=100,
+    )  # fmt: skip
+    assert run(RunConfig.model_validate(config)) == 0
+    return dict(config)
+
+
 @dataclass(frozen=True)
 class Case:
     """A trainer kind's tiny run: its config (``steps_per_epoch`` = STEPS_PER_EPOCH) and data."""
@@ -231,24 +245,13 @@ def uninterrupted(
     subprocess_env: Any,
 ) -> tuple[Case, dict[str, np.ndarray], str]:
     """A case, and the weights and metrics.csv of its run trained without interruption."""
-    from mlops_trainers.config import RunConfig
-    from mlops_trainers.runtime import run
 
     case = CASES[request.param]
     tmp = tmp_path_factory.mktemp(f"uninterrupted-{case.kind}")
     if case.parent is not None:
         # Trained once, in this process; both runs of the case name it by its URL.
         parent = case.parent
-        config = make_run_file(
-            str(tmp / "parents"),
-            "parent-g1-0123abcd",
-            parent.kind,
-            parent.config,
-            data=parent.data,
-            epochs=1,
-            checkpoint_every=100,
-        )
-        assert run(RunConfig.model_validate(config)) == 0
+        config = train_parent(make_run_file, parent, str(tmp / "parents"), "parent-g1-0123abcd")
         case = replace(case, config={**case.config, parent.field: config["output"]})
     path = _run_file(tmp, make_run_file, case, str(tmp / "runs"), "straight-g1-0123abcd")
     trainer = Trainer(path, tmp, subprocess_env(), "straight")
