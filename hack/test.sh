@@ -42,7 +42,8 @@ session() {
   (
     set -o pipefail
     # Wide lines: the short test summary keeps its reasons whole.
-    COLUMNS=200 "${BIN}/python" -m pytest -m "${marks}" --basetemp "${logs}/tmp-${name}" "$@" 2>&1 |
+    # The session's cluster leaves its components' logs beside the session's log (down.sh).
+    COLUMNS=200 MLOPS_CLUSTER_KEEP_LOGS="${logs}/cluster-${name}" "${BIN}/python" -m pytest -m "${marks}" --basetemp "${logs}/tmp-${name}" "$@" 2>&1 |
       tee "${logs}/${name}.log" | prefix "${name}"
   ) &
   set +m

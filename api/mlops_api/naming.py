@@ -36,6 +36,9 @@ ANNOTATION_RERUN = f"{GROUP}/rerun"
 # On a Workflow the operator stopped: how many of its trainer attempts had ended by then. One
 # that ends later with a bare SIGTERM exit is the stop's own, never a preemption (views.py).
 ANNOTATION_ENDED_BEFORE_STOP = f"{GROUP}/attempts-ended-before-stop"
+# On a Workflow whose ended pod Argo had not recorded: when the operator touched it so that Argo
+# reconciles it again (service.nudge_argo).
+ANNOTATION_NUDGED_AT = f"{GROUP}/nudged-at"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mlops-operator"
 

@@ -2,7 +2,9 @@
 # Stops the local test cluster started by up.sh: every process by its recorded PID (never by
 # name: other clusters and other people's processes run on the same machine), waits for them
 # to exit (SIGTERM, then SIGKILL after a deadline), and removes $MLOPS_CLUSTER_DIR.
-# Safe to run when nothing is up.
+# With MLOPS_CLUSTER_KEEP_LOGS=DIR its components' logs are copied to DIR first (hack/test.sh
+# keeps them beside the session's log: a flaky e2e failure is then explained by what Argo and
+# kwok did, not guessed at). Safe to run when nothing is up.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -79,6 +81,10 @@ main() {
   stop kube-apiserver || failed=1
   stop etcd || failed=1
   ((failed == 0)) || die "some processes did not stop; leaving ${STATE} in place (pids/ names them)"
+  if [[ -n "${MLOPS_CLUSTER_KEEP_LOGS:-}" && -d "${STATE}/logs" ]]; then
+    mkdir -p "${MLOPS_CLUSTER_KEEP_LOGS}" && cp -r "${STATE}/logs/." "${MLOPS_CLUSTER_KEEP_LOGS}/" &&
+      log "its logs kept in ${MLOPS_CLUSTER_KEEP_LOGS}"
+  fi
   rm -rf "${STATE}"
   log "cluster down (${STATE} removed)"
 }

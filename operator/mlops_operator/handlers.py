@@ -273,6 +273,7 @@ def resync(
             queues=_queues(workflows_by_queue, waiting_by_queue),
             workloads=_in(workloads_by_namespace, body),
         )
+        service.nudge_argo(body, _owned(workflows_by_owner, uid), post=_post)
     except kube.ApiError as exc:
         log.warning("resync of %s failed (retried at the next one): %s", body.metadata.name, exc)
 

@@ -19,6 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from mlops_api.naming import (
     ANNOTATION_ENDED_BEFORE_STOP,
+    ANNOTATION_NUDGED_AT,
     LABEL_MANAGED_BY,
     LABEL_OWNER_UID,
     LABEL_RUN_ID,
@@ -28,6 +29,7 @@ from mlops_api.spec import GROUP, PLURAL, VERSION
 from urllib3.exceptions import HTTPError
 
 from mlops_operator import metrics
+from mlops_operator.views import PodState
 
 ARGO_GROUP, ARGO_VERSION, WORKFLOWS = "argoproj.io", "v1alpha1", "workflows"
 T = TypeVar("T")
@@ -254,26 +256,36 @@ def get_child(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def stop_workflow(namespace: str, name: str, mode: str = "Stop", ended: int = 0) -> None:
-    """Ask Argo to stop a Workflow: its pods get SIGTERM, so the trainer checkpoints first.
-    ``ended``: its attempts that had ended before the stop (recorded on it, for the budgets)."""
+def _patch_workflow(what: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    """A merge patch of a Workflow; one already gone is no error."""
     try:
         call(
-            f"stop Workflow {name}",
+            f"{what} Workflow {name}",
             _custom().patch_namespaced_custom_object,
             ARGO_GROUP,
             ARGO_VERSION,
             namespace,
             WORKFLOWS,
             name,
-            {
-                "metadata": {"annotations": {ANNOTATION_ENDED_BEFORE_STOP: str(ended)}},
-                "spec": {"shutdown": mode},
-            },
+            patch,
         )
     except ApiError as exc:
         if exc.status != 404:
             raise
+
+
+def stop_workflow(namespace: str, name: str, mode: str = "Stop", ended: int = 0) -> None:
+    """Ask Argo to stop a Workflow: its pods get SIGTERM, so the trainer checkpoints first.
+    ``ended``: its attempts that had ended before the stop (recorded on it, for the budgets)."""
+    _patch_workflow(
+        "stop",
+        namespace,
+        name,
+        {
+            "metadata": {"annotations": {ANNOTATION_ENDED_BEFORE_STOP: str(ended)}},
+            "spec": {"shutdown": mode},
+        },
+    )
 
 
 def live_pods(namespace: str, owner_uid: str, *, run: str | None = None) -> list[str]:
@@ -290,6 +302,37 @@ def live_pods(namespace: str, owner_uid: str, *, run: str | None = None) -> list
         str(p.metadata.name if p.metadata else "")
         for p in pods.items
         if (p.status.phase if p.status else None) not in ("Succeeded", "Failed")
+    )
+
+
+def workflow_pods(namespace: str, workflow: str) -> dict[str, PodState]:
+    """The pods of one Workflow by name: their phase and, once ended, when their last
+    container ended."""
+    pods = call(
+        f"list pods of Workflow {workflow}",
+        _core().list_namespaced_pod,
+        namespace,
+        label_selector=f"workflows.argoproj.io/workflow={workflow}",
+    )
+    states: dict[str, PodState] = {}
+    for pod in pods.items:
+        ended = [
+            c.state.terminated.finished_at
+            for c in (pod.status.container_statuses or [] if pod.status else [])
+            if c.state and c.state.terminated and c.state.terminated.finished_at
+        ]
+        states[str(pod.metadata.name if pod.metadata else "")] = PodState(
+            phase=str(pod.status.phase if pod.status else ""),
+            ended_at=max(ended).isoformat() if ended else None,
+        )
+    return states
+
+
+def nudge_workflow(namespace: str, name: str, at: str) -> None:
+    """Touch a Workflow (an annotation) so that Argo reconciles it now: Argo reacts to any
+    change of the Workflow object."""
+    _patch_workflow(
+        "annotate", namespace, name, {"metadata": {"annotations": {ANNOTATION_NUDGED_AT: at}}}
     )
 
 

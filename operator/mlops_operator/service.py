@@ -31,7 +31,13 @@ from mlops_operator.reconcile import (
     status_json,
 )
 from mlops_operator.settings import OperatorSettings
-from mlops_operator.views import WorkflowView, WorkloadView, view_workflow, with_workloads
+from mlops_operator.views import (
+    WorkflowView,
+    WorkloadView,
+    argo_behind,
+    view_workflow,
+    with_workloads,
+)
 
 log = logging.getLogger("mlops_operator")
 
@@ -41,6 +47,9 @@ _ready_namespaces: set[str] = set()
 _namespaces_guard = threading.Lock()
 
 EventSink = Callable[[Mapping[str, Any], Event], None]
+# How long after a trainer pod ended Argo may still show it running before the operator touches
+# its Workflow: Argo looks at a pod event 10 s after it (its requeue delay), so six times that.
+ARGO_BEHIND_S = 60.0
 # (the object, its queue's name) -> the queue as that object sees it, given the Workflows just
 # admitted (see Admissions) that the indexes may not show yet.
 QueueLookup = Callable[[Mapping[str, Any], str, Mapping[str, Mapping[str, int]]], QueueView]
@@ -379,3 +388,32 @@ def _report(
     if previous is None or previous.reason != reason or previous.status != "False":
         post(body, Event("Warning", reason, message[:1000]))
     return Outcome(decision, error)
+
+
+def nudge_argo(
+    body: Mapping[str, Any], workflows: Iterable[WorkflowView], *, post: EventSink
+) -> int:
+    """Touch each of ``workflows`` (one object's, from the index) that still shows a trainer
+    pod running which ended :data:`ARGO_BEHIND_S` ago or more (:func:`views.argo_behind`), so
+    that Argo reconciles it now rather than at its 20-min resync; an Event ``ArgoNudged`` says
+    so. One list of pods per Workflow that Argo shows running; called by the periodic resync.
+    Returns how many were touched."""
+    touched = 0
+    at = now()
+    for view in workflows:
+        if view.finished or not any(a.phase in ("Pending", "Running") for a in view.attempts):
+            continue
+        behind = argo_behind(view, kube.workflow_pods(view.namespace, view.name), at, ARGO_BEHIND_S)
+        if behind is None:
+            continue
+        attempt, what = behind
+        kube.nudge_workflow(view.namespace, view.name, at.isoformat())
+        touched += 1
+        message = (
+            f"Argo still showed pod {attempt.pod} {attempt.phase.lower()}, which {what}"
+            f" {ARGO_BEHIND_S:.0f} s or more ago (an update Argo missed, e.g. during an API"
+            f" server restart): asked Argo to reconcile Workflow {view.name}"
+        )
+        log.info("%s: %s", body["metadata"]["name"], message)
+        post(body, Event("Normal", "ArgoNudged", message))
+    return touched

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Literal
 
 from mlops_api.naming import (
@@ -233,6 +234,53 @@ def view_workflow(body: Mapping[str, Any]) -> WorkflowView:
         gpus=int(gpus) if gpus.isdigit() else 0,
         ended_before_stop=int(ended) if ended.isdigit() else None,
     )
+
+
+# === Argo behind its pods ===
+
+
+@dataclass(frozen=True)
+class PodState:
+    """What the API server says of one trainer pod: its phase and, once ended, when."""
+
+    phase: str
+    ended_at: str | None = None  # its last container's finishedAt (RFC 3339)
+
+
+def argo_behind(
+    view: WorkflowView, pods: Mapping[str, PodState], now: datetime, after_s: float
+) -> tuple[Attempt, str] | None:
+    """An attempt Argo still shows running although its pod ended (or vanished) ``after_s`` ago
+    or more, with what happened to the pod ("ended (Succeeded)", "vanished"); None when Argo
+    is up to date.
+
+    Argo reconciles a Workflow when one of its pods or the Workflow itself changes, and every
+    20 min besides; a write of that reconcile that fails (the API server restarting) is not
+    retried (Argo 3.7 and 4.0). A pod that ended just before an API server outage then stays
+    "running" in the Workflow, holding its queue's units, for up to 20 min. ``pods``: the
+    Workflow's pods by name (absent: gone).
+    """
+    if view.finished:
+        return None
+    for attempt in view.attempts:
+        if attempt.phase not in ("Pending", "Running") or not attempt.pod:
+            continue
+        pod = pods.get(attempt.pod)
+        if pod is None:
+            # Gone while Argo shows it Running: Argo missed the deletion. (Pending is not
+            # enough: Argo records the node before it creates the pod.)
+            since, what = (attempt.started_at if attempt.phase == "Running" else None), "vanished"
+        elif pod.phase in ("Succeeded", "Failed"):
+            since, what = pod.ended_at, f"ended ({pod.phase})"
+        else:
+            continue
+        if since is not None and (now - _parse_time(since)).total_seconds() >= after_s:
+            return attempt, what
+    return None
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # === Kueue (spec.queue in kueue mode) ===

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -295,6 +296,47 @@ class Env:
     def phase_is(self, name: str, *phases: str) -> dict[str, Any] | None:
         status = self.status(name)
         return status if status.get("phase") in phases else None
+
+    def describe(self, name: str) -> str:
+        """What the object ``name``, its Workflows and their pods show now, one line each: a
+        timed-out wait says which of operator, Argo and the (fake) kubelet stopped moving."""
+        lines = []
+        try:
+            status = self.status(name)
+            lines.append(f"MLOps {name}: {status.get('phase')!r} {status.get('message', '')!r}")
+            for wf in self.workflows(name):
+                st = wf.get("status") or {}
+                nodes = ", ".join(
+                    f"{n.get('displayName')}={n.get('phase')} {n.get('message', '')!r}"
+                    for n in (st.get("nodes") or {}).values()
+                )
+                lines.append(
+                    f"  Workflow {wf['metadata']['name']}: {st.get('phase')!r}"
+                    f" {st.get('message', '')!r}; nodes: {nodes}"
+                )
+            for pod in self.pods(name):
+                states = ", ".join(
+                    f"{c.name}={next(k for k, v in c.state.to_dict().items() if v)}"
+                    for c in (pod.status.container_statuses or [])
+                    if c.state
+                )
+                lines.append(
+                    f"  Pod {pod.metadata.name}: {pod.status.phase}"
+                    f" deletionTimestamp={pod.metadata.deletion_timestamp}"
+                    f" resourceVersion={pod.metadata.resource_version}; {states}"
+                )
+        except ApiException as exc:
+            lines.append(f"({name}: API error {exc.status} while describing it)")
+        return "\n".join(lines)
+
+    @contextmanager
+    def explained(self, *names: str) -> Iterator[None]:
+        """A wait that times out in here says, besides what it waited for, what ``names``
+        show (``describe``)."""
+        try:
+            yield
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n" + "\n".join(self.describe(n) for n in names)) from None
 
     def events(self, name: str) -> set[str]:
         """Reasons of the Kubernetes Events about the MLOps object ``name``."""

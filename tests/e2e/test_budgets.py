@@ -115,7 +115,9 @@ def test_each_budget_holds_in_any_interleaving(env: Env, start_operator: Operato
                 if step is not None:
                     _act(env, pod, step)
         time.sleep(0.5)
-    assert not pending, f"never finished: {sorted(pending)}"
+    assert not pending, f"never finished: {sorted(pending)}\n" + "\n".join(
+        env.describe(n) for n in sorted(pending)
+    )
     # Longer than Argo's retry backoff: a retry the operator failed to prevent would show now.
     time.sleep(40)
     for seq in SEQUENCES:

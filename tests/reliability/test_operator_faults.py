@@ -3,7 +3,9 @@
 * The operator SIGKILLed at random points while 50 manifests are being reconciled, several
   times, then restarted: exactly one ConfigMap and one Workflow per run, none orphaned, every
   status right in the end.
-* The API server restarted while the operator runs: the operator reconnects and catches up.
+* The API server restarted while the operator runs, at the worst moment: a trainer pod has just
+  ended and Argo has not written that down yet. The operator reconnects, and gets Argo to
+  record the end (Argo itself would look again only 20 min later).
 * 200 MLOps objects applied at once: all reconciled, none lost, no cross-talk; the operator's
   peak RSS is printed (and bounded).
 """
@@ -166,19 +168,47 @@ def test_api_server_restart_operator_catches_up(
     operator.start()
     try:
         env.apply(env.manifest("before"))
-        wait_for("before submitted", lambda: env.phase_is("before", *SUBMITTED), timeout=120)
+        # Argo looks at a pod event 10 s later (its requeue delay): in that window, its write of
+        # the ended attempt fails on the stopped API server, and Argo (3.7 and 4.0 alike) does
+        # not retry the write; nothing else changes, so it would look again only at its 20-min
+        # resync. The operator's resync sees the pod ended while Argo shows it running, and
+        # touches the Workflow so that Argo reconciles it (ArgoNudged). Restarting at any other
+        # moment tests less: a pod that ends during the outage is reported after it.
+        wait_for(
+            "before's pod ended while Argo still shows it running",
+            lambda: _ended_not_recorded(env, "before"),
+            timeout=120,
+            every=0.1,
+        )
         _restart(cluster, "kube-apiserver")
         wait_for("the API server back", lambda: _ready(env), timeout=180)
         # Applied after the restart: only an operator whose watch reconnected sees it.
         env.apply(env.manifest("after"))
-        wait_for("after Succeeded", lambda: env.phase_is("after", "Succeeded"), timeout=240)
-        wait_for("before Succeeded", lambda: env.phase_is("before", "Succeeded"), timeout=240)
+        with env.explained("before", "after"):
+            wait_for("after Succeeded", lambda: env.phase_is("after", "Succeeded"), timeout=240)
+            wait_for("before Succeeded", lambda: env.phase_is("before", "Succeeded"), timeout=240)
         assert operator.healthy()
+        assert "ArgoNudged" in env.events("before")
         _check_exactly_one_child_each(env, ["before", "after"])
         env.delete_all()
     finally:
         operator.stop()
     faults.record("API server restart under a running operator", tried=1, survived=1)
+
+
+def _ended_not_recorded(env: Env, name: str) -> bool:
+    """A trainer pod of ``name`` has ended, and its Workflow's node for it is still running."""
+    nodes = {
+        node_id: node.get("phase")
+        for wf in env.workflows(name)
+        for node_id, node in ((wf.get("status") or {}).get("nodes") or {}).items()
+    }
+    return any(
+        pod.status.phase in ("Succeeded", "Failed")
+        and nodes.get((pod.metadata.annotations or {}).get("workflows.argoproj.io/node-id"))
+        in ("Pending", "Running")
+        for pod in env.pods(name)
+    )
 
 
 def _ready(env: Env) -> bool:
