@@ -8,6 +8,7 @@ kubeconfig (the admin's, or a ServiceAccount token's to prove the chart's RBAC i
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -63,10 +64,22 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}"[:2000])
 
 
+# Below Linux's ephemeral range (32768-60999), where any outgoing connection may take a port
+# between the moment it was found free and the moment the operator binds it (a CI run lost an
+# operator so: "address already in use" on 58431), and apart from the clusters' ports (2xxxx).
+_PORTS = range(10000, 20000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now; ``Operator.start`` picks again if it is taken by then."""
+    for port in random.sample(_PORTS, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 class Operator:
@@ -92,6 +105,22 @@ class Operator:
         self.metrics_port = free_port()
 
     def start(self) -> None:
+        """Start it and wait for its liveness. A port taken between ``free_port`` and the
+        operator's bind (another test session's process) is no failure: new ports, again."""
+        for attempt in range(3):
+            start = self.log.stat().st_size if self.log.exists() else 0
+            self._spawn()
+            try:
+                wait_for("operator liveness", self.healthy, timeout=60)
+                return
+            except AssertionError:
+                exited = self.proc is not None and self.proc.poll() is not None
+                text = self.log.read_bytes()[start:].decode(errors="replace").lower()
+                if attempt == 2 or not exited or "address already in use" not in text:
+                    raise
+                self.health_port, self.metrics_port = free_port(), free_port()
+
+    def _spawn(self) -> None:
         env = {
             **os.environ,
             **self.env,
@@ -117,7 +146,6 @@ class Operator:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_for("operator liveness", self.healthy, timeout=60)
 
     @classmethod
     def from_deployment(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -217,3 +218,21 @@ def test_kueue_mode_on_a_cluster_without_kueue_stops_the_operator_with_the_reaso
         assert "install Kueue v0.17 or later" in log, log
     finally:
         op.stop()
+
+
+def test_a_port_taken_before_the_operator_binds_it_is_picked_again(
+    cluster: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The harness, not the operator: a CI run lost a test to "address already in use" on the
+    operator's liveness port, which an outgoing connection had taken after ``free_port``."""
+    log = tmp_path_factory.mktemp("ports") / "operator.log"
+    op = Operator(cluster.kubeconfig, log, args=["--standalone", "--namespace=no-such-ns"])
+    taken = op.health_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        try:
+            op.start()
+            assert op.health_port != taken and op.healthy()
+            assert "address already in use" in log.read_text().lower()
+        finally:
+            op.stop()
