@@ -65,14 +65,17 @@ def wait_for(
 
 
 # Below Linux's ephemeral range (32768-60999), where any outgoing connection may take a port
-# between the moment it was found free and the moment the operator binds it (a CI run lost an
-# operator so: "address already in use" on 58431), and apart from the clusters' ports (2xxxx).
+# between the moment it was found free and the moment the operator binds it, and apart from the
+# clusters' ports (2xxxx).
 _PORTS = range(10000, 20000)
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 now; ``Operator.start`` picks again if it is taken by then."""
+def free_port(*, besides: Sequence[int] = ()) -> int:
+    """A port free on 127.0.0.1 now and not one of ``besides``; ``Operator.start`` picks again
+    if it is taken by then."""
     for port in random.sample(_PORTS, 50):
+        if port in besides:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -80,6 +83,15 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {_PORTS}")
+
+
+def _two_ports() -> tuple[int, int]:
+    """The operator's liveness and metrics ports: two different ones. (Two calls of a "bind to
+    port 0" once gave the same port twice: the metrics server took it, kopf's liveness server
+    failed to bind it and the operator stopped, while the harness's liveness probe got the
+    metrics server's 200.)"""
+    health = free_port()
+    return health, free_port(besides=[health])
 
 
 class Operator:
@@ -101,8 +113,7 @@ class Operator:
         self.args = list(args)
         self.env = {**E2E_OPERATOR_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.health_port = free_port()
-        self.metrics_port = free_port()
+        self.health_port, self.metrics_port = _two_ports()
 
     def start(self) -> None:
         """Start it and wait for its liveness. A port taken between ``free_port`` and the
@@ -118,7 +129,7 @@ class Operator:
                 text = self.log.read_bytes()[start:].decode(errors="replace").lower()
                 if attempt == 2 or not exited or "address already in use" not in text:
                     raise
-                self.health_port, self.metrics_port = free_port(), free_port()
+                self.health_port, self.metrics_port = _two_ports()
 
     def _spawn(self) -> None:
         env = {
