@@ -40,6 +40,9 @@ ROWS_JS = """() => [...document.querySelectorAll('.workflows-list__row-container
     };
 })"""
 
+NAMES_SHOWN_JS = """() => [...document.querySelectorAll('.workflows-list__row-container')]
+    .every(row => (row.querySelector('.wf-rows-name')?.innerText || '').trim() !== '')"""
+
 # Graph nodes: display name -> phase.
 NODES_JS = """() => Object.fromEntries([...document.querySelectorAll('svg g > title')].map(t => {
     const m = t.textContent.match(/^\\S+ \\((.*)\\)$/);
@@ -65,6 +68,9 @@ class ArgoUI:
         query = f"?label={urllib.parse.quote(label)}" if label else ""
         page.goto(f"{self.url}/workflows/{namespace}{query}")
         page.locator(".workflows-list__row-container").first.wait_for()
+        # And every row's name cell filled in: the list can show its rows a moment before (a CI
+        # run read the right rows with empty titles). Argo shows the name when there is no title.
+        page.wait_for_function(NAMES_SHOWN_JS, timeout=30_000)
 
     def rows(self, page: Page) -> list[Row]:
         rows = []

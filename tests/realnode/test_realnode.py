@@ -871,12 +871,22 @@ def test_argo_ui_label_filter_finds_every_run_of_one_object(
     assert others <= everything, (others, everything)
     # ... the label filter keeps exactly this object's runs: the first and the rerun.
     argo_ui.open_list(page, run.namespace, label=f"mlops.dev/name={run.name}")
-    wait_for(
-        "the filtered list",
-        lambda: {r.workflow for r in argo_ui.rows(page)} == {rerun.first, rerun.second},
-        timeout=30,
+    # Rows, titles and Run column all at once: the list may show its rows a moment before their
+    # name cells (a CI run read the right rows with empty titles).
+    want = (
+        {rerun.first, rerun.second},
+        {f"vqvae · {run.name}"},
+        {trained.status["runId"], rerun.second_run_id},
     )
-    rows = argo_ui.rows(page)
-    assert {r.title for r in rows} == {f"vqvae · {run.name}"}
-    assert {r.run for r in rows} == {trained.status["runId"], rerun.second_run_id}
+    seen: list[object] = []
+
+    def shown() -> bool:
+        rows = argo_ui.rows(page)
+        seen[:] = [({r.workflow for r in rows}, {r.title for r in rows}, {r.run for r in rows})]
+        return seen[0] == want
+
+    try:
+        wait_for("the filtered list", shown, timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; wanted {want}, the list showed {seen}") from None
     argo_ui.shot(page, "workflow-list-label-filter")
