@@ -97,12 +97,20 @@ class MaskedConv2D(keras.layers.Conv2D):  # type: ignore[misc,unused-ignore]
         # input padded by (ch - r0) above and (r1 - ch) below (negative: rows it never reads are
         # cut), likewise for columns.
         top, bottom, left, right = ch - r0, r1 - ch, cw - c0, c1 - cw
+        if bottom < 0 or right < 0:
+            # ops.slice, not x[...]: TF's gradient of a Slice is one Pad, that of a StridedSlice
+            # a generic StridedSliceGrad, which was the costliest op of the PixelCNN's training
+            # step after the convolutions (bench/profile_train.py --kinds pixelcnn).
+            batch, height, width, channels = ops.shape(inputs)
+            inputs = ops.slice(
+                inputs,
+                [0, 0, 0, 0],
+                [batch, height + min(bottom, 0), width + min(right, 0), channels],
+            )
         x = ops.pad(
             inputs,
             [[0, 0], [max(top, 0), max(bottom, 0)], [max(left, 0), max(right, 0)], [0, 0]],
         )
-        height, width = ops.shape(x)[1], ops.shape(x)[2]
-        x = x[:, : height + min(bottom, 0), : width + min(right, 0), :]
         return ops.conv(x, cropped, strides=1, padding="valid", data_format="channels_last")
 
     @property
