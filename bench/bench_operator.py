@@ -725,8 +725,23 @@ def _slope_ms(by_n: dict[int, dict[str, Any]], key: str) -> tuple[float, int, in
     return 1000 * slope, lo, hi
 
 
-def rows_of(by_n: dict[int, dict[str, Any]], argo_paused: bool, queue: str | None) -> list[Row]:
+def imports_rss_mib() -> float:
+    """Peak RSS of a fresh interpreter that only imports the operator (kopf, the Kubernetes
+    client, hera and our packages): what the operator holds before it watches anything."""
+    code = (
+        "import mlops_operator.handlers, pathlib\n"
+        "print(next(l.split()[1] for l in pathlib.Path('/proc/self/status').read_text()"
+        ".splitlines() if l.startswith('VmHWM:')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def rows_of(
+    by_n: dict[int, dict[str, Any]], argo_paused: bool, queue: str | None, imports_mib: float
+) -> list[Row]:
     slope, lo, hi = _slope_ms(by_n, "ours")
+    rss_slope, _, _ = _slope(by_n, "ours", "peak_rss_mib")
     floor_slope, _, _ = _slope_ms(by_n, "floor")
     marginal, _, _ = _slope(by_n, "ours", "requests")
     floor_marginal, _, _ = _slope(by_n, "floor", "requests")
@@ -759,7 +774,10 @@ def rows_of(by_n: dict[int, dict[str, Any]], argo_paused: bool, queue: str | Non
                 "s",
                 f"concurrent plain client, same writes ({FLOOR_WORKERS} threads, one client)",
                 f"{requests}; peak RSS {rss:.0f} MiB (target < 150: "
-                f"{'met' if rss < 150 else 'NOT met'}); apply→Workflow p50/p99 "
+                f"{'met' if rss < 150 else 'NOT met'}; the operator's imports alone "
+                f"{imports_mib:.0f} MiB"
+                + (f", then {1024 * rss_slope:.0f} KiB per extra object" if lo != hi else "")
+                + "); apply→Workflow p50/p99 "
                 f"{ours['latency_p50_s']:.2f}/{ours['latency_p99_s']:.2f} s (floor "
                 f"{floor['latency_p50_s']:.2f}/{floor['latency_p99_s']:.2f} s); {cpu}"
                 + ("" if argo_paused else "; Argo ran (a shared cluster): not paused")
@@ -811,7 +829,8 @@ def main() -> int:
                     f" s, peak RSS {r['ours']['peak_rss_mib']:.0f} MiB",
                     flush=True,
                 )
-        rows = rows_of(by_n, paused, args.queue)
+        imports_mib = imports_rss_mib()
+        rows = rows_of(by_n, paused, args.queue, imports_mib)
         slope, lo, hi = _slope_ms(by_n, "ours")
         write_rows(
             "operator",
@@ -823,6 +842,7 @@ def main() -> int:
                     "floor": _slope_ms(by_n, "floor")[0],
                     "between": [lo, hi],
                 },
+                "imports_rss_mib": imports_mib,
                 "floor_workers": FLOOR_WORKERS,
                 "appliers": APPLIERS,
                 "argo_paused": paused,

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Before TensorFlow is imported by a benchmark: its C++ INFO/WARNING lines would drown the figures.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,6 +82,59 @@ TARGETS = (
 )  # fmt: skip
 
 
+# An op type "does the multiply-adds" when it is a convolution or a matmul (an elementwise Mul
+# counts FLOPs too, but its time is memory traffic) carrying this share of the step's FLOPs.
+MULTIPLY_ADD_SHARE = 0.01
+MULTIPLY_ADD_OPS = re.compile(r".*(Conv|MatMul)")
+
+
+def profile_cause(profile: Mapping[str, Any], others: int = 3) -> str:
+    """Where a profiled step (``profile_train.py``) loses against the keras.io port, and the
+    bound that sets: the ratio ours would reach if every op that does no multiply-adds cost what
+    the reference's do, the convolutions (and matmuls) then deciding it alone."""
+    ours, ref = profile["ours"], profile["reference"]
+    flops = {**ref["gflop_by_op"], **ours["gflop_by_op"]}
+    total = sum(ours["gflop_by_op"].values())
+    heavy = sorted(
+        (
+            op
+            for op, g in flops.items()
+            if MULTIPLY_ADD_OPS.match(op) and g >= MULTIPLY_ADD_SHARE * total
+        ),
+        key=lambda op: -ours["ms_by_op"].get(op, 0.0),
+    )
+
+    def ms(side: Mapping[str, Any], ops: Iterable[str]) -> float:
+        return sum(side["ms_by_op"].get(op, 0.0) for op in ops)
+
+    t_ours, t_ref = float(ours["ms_per_step"]), float(ref["ms_per_step"])
+    heavy_ours, heavy_ref = ms(ours, heavy), ms(ref, heavy)
+    rest_ours, rest_ref = t_ours - heavy_ours, t_ref - heavy_ref
+    extra = sorted(
+        (
+            (ours["ms_by_op"].get(op, 0.0) - ref["ms_by_op"].get(op, 0.0), op)
+            for op in set(ours["ms_by_op"]) - set(heavy)
+        ),
+        reverse=True,
+    )[:others]
+
+    def rate(side: Mapping[str, Any], op: str) -> float:
+        return float(side["gflop_by_op"].get(op, 0.0)) / max(side["ms_by_op"].get(op, 0.0), 1e-9)
+
+    slowest = max(heavy, key=lambda op: ms(ours, [op]) - ms(ref, [op]))
+    return (
+        f"profiled ({t_ours:.1f} vs {t_ref:.1f} ms/step): the multiply-add ops "
+        f"({', '.join(heavy)}) take {heavy_ours:.1f} vs {heavy_ref:.1f} ms "
+        f"({heavy_ref / heavy_ours:.2f}x keras.io's speed; the furthest behind, {slowest}, "
+        f"at {rate(ours, slowest) * 1000:.0f} vs {rate(ref, slowest) * 1000:.0f} GFLOP/s), "
+        f"all other ops {rest_ours:.1f} vs "
+        f"{rest_ref:.1f} ms, most in "
+        + ", ".join(f"{op} ({d:+.1f} ms)" for d, op in extra)
+        + f"; with keras.io's cost for the other ops ours would reach "
+        f"{t_ref / (heavy_ours + rest_ref):.2f}, the bound its convolutions set"
+    )
+
+
 def target_of(benchmark: str) -> Target | None:
     """The first target whose pattern matches the start of the row's name (the most specific
     come first)."""
@@ -109,8 +163,8 @@ def write_rows(name: str, rows: list[Row], extra: dict[str, object] | None = Non
         "name": name,
         "machine": machine(),
         # When and from which commit: the README's table says where each figure comes from.
-        "measured": time.strftime("%Y-%m-%d", time.gmtime()),
-        "commit": _commit(),
+        "measured": today(),
+        "commit": commit(),
         "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
         **(extra or {}),
     }
@@ -119,7 +173,11 @@ def write_rows(name: str, rows: list[Row], extra: dict[str, object] | None = Non
     return path
 
 
-def _commit() -> str:
+def today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def commit() -> str:
     """HEAD's short hash, ``+changes`` when code outside ``bench/results`` differs from it (the
     figures then come from uncommitted code, and say so)."""
 

@@ -12,7 +12,8 @@ our shapes against one of theirs, and the time spent in ops that do no multiply-
     python bench/profile_train.py [--kinds vqvae tokenizer] [--steps 30]
 
 Writes ``bench/results/profile_<kind>.json`` and ``profile_<kind>.md`` (the table it prints): a
-diagnosis, no row of ``results.json`` comes from it.
+diagnosis. No row of ``results.json`` comes from it, but ``run_all.py`` adds its conclusion
+(``common.profile_cause``) to the notes of the kind's keras.io row when that row misses its target.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_train import KINDS, Kind, _dataset, _x_y, _xy, match
-from common import RESULTS, machine
+from common import RESULTS, commit, machine, profile_cause, today
 
 # oneDNN's rewrites of the graph's ops, as the trace names them -> the graph op whose FLOPs
 # they do (a fused convolution also adds its bias and activation; a filter gradient "WithBias"
@@ -135,18 +136,20 @@ def table(result: dict[str, Any], top: int = 14) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=["vqvae", "tokenizer"])
+    parser.add_argument(
+        "--kinds", nargs="+", choices=sorted(KINDS), default=["pixelcnn", "tokenizer", "vqvae"]
+    )
     parser.add_argument("--steps", type=int, default=30, help="profiled steps per side")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-profile-runs-"))
     for name in args.kinds:
         result = profile(KINDS[name], args.warmup, args.steps, root)
-        result["machine"] = machine()
+        result.update(machine=machine(), measured=today(), commit=commit())
         (RESULTS / f"profile_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         text = table(result)
         (RESULTS / f"profile_{name}.md").write_text(f"{text}\n\n{result['machine']}\n")
-        print(text, flush=True)
+        print(f"{text}\ncause: {profile_cause(result)}", flush=True)
 
 
 if __name__ == "__main__":

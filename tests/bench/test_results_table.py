@@ -48,3 +48,24 @@ def test_targets_judge_both_directions_and_rows_unlike_theirs_are_not_judged() -
     examples = {t.pattern: t.pattern.replace("\\w+", "kind").replace("\\", "") for t in TARGETS}
     for t in TARGETS:
         assert target_of(examples[t.pattern]) is t, t.pattern
+
+
+def test_profile_cause_splits_the_step_into_convolutions_and_the_rest_and_bounds_the_ratio() -> (
+    None
+):
+    """Ours 10 ms of convolutions + 6 ms elsewhere, keras.io 8 + 2: the convolutions alone allow
+    (8 + 2) / (10 + 2) = 0.83 of keras.io's speed. A Mul with FLOPs is not a convolution."""
+    from common import profile_cause
+
+    def side(conv: float, filt: float, mul: float, tile: float) -> dict[str, object]:
+        return {
+            "ms_per_step": conv + filt + mul + tile,
+            "ms_by_op": {"Conv2D": conv, "Conv2DBackpropFilter": filt, "Mul": mul, "Tile": tile},
+            "gflop_by_op": {"Conv2D": 1.0, "Conv2DBackpropFilter": 1.0, "Mul": 0.1},
+        }
+
+    text = profile_cause({"ours": side(4, 6, 5, 1), "reference": side(4, 4, 2, 0)})
+    assert "(Conv2DBackpropFilter, Conv2D) take 10.0 vs 8.0 ms (0.80x" in text
+    assert "Conv2DBackpropFilter, at 167 vs 250 GFLOP/s" in text
+    assert "all other ops 6.0 vs 2.0 ms, most in Mul (+3.0 ms), Tile (+1.0 ms)" in text
+    assert text.endswith("ours would reach 0.83, the bound its convolutions set")
