@@ -89,8 +89,12 @@ class MaskedConv2D(keras.layers.Conv2D):  # type: ignore[misc,unused-ignore]
         if r1 < r0:  # no tap at all (a 1-wide type-A kernel): only the bias remains
             shape = ops.shape(inputs)
             return ops.zeros((shape[0], shape[1], shape[2], self.filters), dtype=kernel.dtype)
+        # ops.slice, not x[...], here and below: TF's gradient of a Slice is one Pad, that of a
+        # StridedSlice a generic StridedSliceGrad, which was the costliest op of the PixelCNN's
+        # training step after the convolutions (bench/profile_train.py --kinds pixelcnn).
         mask = ops.cast(self._mask[r0 : r1 + 1, c0 : c1 + 1], kernel.dtype)
-        cropped = kernel[r0 : r1 + 1, c0 : c1 + 1] * mask
+        *_, ins, outs = kernel.shape
+        cropped = ops.slice(kernel, [r0, c0, 0, 0], [r1 - r0 + 1, c1 - c0 + 1, ins, outs]) * mask
         kh, kw = self.kernel_size
         ch, cw = kh // 2, kw // 2
         # output(y, x) = sum in(y + a - ch, x + b - cw) K[a, b]: a "valid" convolution over the
@@ -98,9 +102,6 @@ class MaskedConv2D(keras.layers.Conv2D):  # type: ignore[misc,unused-ignore]
         # cut), likewise for columns.
         top, bottom, left, right = ch - r0, r1 - ch, cw - c0, c1 - cw
         if bottom < 0 or right < 0:
-            # ops.slice, not x[...]: TF's gradient of a Slice is one Pad, that of a StridedSlice
-            # a generic StridedSliceGrad, which was the costliest op of the PixelCNN's training
-            # step after the convolutions (bench/profile_train.py --kinds pixelcnn).
             batch, height, width, channels = ops.shape(inputs)
             inputs = ops.slice(
                 inputs,
