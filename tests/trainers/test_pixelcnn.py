@@ -97,6 +97,25 @@ def test_row_sampler_draws_what_a_forward_per_position_draws(
         assert len(np.unique(fast)) > 1, "a degenerate draw would match anything"
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_row_sampler_under_mixed_precision_draws_what_a_forward_per_position_draws(
+    policy: str,
+) -> None:
+    """The compiled (XLA) sampler and the whole-grid reference both run the layers in half
+    precision and draw in float32: the same codes, bar an argmax that a rounding could flip."""
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(1)
+        model = PixelCNN(16, 7, filters=16, layers=4, kernel_size=5)
+        fast = ops.convert_to_numpy(model.sample(4, 1.0, seed=0))
+        full = ops.convert_to_numpy(model.sample_full(4, 1.0, seed=0))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert fast.dtype == np.int32 and fast.shape == (4, 7, 7)
+    assert (fast == full).mean() > 0.95
+    assert len(np.unique(fast)) > 1
+
+
 @pytest.mark.slow
 def test_prior_trains_on_the_codes_of_a_vqvae_run(tmp_path: Path, make_run_file: Any) -> None:
     prefix = str(tmp_path / "runs")

@@ -36,13 +36,14 @@ from mlops_trainers.precision import as_float32
 from mlops_trainers.trainers.pixelcnn.gated_pixelcnn_block import GatedPixelCNNBlock, gate
 
 
-def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled by the backend: a tf.function on TensorFlow, jitted on JAX."""
+def _compile(fn: Callable[..., Any], xla: bool = False) -> Callable[..., Any]:
+    """``fn`` compiled by the backend: a tf.function on TensorFlow (with XLA when ``xla``),
+    jitted on JAX."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)  # type: ignore[no-any-return]
+        return tf.function(fn, reduce_retracing=True, jit_compile=xla)  # type: ignore[no-any-return]
     if backend == "jax":
         import jax
 
@@ -159,48 +160,65 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
     # === Sampling ===
 
     def _row_sample_loop(self, gumbel: Any, temperature: Any) -> Any:
-        """Codes (B, h, w) drawn position by position, ``gumbel`` (h*w, B, K) Gumbel noise; per
-        row one vertical pass, per position the horizontal stack on that row only."""
-        size = self.grid_size
+        """Codes (B, h, w) drawn position by position, ``gumbel`` (h*w, B, K) Gumbel noise, with
+        every layer's activations cached: each new row costs one row per vertical layer, each
+        new position one column per horizontal layer and one of the logits.
+
+        Layer l's vertical output at row i reads layer l-1's at the ``p = kernel_size // 2``
+        rows above i only (never row i itself), so it is computed from a window of ``p + 1``
+        cached rows and only its last row kept; likewise the horizontal stack at column j reads
+        columns j-p..j of the layer below on the same row. The caches carry ``p`` zero rows
+        (columns) in front: what the "same" padding of the whole-grid forward puts there."""
+        size, p, f = self.grid_size, self.kernel_size // 2, self.filters
         batch = ops.shape(gumbel)[1]
-        # Row i of the vertical stack's output depends on the `reach` rows above it (each layer
-        # looks kernel_size // 2 rows up) and on no row below: it is computed on that window
-        # only. The embedded grid is padded with zero rows on top, which is what the "same"
-        # padding puts there on the whole grid, so the window's last row is exact.
-        reach = len(self.blocks) * (self.kernel_size // 2)
+        dtype = self.compute_dtype
 
-        def row_body(i: Any, codes: Any) -> Any:
+        def row_body(i: Any, state: tuple[Any, ...]) -> tuple[Any, ...]:
+            codes, *columns = state  # columns: each vertical layer's gated output, cached
             # Rows < i are all drawn; row i's vertical values do not read row i itself.
-            embedded = ops.pad(self.embedding(codes), [[0, 0], [reach, 0], [0, 0], [0, 0]])
-            vertical = ops.slice(
-                embedded, (0, i, 0, 0), (batch, reach + 1, size, self.filters)
-            )  # grid rows i - reach .. i
-            from_vertical = []
-            for block in self.blocks:
-                v = block.vertical(vertical)
-                # (B, 1, w, 2F): what this block's horizontal stack adds at row i.
-                v_row = v[:, reach : reach + 1]
+            below = ops.pad(self.embedding(codes), [[0, 0], [p, 0], [0, 0], [0, 0]])
+            from_vertical, cached = [], []
+            for block, cache in zip(self.blocks, columns, strict=True):
+                window = ops.slice(below, (0, i, 0, 0), (batch, p + 1, size, f))  # rows i-p..i
+                v_row = block.vertical(window)[:, p:]  # (B, 1, w, 2F): row i
+                # What this block's horizontal stack adds at row i.
                 from_vertical.append(block.vertical_to_horizontal(v_row))
-                vertical = gate(v)
+                below = ops.slice_update(cache, (0, i + p, 0, 0), gate(v_row))
+                cached.append(below)
 
-            def col_body(j: Any, row: Any) -> Any:
-                horizontal = self.embedding(ops.expand_dims(row, 1))  # (B, 1, w, F)
-                for block, vh in zip(self.blocks, from_vertical, strict=True):
-                    horizontal = block.horizontal_step(horizontal, vh)
-                # (B, 1, w, K), float32 as the noise under any policy
-                logits = as_float32(self.logits(self.hidden(ops.relu(horizontal))))
-                logits_j = ops.take(logits[:, 0], j, axis=1)
+            def col_body(j: Any, state: tuple[Any, ...]) -> tuple[Any, ...]:
+                row, *layers = state  # layers: each horizontal layer's output on row i
+                embedded = ops.pad(self.embedding(row), [[0, 0], [p, 0], [0, 0]])
+                left = ops.expand_dims(embedded, 1)  # (B, 1, p + w, F)
+                done = []
+                for block, vh, cache in zip(self.blocks, from_vertical, layers, strict=True):
+                    window = ops.slice(left, (0, 0, j, 0), (batch, 1, p + 1, f))  # cols j-p..j
+                    here = ops.slice(vh, (0, 0, j, 0), (batch, 1, 1, 2 * f))
+                    h_j = block.horizontal_step(window, here)[:, :, p:]  # (B, 1, 1, F)
+                    left = ops.slice_update(cache, (0, 0, j + p, 0), h_j)
+                    done.append(left)
+                # (B, K), float32 as the noise under any policy
+                logits = as_float32(self.logits(self.hidden(ops.relu(h_j))))[:, 0, 0]
                 noise = ops.take(gumbel, i * size + j, axis=0)
-                draw = ops.argmax(logits_j / temperature + noise, axis=-1)
-                here = ops.expand_dims(ops.arange(size) == j, 0)
-                return ops.where(here, ops.expand_dims(ops.cast(draw, "int32"), 1), row)
+                draw = ops.argmax(logits / temperature + noise, axis=-1)
+                at_j = ops.expand_dims(ops.arange(size) == j, 0)
+                row = ops.where(at_j, ops.expand_dims(ops.cast(draw, "int32"), 1), row)
+                return (row, *done)
 
-            row = ops.fori_loop(0, size, col_body, ops.take(codes, i, axis=1))
+            empty = ops.zeros((batch, 1, p + size, f), dtype=dtype)
+            row, *_ = ops.fori_loop(
+                0,
+                size,
+                col_body,
+                (ops.take(codes, i, axis=1), *(empty for _ in self.blocks)),
+            )
             at_i = ops.reshape(ops.arange(size) == i, (1, size, 1))
-            return ops.where(at_i, ops.expand_dims(row, 1), codes)
+            return (ops.where(at_i, ops.expand_dims(row, 1), codes), *cached)
 
         codes = ops.zeros((batch, size, size), dtype="int32")
-        return ops.fori_loop(0, size, row_body, codes)
+        empty = ops.zeros((batch, p + size, size, f), dtype=dtype)
+        codes, *_ = ops.fori_loop(0, size, row_body, (codes, *(empty for _ in self.blocks)))
+        return codes
 
     def _sample_loop(self, gumbel: Any, temperature: Any) -> Any:
         """Codes (B, h, w) drawn position by position, ``gumbel`` (h*w, B, K) Gumbel noise; a
@@ -211,7 +229,8 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
 
         def body(t: Any, codes: Any) -> Any:
             grid = ops.reshape(codes, (batch, self.grid_size, self.grid_size))
-            logits = ops.reshape(self(grid, training=False), (batch, positions, -1))
+            logits = as_float32(self(grid, training=False))  # as the noise, under any policy
+            logits = ops.reshape(logits, (batch, positions, -1))
             logits_t = ops.take(logits, t, axis=1)
             # Gumbel-max: argmax(logits / T + G) is a draw from softmax(logits / T).
             draw = ops.argmax(logits_t / temperature + ops.take(gumbel, t, axis=0), axis=-1)
@@ -231,7 +250,10 @@ class PixelCNN(keras.Model):  # type: ignore[misc,unused-ignore]
     def sample(self, count: int, temperature: float = 1.0, seed: int = 0) -> Any:
         """``count`` code grids (count, h, w) int32, drawn by one compiled loop."""
         if self._sampler is None:
-            self._sampler = _compile(self._row_sample_loop)
+            # XLA on any device: the loops run thousands of tiny steps, whose op-by-op dispatch
+            # by TensorFlow's graph executor outweighs their arithmetic; XLA fuses them (the
+            # same draws; bench/bench_pixelcnn.py times it).
+            self._sampler = _compile(self._row_sample_loop, xla=True)
         t = ops.convert_to_tensor(temperature, "float32")
         return self._sampler(self._gumbel(count, seed), t)
 
