@@ -13,13 +13,14 @@ report bits per code over all positions and over the valid (unpadded) ones, to c
 ``log2(K)`` (a uniform prior).
 
 Sampling (:meth:`PixelCNN.sample`) is one compiled loop (``keras.ops.fori_loop`` inside a
-``tf.function`` or ``jax.jit``) that recomputes only what a position sees. The vertical stack at
-row ``i`` depends on rows above only, so it runs once per row (on the rows it reaches, static
-shapes); within the row only the horizontal stack runs, on that one row, per position. That is
-one vertical pass over a few rows per row plus ``w`` one-row passes, instead of ``h * w``
-whole-grid forwards (:meth:`PixelCNN.sample_full`, kept as the reference: the same draws for the same seed,
-tested). The Gumbel noise is drawn once up front, so the loop is pure and compiles on every
-backend.
+``tf.function`` with XLA, or ``jax.jit``) that computes each activation once. Every layer keeps
+its outputs so far: per new row, each vertical layer computes that row alone from the
+``kernel_size // 2`` rows above it in the layer below; per new position, each horizontal layer
+computes that column alone from the columns left of it, and the logits are those of that one
+position. That is ``h`` one-row passes of the vertical stack and ``h * w`` one-column passes of
+the horizontal one, instead of ``h * w`` whole-grid forwards (:meth:`PixelCNN.sample_full`, kept
+as the reference: the same draws for the same seed, tested). The Gumbel noise is drawn once up
+front, so the loop is pure and compiles on every backend.
 """
 
 from __future__ import annotations
