@@ -69,3 +69,35 @@ def test_profile_cause_splits_the_step_into_convolutions_and_the_rest_and_bounds
     assert "Conv2DBackpropFilter, at 167 vs 250 GFLOP/s" in text
     assert "all other ops 6.0 vs 2.0 ms, most in Mul (+3.0 ms), Tile (+1.0 ms)" in text
     assert text.endswith("ours would reach 0.83, the bound its convolutions set")
+
+
+def test_operator_rows_are_judged_apart_requests_and_rss_on_our_own_figures() -> None:
+    """Issue 13 bounds the operator at N=1000 three ways: its time against the floor (a ratio),
+    its API requests per object and its peak RSS (bounds on ours). Each is a row of its own, so
+    an RSS over 150 MiB reads "no" even when the time row is met (it once read "yes", the RSS
+    only in the notes)."""
+    from bench_operator import rows_of
+    from common import judge
+
+    def side(seconds: float, requests: float, rss: float, n: int) -> dict[str, float]:
+        return {
+            "seconds": seconds, "requests": requests * n, "requests_per_object": requests,
+            "cpu_s": n / 50, "peak_rss_mib": rss, "latency_p50_s": 1.0, "latency_p99_s": 2.0,
+        }  # fmt: skip
+
+    by_n = {
+        n: {"ours": side(1.2 * n / 10, 5.0, rss, n), "floor": side(n / 10, 3.0, 117.0, n)}
+        for n, rss in ((100, 159.0), (1000, 282.0))
+    }
+    rows = {r.benchmark: r for r in rows_of(by_n, True, None, 90.0)}
+    assert judge("operator_n1000", rows["operator_n1000"].ours, rows["operator_n1000"].ratio)
+    requests = rows["operator_n1000: API requests per object"]
+    assert (requests.ours, requests.reference) == (5.0, 3.0)
+    assert judge(requests.benchmark, requests.ours, requests.ratio) is True
+    assert judge(requests.benchmark, 5.2, requests.ratio) is False
+    rss = rows["operator_n1000: peak RSS"]
+    assert rss.ours == 282.0 and "imports alone 90 MiB, then 140 KiB per extra object" in rss.notes
+    assert judge(rss.benchmark, rss.ours, rss.ratio) is False  # 2.4x the floor, over 150 MiB
+    assert judge(rss.benchmark, 149.0, 149.0 / 117.0) is True  # judged on ours, not the ratio
+    n100 = [name for name in rows if name.split(":")[0] == "operator_n100"]
+    assert len(n100) == 3 and all(judge(name, 1.0, 1.0) is None for name in n100)
