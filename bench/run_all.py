@@ -96,7 +96,7 @@ def readme_table(rows: list[dict[str, Any]]) -> str:
         else:
             met = "yes" if r["met"] else "**no**"
         # An absolute target judges ours, so the row shows it beside the ratio.
-        ours = f" (ours {r['ours']:.3g})" if target and target.absolute else ""
+        ours = f" (ours {r['ours']:.4g})" if target and target.absolute else ""
         lines.append(
             f"| {r['name']} ({r['unit']}) | **{r['ratio']:.3g}**{ours} | "
             f"{target.text if target else 'none'} | {met} | {r['reference_name']} | "
