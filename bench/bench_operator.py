@@ -791,7 +791,7 @@ def rows_of(
                 + ", ".join(
                     f"{by_n[m]['ours']['requests'] - 5 * m:+.0f} at N={m}" for m in sorted(by_n)
                 )
-                + " (what does not grow with N: watches, reads)",
+                + " (requests that do not grow with N)",
             )
         )
         rows.append(
