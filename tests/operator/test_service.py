@@ -180,3 +180,60 @@ def test_a_handler_that_succeeds_at_once_leaves_kopf_nothing_to_patch() -> None:
         "mlops.dev/reconcile",
         "mlops.dev/kopf-managed",
     }
+
+
+def _indexed(name: str, uid: str, phase: str | None, **meta: Any) -> dict[str, Any]:
+    body = _body()
+    body["metadata"].update(name=name, uid=uid, **meta)
+    if phase is not None:  # handled: the status records generation 1's decision
+        body["status"] = {"observedGeneration": 1, "phase": phase}
+    return body
+
+
+def test_one_resync_pass_syncs_each_unfinished_object_of_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The periodic resync is one pass over the MLOps index (not a kopf timer per object, which
+    held each object's full body): unfinished and unhandled objects are synced, finished and
+    deleting ones are not, and one object's failure does not stop the pass."""
+    index = {
+        "uid-run": [_indexed("running", "uid-run", "Running")],
+        "uid-new": [_indexed("unhandled", "uid-new", None)],
+        "uid-done": [_indexed("finished", "uid-done", "Succeeded")],
+        "uid-del": [_indexed("deleting", "uid-del", "Running", deletionTimestamp="2026-12-01T00:00:00Z")],
+        "uid-bad": [_indexed("broken", "uid-bad", "Running")],
+    }  # fmt: skip
+    synced: list[str] = []
+
+    def sync(body: Mapping[str, Any], *args: Any, **kw: Any) -> None:
+        assert kw["handler"] == "resync" and kw["queues"] is not None
+        if body["metadata"]["name"] == "broken":
+            raise ValueError("a bug met with one object")
+        synced.append(body["metadata"]["name"])
+
+    monkeypatch.setattr(service, "sync", sync)
+    monkeypatch.setattr(service, "nudge_argo", lambda *a, **kw: 0)
+    assert handlers.Resync(60).run_once(mlops_by_uid=index) == 3
+    assert synced == ["running", "unhandled"]
+
+
+def test_the_resync_loop_starts_once_and_passes_every_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passes: list[float] = []
+    monkeypatch.setattr(service, "sync", lambda *a, **kw: passes.append(1.0))
+    monkeypatch.setattr(service, "nudge_argo", lambda *a, **kw: 0)
+    loop = handlers.Resync(0.05)
+    index = {"uid-run": [_indexed("running", "uid-run", "Running")]}
+    try:
+        loop.start_once({"mlops_by_uid": index})
+        loop.start_once({"mlops_by_uid": index})  # a second handler: no second thread
+        deadline = threading.Event()
+        for _ in range(100):
+            if len(passes) >= 3:
+                break
+            deadline.wait(0.05)
+        assert len(passes) >= 3
+        assert [t.name for t in threading.enumerate()].count("mlops-resync") == 1
+    finally:
+        loop.stop.set()
