@@ -182,8 +182,8 @@ def workflows_by_owner(body: kopf.Body, **_: Any) -> dict[str, WorkflowView] | N
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def mlops_by_uid(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]] | None:
-    return {uid: service.lean(body)} if uid else None
+def mlops_by_uid(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, bytes] | None:
+    return {uid: service.pack(body)} if uid else None
 
 
 @kopf.index(*ARGO, labels=OURS)
@@ -280,7 +280,7 @@ def reconcile(
     workflows_by_queue: Owned = NO_INDEX,
     waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
     workloads_by_namespace: Workloads = NO_INDEX,
-    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]] = NO_INDEX,
+    mlops_by_uid: Mapping[str, Iterable[bytes]] = NO_INDEX,
     **_: Any,
 ) -> None:
     RESYNC.start_once(
@@ -347,15 +347,14 @@ class Resync:
         while not self.stop.wait(self.interval_s):
             self.run_once(**indexes)
 
-    def run_once(
-        self, mlops_by_uid: Mapping[str, Iterable[Mapping[str, Any]]], **indexes: Any
-    ) -> int:
+    def run_once(self, mlops_by_uid: Mapping[str, Iterable[bytes]], **indexes: Any) -> int:
         """One pass; returns how many objects it synced. A failure with one object is logged
         and the pass goes on (the next pass retries it)."""
         synced = 0
-        for body in _snapshot(mlops_by_uid):
+        for packed in _snapshot(mlops_by_uid):
             if self.stop.is_set():
                 break
+            body = service.unpack(packed)
             if not _needs_resync(body):
                 continue
             meta = body["metadata"]
@@ -367,7 +366,7 @@ class Resync:
         return synced
 
 
-def _snapshot(index: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+def _snapshot(index: Mapping[str, Iterable[bytes]]) -> list[bytes]:
     """The index's objects, copied: kopf updates it on its event loop while this thread reads,
     and a dict that changes size during iteration raises; a few tries always find a calm spot."""
     for _ in range(10):
@@ -419,7 +418,7 @@ def follow_workflow(
     body: kopf.Body,
     type: str | None,
     *,
-    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]] = NO_INDEX,
+    mlops_by_uid: Mapping[str, Iterable[bytes]] = NO_INDEX,
     workflows_by_owner: Owned = NO_INDEX,
     workflows_by_queue: Owned = NO_INDEX,
     waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,
@@ -448,7 +447,7 @@ def _sync_owner(
     handler: str,
     what: str,
     *,
-    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]],
+    mlops_by_uid: Mapping[str, Iterable[bytes]],
     workflows_by_owner: Owned,
     queues: service.QueueLookup,
     workloads_by_namespace: Workloads,
@@ -458,16 +457,17 @@ def _sync_owner(
     parents = list(mlops_by_uid.get(uid, [])) if uid else []
     if not parents:
         return
+    parent = service.unpack(parents[0])
     try:
         service.sync(
-            parents[0],
+            parent,
             _owned(workflows_by_owner, uid),
             SETTINGS,
             fresh=False,
             handler=handler,
             post=_post,
             queues=queues,
-            workloads=_in(workloads_by_namespace, parents[0]),
+            workloads=_in(workloads_by_namespace, parent),
         )
     except kube.ApiError as exc:
         log.warning("following %s failed (the resync retries): %s", what, exc)
@@ -481,7 +481,7 @@ def workloads_by_namespace(body: kopf.Body, **_: Any) -> dict[str, WorkloadView]
 def follow_workload(
     body: kopf.Body,
     *,
-    mlops_by_uid: Mapping[str, Iterable[dict[str, Any]]] = NO_INDEX,
+    mlops_by_uid: Mapping[str, Iterable[bytes]] = NO_INDEX,
     workflows_by_owner: Owned = NO_INDEX,
     workflows_by_queue: Owned = NO_INDEX,
     waiting_by_queue: Mapping[str, Iterable[Waiting]] = NO_INDEX,

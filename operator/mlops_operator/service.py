@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import threading
 import time
@@ -101,13 +102,13 @@ class Written:
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._by_uid: dict[str, tuple[str, dict[str, Any], float]] = {}
+        self._by_uid: dict[str, tuple[str, bytes, float]] = {}
 
     def record(self, replaced: Mapping[str, Any], written: Mapping[str, Any]) -> None:
         meta = replaced["metadata"]
         at = time.monotonic()
         with self._guard:
-            self._by_uid[str(meta["uid"])] = (str(meta["resourceVersion"]), lean(written), at)
+            self._by_uid[str(meta["uid"])] = (str(meta["resourceVersion"]), pack(written), at)
             for uid in [u for u, (_, _, t) in self._by_uid.items() if at - t > self.HOLD_S]:
                 del self._by_uid[uid]
 
@@ -118,7 +119,7 @@ class Written:
             found = self._by_uid.get(str(meta["uid"]))
         if found is None or found[0] != meta.get("resourceVersion"):
             return dict(body)
-        return copy.deepcopy(found[1])
+        return unpack(found[1])
 
     def forget(self, uid: str) -> None:
         with self._guard:
@@ -128,16 +129,27 @@ class Written:
 WRITTEN = Written()
 
 
-def lean(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of an object without what no sync reads: ``managedFields`` (often larger than the
-    spec and status together) and ``kubectl apply``'s copy of the manifest. The index holds one
-    per object, so at a thousand objects this is most of the operator's memory."""
-    obj = copy.deepcopy({k: v for k, v in body.items() if k != "metadata"})
+def pack(body: Mapping[str, Any]) -> bytes:
+    """An object as compact JSON, without what no sync reads: ``managedFields`` (often larger
+    than the spec and status together) and ``kubectl apply``'s copy of the manifest.
+
+    The MLOps index and :data:`WRITTEN` hold one per object. As dicts, each was a tree of small
+    objects and strings allocated while thousands of short-lived ones were, and at a thousand
+    objects they kept much of the operator's heap from being given back; as bytes each is one
+    allocation of a few KiB. :func:`unpack` makes a fresh dict of it when a sync needs one."""
     meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
     annotations = dict(meta.get("annotations") or {})
     annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
-    obj["metadata"] = copy.deepcopy({**meta, "annotations": annotations})
-    return obj
+    obj = {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+    meta["annotations"] = annotations
+    # default=dict: kopf's Body hands out mapping views of its parts, not dicts.
+    return json.dumps(obj, separators=(",", ":"), default=dict).encode()
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    """A fresh dict of a :func:`pack` ed object (the caller may change it)."""
+    body: dict[str, Any] = json.loads(packed)
+    return body
 
 
 def _lock(uid: str) -> threading.Lock:

@@ -203,6 +203,7 @@ def test_one_resync_pass_syncs_each_unfinished_object_of_the_index(
         "uid-del": [_indexed("deleting", "uid-del", "Running", deletionTimestamp="2026-12-01T00:00:00Z")],
         "uid-bad": [_indexed("broken", "uid-bad", "Running")],
     }  # fmt: skip
+    index = {uid: [service.pack(b) for b in bodies] for uid, bodies in index.items()}
     synced: list[str] = []
 
     def sync(body: Mapping[str, Any], *args: Any, **kw: Any) -> None:
@@ -224,7 +225,7 @@ def test_the_resync_loop_starts_once_and_passes_every_interval(
     monkeypatch.setattr(service, "sync", lambda *a, **kw: passes.append(1.0))
     monkeypatch.setattr(service, "nudge_argo", lambda *a, **kw: 0)
     loop = handlers.Resync(0.05)
-    index = {"uid-run": [_indexed("running", "uid-run", "Running")]}
+    index = {"uid-run": [service.pack(_indexed("running", "uid-run", "Running"))]}
     try:
         loop.start_once({"mlops_by_uid": index})
         loop.start_once({"mlops_by_uid": index})  # a second handler: no second thread
@@ -237,3 +238,20 @@ def test_the_resync_loop_starts_once_and_passes_every_interval(
         assert [t.name for t in threading.enumerate()].count("mlops-resync") == 1
     finally:
         loop.stop.set()
+
+
+def test_an_indexed_object_is_packed_without_what_no_sync_reads() -> None:
+    body = _body()
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": '{"spec": {}}',
+        "mlops.dev/rerun": "1",
+    }
+    packed = service.pack(kopf.Body(body))  # kopf's Body: mapping views, not dicts
+    assert isinstance(packed, bytes)
+    one, two = service.unpack(packed), service.unpack(packed)
+    assert "managedFields" not in one["metadata"]
+    assert one["metadata"]["annotations"] == {"mlops.dev/rerun": "1"}
+    assert one["spec"] == SPEC and one["metadata"]["uid"] == "uid-1"
+    one["spec"]["queue"] = "changed"
+    assert two["spec"]["queue"] == "gpu"  # each unpack is a fresh copy
