@@ -345,7 +345,10 @@ class Resync:
 
     def _forever(self, indexes: dict[str, Any]) -> None:
         while not self.stop.wait(self.interval_s):
-            self.run_once(**indexes)
+            try:
+                self.run_once(**indexes)
+            except Exception:  # one thread for every object: it must not end on a bug
+                log.exception("resync pass failed (the next one retries)")
 
     def run_once(self, mlops_by_uid: Mapping[str, Iterable[bytes]], **indexes: Any) -> int:
         """One pass; returns how many objects it synced. A failure with one object is logged
@@ -354,15 +357,16 @@ class Resync:
         for packed in _snapshot(mlops_by_uid):
             if self.stop.is_set():
                 break
-            body = service.unpack(packed)
-            if not _needs_resync(body):
-                continue
-            meta = body["metadata"]
+            body: Mapping[str, Any] = {}
             try:
-                resync(body, str(meta["uid"]), **indexes)
+                body = service.unpack(packed)
+                if not _needs_resync(body):
+                    continue
+                synced += 1
+                resync(body, str(body["metadata"]["uid"]), **indexes)
             except Exception:
+                meta = body.get("metadata") or {}
                 log.exception("resync of %s/%s failed", meta.get("namespace"), meta.get("name"))
-            synced += 1
         return synced
 
 

@@ -216,6 +216,11 @@ def test_one_resync_pass_syncs_each_unfinished_object_of_the_index(
     monkeypatch.setattr(service, "nudge_argo", lambda *a, **kw: 0)
     assert handlers.Resync(60).run_once(mlops_by_uid=index) == 3
     assert synced == ["running", "unhandled"]
+    # Nor does an object the check itself fails on: the one thread must not end.
+    index["uid-odd"] = [b"not json"]
+    synced.clear()
+    assert handlers.Resync(60).run_once(mlops_by_uid=index) == 3
+    assert synced == ["running", "unhandled"]
 
 
 def test_the_resync_loop_starts_once_and_passes_every_interval(
