@@ -88,6 +88,8 @@ def test_cached_and_streamed_batches_are_the_same_and_the_cache_serves_later_epo
         Path(path).unlink()
     later = list(cached.batches(5))
     assert len(later) == 3
+    # Every epoch from the cache ran the one gather, traced once: a new epoch traces nothing.
+    assert cached._gather.experimental_get_tracing_count() == 1
     with pytest.raises(tf.errors.NotFoundError):
         list(streamed.batches(5))
     # load_images (previews, code grids) is the same decode, as floats.

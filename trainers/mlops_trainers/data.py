@@ -310,7 +310,10 @@ class ImageData:
     seed: int
     steps_per_epoch_config: int | None = None
     cache: bool = False
-    _cached: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+    # The uint8 cache as TF tensors in host memory, (images, boxes), and the one function that
+    # gathers a batch of it as floats (built with the cache, traced once).
+    _cached: tuple[Any, Any] | None = field(default=None, init=False, repr=False)
+    _gather: Any = field(default=None, init=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -321,9 +324,33 @@ class ImageData:
         return EpochOrder(len(self.files), self.batch_size, self.steps_per_epoch, self.seed)
 
     def placed(self) -> tuple[np.ndarray, np.ndarray]:
-        """All images decoded and placed, uint8, and their boxes (cached after the first call)."""
+        """All images decoded and placed, uint8, and their boxes (cached after the first call;
+        read-only views of the cache, no copy)."""
+        images, boxes = self._cache()
+        return np.asarray(images), np.asarray(boxes)
+
+    def _cache(self) -> tuple[Any, Any]:
+        import tensorflow as tf
+
         if self._cached is None:
-            self._cached = load_placed(self.files, self.image_size, self.channels)
+            images, boxes = load_placed(self.files, self.image_size, self.channels)
+            # Host memory even where a GPU is (the batches are made by tf.data, on the CPU).
+            # np.asarray of a CPU tensor shares its buffer: placed() views it without a copy.
+            with tf.device("/cpu:0"):
+                self._cached = (tf.constant(images), tf.constant(boxes))
+            del images, boxes
+            size, batch = self.image_size, self.batch_size
+            cached_images, cached_boxes = self._cached
+
+            @tf.function(input_signature=[tf.TensorSpec([batch], tf.int64)])  # type: ignore[untyped-decorator]
+            def gather(index: Any) -> dict[str, Any]:
+                picked = {
+                    "image": tf.gather(cached_images, index),
+                    "box": tf.gather(cached_boxes, index),
+                }
+                return batch_to_float(picked, size)
+
+            self._gather = gather
         return self._cached
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +360,7 @@ class ImageData:
     def first(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``count`` images in file order (a fixed set for reconstructions)."""
         if self._cached is not None:
-            images, boxes = self._cached
+            images, boxes = self.placed()
             return to_float(images[:count], boxes[:count], self.image_size)
         return load_images(self.files[:count], self.image_size, self.channels)
 
@@ -342,12 +369,22 @@ class ImageData:
 
         index = self.order.indices(epoch, start_step)
         if self.cache:
-            # The first epoch decodes every file once (in parallel); later ones only index.
-            images, boxes = self.placed()
-            ds = tf.data.Dataset.from_tensor_slices({"image": images[index], "box": boxes[index]})
-        else:
-            files = np.asarray(self.files, dtype=object)[index].astype(str)
-            ds = _file_dataset(list(files), self.image_size, self.channels)
+            # The first epoch decodes every file once (in parallel); later ones only gather. Per
+            # epoch only the order is new: a dataset of batch indices, mapped by the gather
+            # traced once. (Slicing the cache per image in this order and batching again copied
+            # it twice, and a new map function was traced every epoch: bench/bench_input.py's
+            # epoch 2 measures what that cost.)
+            self._cache()
+            steps = len(index) // self.batch_size
+            by_batch = index[: steps * self.batch_size].reshape(steps, self.batch_size)
+            cached: Iterable[Any] = (
+                tf.data.Dataset.from_tensor_slices(by_batch.astype(np.int64))
+                .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE)
+            )
+            return cached
+        files = np.asarray(self.files, dtype=object)[index].astype(str)
+        ds = _file_dataset(list(files), self.image_size, self.channels)
         size = self.image_size
         batched: Iterable[Any] = (
             ds.batch(self.batch_size, drop_remainder=True)
