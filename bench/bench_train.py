@@ -371,25 +371,44 @@ def _run_config(
 
 
 class _StepClock:
-    """Records when each :meth:`Trainer.train_step` starts (the runtime's loop, per step)."""
+    """Records when each :meth:`Trainer.train_step` starts (the runtime's loop, per step), and
+    when each of the runtime's checkpoints begins and ends."""
 
     def __init__(self) -> None:
+        from mlops_trainers.runtime import _Run
         from mlops_trainers.trainer import Trainer
 
         self.starts: list[float] = []
+        self.checkpoints: list[tuple[float, float]] = []
         self._real = Trainer.train_step
+        self._real_checkpoint = _Run._checkpoint
         clock = self
 
         def timed(trainer: Any, model: Any, batch: Any) -> Any:
             clock.starts.append(time.perf_counter())
             return clock._real(trainer, model, batch)
 
+        def checkpoint(run: Any, trainer: Any, model: Any) -> None:
+            began = time.perf_counter()
+            try:
+                clock._real_checkpoint(run, trainer, model)
+            finally:
+                clock.checkpoints.append((began, time.perf_counter()))
+
         Trainer.train_step = timed  # type: ignore[method-assign,assignment]
+        _Run._checkpoint = checkpoint  # type: ignore[method-assign]
 
     def close(self) -> None:
+        from mlops_trainers.runtime import _Run
         from mlops_trainers.trainer import Trainer
 
         Trainer.train_step = self._real  # type: ignore[method-assign]
+        _Run._checkpoint = self._real_checkpoint  # type: ignore[method-assign]
+
+    def checkpoint_seconds(self, warmup: int, steps: int) -> float:
+        """Seconds of checkpointing inside the timed steps ``warmup..warmup+steps``."""
+        first, last = self.starts[warmup], self.starts[warmup + steps]
+        return sum(end - began for began, end in self.checkpoints if first <= began < last)
 
 
 def _rate(starts: Sequence[float], warmup: int, steps: int) -> float:
@@ -584,13 +603,20 @@ def measure(
         finally:
             clock.close()
         shutil.rmtree(cfg.output, ignore_errors=True)
-        return _rate(clock.starts, warmup, steps)
+        rate = _rate(clock.starts, warmup, steps)
+        saving = clock.checkpoint_seconds(warmup, steps)
+        checkpoint_s.append(saving)
+        # The same steps with the checkpoint's seconds taken out: the loop's own overhead.
+        without_checkpoints.append(steps / (steps / rate - saving))
+        return rate
 
     def keras_io() -> float:
         # The trainer's own data, fresh, as fit() reads it: the same input work as ours.
         data = _reference_data(kind, trainer.datasets().batches(0), ref_signature)
         return _fit_rate(reference, data, warmup, steps)
 
+    checkpoint_s: list[float] = []
+    without_checkpoints: list[float] = []
     arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit, "keras_io": keras_io}
     rates: dict[str, list[float]] = {name: [] for name in arms}
     drawn: list[list[str]] = []
@@ -608,6 +634,7 @@ def measure(
         )
     shutil.rmtree(scratch, ignore_errors=True)
     vs_fit = Paired.of([a / b for a, b in zip(rates["runtime"], rates["fit"], strict=True)])
+    bare_loop = Paired.of([a / b for a, b in zip(without_checkpoints, rates["fit"], strict=True)])
     vs_ref = Paired.of([a / b for a, b in zip(rates["runtime"], rates["keras_io"], strict=True)])
     extra.update(
         kind=kind.kind, config=config, warmup=warmup, steps=steps, rounds=rounds, orders=drawn,
@@ -615,7 +642,8 @@ def measure(
         reference_macs_per_example=ref_work.macs_per_example, ours_flops=ours_work.flops,
         reference_flops=ref_work.flops, ours_by_op=ours_work.by_op,
         reference_by_op=ref_work.by_op, uncounted=[ours_work.uncounted, ref_work.uncounted],
-        vs_fit=vs_fit.__dict__, vs_reference=vs_ref.__dict__,
+        vs_fit=vs_fit.__dict__, vs_reference=vs_ref.__dict__, checkpoint_s=checkpoint_s,
+        without_checkpoints=without_checkpoints, loop_vs_fit=bare_loop.__dict__,
     )  # fmt: skip
     return extra
 
@@ -646,7 +674,7 @@ def rows_of(m: dict[str, Any], peak: float) -> list[Row]:
             "steps/s",
             "plain model.fit of build_model() on the trainer's own data pipeline, same batches",
             f"{vs_fit.text()}; {sizes}; checkpoints every {kind.checkpoint_every} steps, metrics,"
-            " TensorBoard and the spike guard on",
+            f" TensorBoard and the spike guard on{_checkpoint_share(m, kind.checkpoint_every)}",
         ),
         Row(
             f"{name}: vs keras.io at the same multiply-adds",
@@ -666,6 +694,29 @@ def rows_of(m: dict[str, Any], peak: float) -> list[Row]:
             f"{ref_achieved:.3g} GFLOP/s",
         ),
     ]
+
+
+def _checkpoint_share(m: dict[str, Any], every: int) -> str:
+    """What the runtime's checkpoint in the timed steps cost, and the ratio without it (older
+    results did not time it: nothing)."""
+    import statistics
+
+    if "loop_vs_fit" not in m:
+        return ""
+    saving = statistics.median(m["checkpoint_s"])
+    share = statistics.median(
+        s * r / m["steps"] for s, r in zip(m["checkpoint_s"], m["rates"]["runtime"], strict=True)
+    )
+    loop = Paired(**m["loop_vs_fit"])
+    from mlops_api.spec import MLOpsSpec
+
+    default = int(MLOpsSpec.model_fields["checkpoint_every"].default)
+    return (
+        f"; the checkpoint (one per {every} steps) took {saving:.2f} s a round, {share:.1%} of "
+        f"the timed steps' time; with its seconds taken out the loop reaches {loop.mean:.3g} "
+        f"(95% interval {loop.low:.3g}-{loop.high:.3g}); at the default checkpoint_every "
+        f"({default} steps) the same checkpoint would be {share * every / default:.1%}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
