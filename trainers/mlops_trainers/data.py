@@ -45,6 +45,7 @@ __all__ = [
     "load_placed",
     "pad_image",
     "place_image",
+    "placed_tensors",
     "resolve_data_url",
 ]
 
@@ -236,20 +237,32 @@ def _file_dataset(files: Sequence[str], size: int, channels: int, as_float: bool
 def load_placed(
     files: Sequence[str], size: int, channels: int, *, as_float: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and place ``files``: ((N, size, size, C) uint8 or float32, (N, 4) int32 boxes)."""
+    """Decode and place ``files``: ((N, size, size, C) uint8 or float32, (N, 4) int32 boxes),
+    read-only views of :func:`placed_tensors`."""
+    images, boxes = placed_tensors(files, size, channels, as_float=as_float)
+    return np.asarray(images), np.asarray(boxes)
+
+
+def placed_tensors(
+    files: Sequence[str], size: int, channels: int, *, as_float: bool = False
+) -> tuple[Any, Any]:
+    """:func:`load_placed` as TF tensors in host memory, concatenated once from the decoded
+    batches (no copy through NumPy on the way)."""
     import tensorflow as tf
 
     images, boxes = [], []
     ds = _file_dataset(files, size, channels, as_float)
     try:
         for batch in ds.batch(64).prefetch(tf.data.AUTOTUNE):
-            images.append(batch["image"].numpy())
-            boxes.append(batch["box"].numpy())
+            images.append(batch["image"])
+            boxes.append(batch["box"])
     except tf.errors.OpError as err:
         raise DataError(f"cannot read/decode the training images: {err.message}") from err
     if not images:
         raise DataError("no images to load")
-    return np.concatenate(images), np.concatenate(boxes)
+    # Host memory even where a GPU is (the batches are made by tf.data, on the CPU).
+    with tf.device("/cpu:0"):
+        return tf.concat(images, 0), tf.concat(boxes, 0)
 
 
 def to_float(images: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -333,12 +346,8 @@ class ImageData:
         import tensorflow as tf
 
         if self._cached is None:
-            images, boxes = load_placed(self.files, self.image_size, self.channels)
-            # Host memory even where a GPU is (the batches are made by tf.data, on the CPU).
             # np.asarray of a CPU tensor shares its buffer: placed() views it without a copy.
-            with tf.device("/cpu:0"):
-                self._cached = (tf.constant(images), tf.constant(boxes))
-            del images, boxes
+            self._cached = placed_tensors(self.files, self.image_size, self.channels)
             size, batch = self.image_size, self.batch_size
             cached_images, cached_boxes = self._cached
 
