@@ -105,6 +105,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.posting.level = logging.CRITICAL
     # Off: the namespaces given on the command line and the CRDs present at startup are used.
     settings.scanning.disabled = not SETTINGS.resource_scanning
+    # kopf's workers stay unbounded (queueing.worker_limit None), though a burst of new objects
+    # holds one per object (bench_operator measured 144 MiB peak at N=1000 with 32, 170-173
+    # without): with indexes, kopf deadlocks at startup when more objects exist than the limit
+    # (each worker waits for every object to be indexed; nolar/kopf#1243, kopf's docs).
     kube.load_config(SETTINGS.api_timeout_s)
     if SETTINGS.render.queue_mode == "kueue" and not kube.api_served(*KUEUE):
         # Without Kueue nothing queues the runs (no webhook gates their pods: they would run
