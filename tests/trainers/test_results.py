@@ -64,8 +64,10 @@ def test_tensorboard_is_readable_while_training_and_has_images_and_hparams(
     seen: dict[int, list[int]] = {}
     real_step = VQVAETrainer.train_step
 
-    def step_and_look(self: VQVAETrainer, model: Any, batch: Any) -> Mapping[str, float]:
-        logs = real_step(self, model, batch)
+    def step_and_look(
+        self: VQVAETrainer, model: Any, batch: Any, *rest: Any
+    ) -> Mapping[str, float]:
+        logs = real_step(self, model, batch, *rest)
         # What TensorBoard pointed at the output would show right now.
         seen[len(seen)] = _steps(output / "tb", "step/loss")
         return logs

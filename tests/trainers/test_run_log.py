@@ -100,7 +100,7 @@ def test_each_attempt_leaves_its_log(
     assert _lines(output, 1)[-1].endswith("exit 143")
 
     # 3. Attempt 1 of another run fails in its first step: the traceback is in its log.
-    def broken(self: Any, model: Any, batch: Any) -> dict[str, float]:
+    def broken(self: Any, model: Any, batch: Any, *_: Any) -> dict[str, float]:
         raise RuntimeError("out of device memory")
 
     failing = RunConfig.model_validate(

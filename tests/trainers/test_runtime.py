@@ -156,7 +156,7 @@ def test_bad_run_files_and_data_exit_2(tmp_path: Path, make_config: Any) -> None
 def test_app_errors_are_retried_until_the_budget_is_spent(
     tmp_path: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: Any, model: Any, batch: Any) -> dict[str, float]:
+    def broken(self: Any, model: Any, batch: Any, *_: Any) -> dict[str, float]:
         raise RuntimeError("out of device memory")
 
     monkeypatch.setattr(VQVAETrainer, "train_step", broken)

@@ -23,7 +23,7 @@ from typing import Any
 from mlops_trainers import distribute
 from mlops_trainers.config_base import TrainerConfig
 
-__all__ = ["configure", "gradient_norm", "learning_rate", "schedule_factor"]
+__all__ = ["configure", "gradient_norm", "learning_rate", "norm_variable", "schedule_factor"]
 
 # Where the gradient-norm variable hangs on the optimizer (outside Keras' tracking: it is not
 # part of the optimizer's state, so checkpoints keep their layout).
@@ -123,7 +123,13 @@ def _summed_over_replicas(grads: list[Any]) -> list[Any]:
     return [None if g is None else next(summed) for g in grads]
 
 
+def norm_variable(optimizer: Any) -> Any:
+    """The variable each step stores its gradient norm in, if :func:`configure` ran (else None):
+    the runtime's compiled step reads it in the same graph call as the step."""
+    return vars(_inner(optimizer)).get(_NORM_ATTR)
+
+
 def gradient_norm(optimizer: Any) -> float | None:
     """The global gradient norm of the last step (before clipping), if :func:`configure` ran."""
-    norm = vars(_inner(optimizer)).get(_NORM_ATTR)
+    norm = norm_variable(optimizer)
     return None if norm is None else float(norm.numpy())

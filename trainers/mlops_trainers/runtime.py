@@ -68,7 +68,6 @@ from mlops_trainers.run_record import RunRecord, RunState
 from mlops_trainers.signals import StopFlag, Stopped, stop_on_signals
 from mlops_trainers.spike_guard import Snapshot, SpikeDetector
 from mlops_trainers.tensorboard import TensorBoardWriter
-from mlops_trainers.trainer import reset_metrics
 
 if TYPE_CHECKING:
     import keras
@@ -417,17 +416,12 @@ class _Run:
 
     def _step(self, trainer: Trainer[Any], model: keras.Model, batch: Any) -> dict[str, float]:
         state = self.state
-        # Per-batch logs (Keras' Mean trackers would otherwise average since the last reset);
-        # the runtime averages them over the epoch itself, resumably. Compiled: one graph call.
-        reset_metrics(model)
         lr = optim.learning_rate(
             trainer.config, state.global_step, self.total_steps, state.epoch, state.lr_scale
         )
-        model.optimizer.learning_rate = lr
-        logs = dict(trainer.train_step(model, batch))
-        norm = optim.gradient_norm(model.optimizer)
-        if norm is not None:
-            logs["grad_norm"] = norm
+        # The step's own logs (its metrics reset first: the runtime averages them over the
+        # epoch itself, resumably) and grad_norm, from one graph call (train_on_batch).
+        logs = dict(trainer.train_step(model, batch, lr))
         logs["lr"] = lr
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if self.detector is not None:

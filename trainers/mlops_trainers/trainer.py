@@ -29,9 +29,10 @@ A trainer is one folder, ``mlops_trainers/trainers/<kind>/`` (the folder name is
    process (in-memory arrays: :class:`mlops_trainers.data.ArrayBatches`; otherwise shuffle from
    ``(run.seed, epoch)`` with :class:`mlops_trainers.data.EpochOrder`), so that a resumed run
    continues exactly where the checkpoint was taken.
-4. Each batch is fed to :meth:`Trainer.train_step` (default ``model.train_on_batch``: a tuple
-   batch is ``(x, y[, sample_weight])``, anything else is ``x``). The returned logs are averaged
-   over the epoch by the runtime.
+4. Each batch is fed to :meth:`Trainer.train_step` with the step's learning rate (default
+   :func:`train_on_batch`, Keras' own step in one graph call with the runtime's per-step work: a
+   tuple batch is ``(x, y[, sample_weight])``, anything else is ``x``). The returned logs are
+   averaged over the epoch by the runtime.
 5. Its models and layers live beside it, one public class per file, registered with
    ``@keras.saving.register_keras_serializable(package="mlops_trainers")``
    (:mod:`mlops_trainers.saving` imports every module of the folder, so ``model.keras`` loads).
@@ -175,10 +176,13 @@ class Trainer(abc.ABC, Generic[ConfigT]):
 
         return keras.optimizers.Adam(self.config.learning_rate)
 
-    def train_step(self, model: keras.Model, batch: Any) -> Mapping[str, float]:
-        """One optimisation step; returns scalar logs (averaged over the epoch by the runtime,
-        which resets the model's metrics before each step)."""
-        return train_on_batch(model, batch)
+    def train_step(
+        self, model: keras.Model, batch: Any, learning_rate: float | None = None
+    ) -> Mapping[str, float]:
+        """One optimisation step at ``learning_rate`` (the runtime's schedule; None: as set);
+        returns this step's scalar logs (averaged over the epoch by the runtime), ``grad_norm``
+        included when recorded (:func:`train_on_batch`)."""
+        return train_on_batch(model, batch, learning_rate)
 
     def on_train_begin(self, model: keras.Model, *, fresh: bool) -> None:
         """Called once before the first step; ``fresh`` when no checkpoint/parent was loaded."""
@@ -223,27 +227,91 @@ class Trainer(abc.ABC, Generic[ConfigT]):
         return url
 
 
-def train_on_batch(model: keras.Model, batch: Any) -> dict[str, float]:
-    """``model.train_on_batch`` without its per-call Python work, the same compiled step.
+def train_on_batch(
+    model: keras.Model, batch: Any, learning_rate: float | None = None
+) -> dict[str, float]:
+    """One optimisation step, as ``model.train_on_batch``, with the runtime's per-step work in
+    the same graph call: the metrics reset first (the logs are this step's own, not running
+    means), the learning rate set when given, and ``grad_norm`` read after the step when
+    :func:`mlops_trainers.optim.configure` records it (then it is in the logs, last).
 
-    Keras' ``train_on_batch`` resets every metric in Python (an eager assign per variable) and
-    re-checks the model is built on every call: about 3 ms of a 100 ms step. The runtime resets
-    the metrics itself, compiled (:func:`reset_metrics`), so once the model has a train function
-    (its first step goes through ``train_on_batch``, which builds what is missing; ``compile``
-    drops the function again) this calls that function directly.
+    Why one call: each eager call costs the host about 0.3-0.5 ms, and the runtime made four per
+    step (reset, learning rate, step, norm). On a CPU step of 100 ms that is noise; on a GPU step
+    of a few ms it is a large share, and Keras' ``fit`` makes one. The first step goes through
+    Keras' ``train_on_batch``, which builds what is missing (``compile`` drops the train function
+    again, and the next step traces anew).
     A tuple batch is ``(x, y[, sample_weight])``, anything else is ``x``.
     """
+    from mlops_trainers import optim
+
     data = tuple(batch) if isinstance(batch, tuple) else (batch,)
     x, y, weight = (*data, None, None)[:3]
     function = getattr(model, "train_function", None)
     strategy = getattr(model, "_distribute_strategy", None)  # set when built under a scope
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        return _train_distributed(model, strategy, (x, y, weight))
-    if function is None:
-        logs = model.train_on_batch(x, y, weight, return_dict=True)
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    fused = None
+    if function is not None and replicas == 1:
+        fused = _fused_step(model, function, learning_rate is not None)
+    if fused is not None:
+        import tensorflow as tf
+
+        rate = tf.constant(0.0 if learning_rate is None else learning_rate, tf.float32)
+        return {k: float(v) for k, v in fused((x, y, weight), rate).items()}
+    # The first step, a multi-replica strategy, or another backend: one call per part.
+    reset_metrics(model)
+    if learning_rate is not None:
+        model.optimizer.learning_rate = learning_rate
+    if replicas > 1:
+        logs = _train_distributed(model, strategy, (x, y, weight))
+    elif function is None:
+        logs = {
+            k: float(v) for k, v in model.train_on_batch(x, y, weight, return_dict=True).items()
+        }
     else:
-        logs = function(iter([(x, y, weight)]))
-    return {k: float(v) for k, v in logs.items()}
+        logs = {k: float(v) for k, v in function(iter([(x, y, weight)])).items()}
+    norm = optim.gradient_norm(model.optimizer)
+    if norm is not None:
+        logs["grad_norm"] = norm
+    return logs
+
+
+def _fused_step(model: keras.Model, function: Any, with_rate: bool) -> Any:
+    """The compiled reset + learning rate + ``function`` (Keras' train function: its step keeps
+    its own ``jit_compile``) + norm read, traced once per train function; None off TensorFlow."""
+    key = (function, with_rate)
+    cached = _FUSED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        import keras
+        import tensorflow as tf
+    except ImportError:
+        return None
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from mlops_trainers import optim
+
+    norm = optim.norm_variable(model.optimizer)
+
+    @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
+    def step(data: Any, rate: Any) -> dict[str, Any]:
+        model.reset_metrics()
+        if with_rate:
+            model.optimizer.learning_rate = rate
+        # Keras' train function takes an iterator; a Python one is read at trace time, and its
+        # step (a tf.function of its own) is called on this function's tensors.
+        logs = dict(function(iter([data])))
+        if norm is not None:
+            # Read after the step: TensorFlow orders it after the step's assign of the norm.
+            logs["grad_norm"] = tf.convert_to_tensor(norm)
+        return logs
+
+    _FUSED[model] = (key, step)
+    return step
+
+
+# model -> ((the train function it calls, sets the learning rate), the compiled step)
+_FUSED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, bool], Any]] = weakref.WeakKeyDictionary()
 
 
 def _train_distributed(
