@@ -20,6 +20,12 @@ other in each round, in an order drawn at random per round:
   the other two arms. (Until 2026-11-30 it read the batches from memory while ours decoded
   them: on two cores the decoding took steps/s from ours alone.)
 
+One more row, ``train_small_step``, runs the runtime and ``model.fit`` arms alone on a VQ-VAE so
+small that a step takes a few ms on CPU (10 x ``--steps`` timed steps after 20, 2 x ``--rounds``
+rounds): at that size the loop's own host work per step (its calls into TensorFlow, logs,
+TensorBoard, the spike guard) is as large a share as it would be beside a GPU step, which the
+trainers' CPU steps of 100 ms hide.
+
 Each round times ``--steps`` steps after ``--warmup`` untimed ones; ratios are paired per round
 and reported as a geometric mean with a 95% interval. The conv/GEMM roofline (a large float32
 GEMM and 3x3 convolution) is measured in the same process, and each trainer's achieved GFLOP/s
@@ -348,6 +354,23 @@ KINDS: dict[str, Kind] = {
 }
 
 
+# The runtime's own host work per step (compiled calls, logs, TensorBoard, the spike guard) is
+# noise beside a CPU step of 100 ms, and a large share of a GPU step of a few ms: this VQ-VAE's
+# step takes a few ms on CPU, so the ratio shows what that host work would cost on a GPU.
+SMALL_STEP = Kind(
+    "vqvae",
+    "sample://fashion-mnist",
+    {
+        "image_size": 16, "channels": 1, "batch_size": 8, "base_filters": 4, "downsample": 1,
+        "residual_blocks": 0, "latent_dim": 4, "num_embeddings": 64, "reconstructions": 0,
+    },
+    "",
+    lambda s: None,
+    _image,
+    checkpoint_every=500,  # the spec's default (MLOpsSpec.checkpoint_every)
+)  # fmt: skip
+
+
 # === Measuring ===
 
 
@@ -384,9 +407,9 @@ class _StepClock:
         self._real_checkpoint = _Run._checkpoint
         clock = self
 
-        def timed(trainer: Any, model: Any, batch: Any) -> Any:
+        def timed(trainer: Any, model: Any, batch: Any, *args: Any) -> Any:
             clock.starts.append(time.perf_counter())
-            return clock._real(trainer, model, batch)
+            return clock._real(trainer, model, batch, *args)
 
         def checkpoint(run: Any, trainer: Any, model: Any) -> None:
             began = time.perf_counter()
@@ -551,13 +574,77 @@ def match(kind: Kind, *, warmup: int, steps: int, root: Path) -> Matched:
     )
 
 
+def _fit_arm(trainer: Any, model: Any, signature: Any, warmup: int, steps: int) -> float:
+    """``model.fit``'s steps/s over the trainer's own data, made fresh each round as the
+    runtime's is (its caches cold): the same input work on both sides. A tf.data pipeline as
+    is; a generator through from_generator, prefetched (a thread ahead of the step: fit at its
+    best)."""
+    import tensorflow as tf
+
+    source = trainer.datasets()
+    data = source.batches(0)
+    if not isinstance(data, tf.data.Dataset):
+        data = tf.data.Dataset.from_generator(
+            lambda: source.batches(0), output_signature=signature
+        ).prefetch(tf.data.AUTOTUNE)
+    return _fit_rate(model, data, warmup, steps)
+
+
+def _runtime_arm(
+    kind: Kind, config: dict[str, Any], root: Path, warmup: int, steps: int
+) -> tuple[float, float]:
+    """The runtime loop's steps/s (a whole ``mlops run`` of one epoch, in this process), and the
+    seconds its checkpoints took inside the timed steps."""
+    from mlops_trainers.runtime import run
+
+    cfg = _run_config(
+        kind.kind, config, kind.data, root, "runtime", epochs=1,
+        checkpoint_every=kind.checkpoint_every,
+    )  # fmt: skip
+    clock = _StepClock()
+    try:
+        if run(cfg) != 0:
+            raise SystemExit(f"{kind.kind}: the runtime run failed ({cfg.output})")
+    finally:
+        clock.close()
+    shutil.rmtree(cfg.output, ignore_errors=True)
+    return _rate(clock.starts, warmup, steps), clock.checkpoint_seconds(warmup, steps)
+
+
+def _signature(batch: Any) -> Any:
+    import numpy as np
+    import tensorflow as tf
+
+    return tf.nest.map_structure(
+        lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)), batch
+    )
+
+
+def _rounds(
+    label: str, arms: dict[str, Callable[[], float]], rounds: int, orders: random.Random
+) -> tuple[dict[str, list[float]], list[list[str]]]:
+    """Each arm once per round, in an order drawn per round; their rates and the orders."""
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    drawn: list[list[str]] = []
+    for r in range(rounds):
+        order = list(arms)
+        orders.shuffle(order)  # its own generator: every run re-seeds the global one
+        drawn.append(order)
+        for name in order:
+            rates[name].append(arms[name]())
+        print(
+            f"  {label} round {r + 1}/{rounds} ({', '.join(order)}): "
+            + ", ".join(f"{n} {rates[n][-1]:.3g}" for n in arms)
+            + " steps/s",
+            flush=True,
+        )
+    return rates, drawn
+
+
 def measure(
     kind: Kind, *, warmup: int, steps: int, rounds: int, root: Path, orders: random.Random
 ) -> dict[str, Any]:
     import keras
-    import numpy as np
-    import tensorflow as tf
-    from mlops_trainers.runtime import run
     from mlops_trainers.trainer import RunContext, get_trainer
 
     m = match(kind, warmup=warmup, steps=steps, root=root)
@@ -566,45 +653,19 @@ def measure(
     )  # fmt: skip
     scale, reference, ours_work, ref_work = m.scale, m.reference, m.ours_work, m.ref_work
     extra: dict[str, Any] = {}
-    ref_signature = tf.nest.map_structure(
-        lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)),
-        _xy(*ref_batches[0]),
-    )
+    ref_signature = _signature(_xy(*ref_batches[0]))
     keras.utils.clear_session()
     trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
     trainer.prepare()
     trainer.datasets()
     model = trainer.build_model()
-    signature = tf.nest.map_structure(
-        lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)), batches[0]
-    )
+    signature = _signature(batches[0])
 
     def fit() -> float:
-        # The trainer's own data, fresh each round as the runtime's is (its caches cold): the
-        # same input work on both sides. A tf.data pipeline as is; a generator through
-        # from_generator, prefetched (a thread ahead of the step: fit at its best).
-        source = trainer.datasets()
-        data = source.batches(0)
-        if not isinstance(data, tf.data.Dataset):
-            data = tf.data.Dataset.from_generator(
-                lambda: source.batches(0), output_signature=signature
-            ).prefetch(tf.data.AUTOTUNE)
-        return _fit_rate(model, data, warmup, steps)
+        return _fit_arm(trainer, model, signature, warmup, steps)
 
     def runtime() -> float:
-        cfg = _run_config(
-            kind.kind, config, kind.data, root, "runtime", epochs=1,
-            checkpoint_every=kind.checkpoint_every,
-        )  # fmt: skip
-        clock = _StepClock()
-        try:
-            if run(cfg) != 0:
-                raise SystemExit(f"{kind.kind}: the runtime run failed ({cfg.output})")
-        finally:
-            clock.close()
-        shutil.rmtree(cfg.output, ignore_errors=True)
-        rate = _rate(clock.starts, warmup, steps)
-        saving = clock.checkpoint_seconds(warmup, steps)
+        rate, saving = _runtime_arm(kind, config, root, warmup, steps)
         checkpoint_s.append(saving)
         # The same steps with the checkpoint's seconds taken out: the loop's own overhead.
         without_checkpoints.append(steps / (steps / rate - saving))
@@ -618,20 +679,7 @@ def measure(
     checkpoint_s: list[float] = []
     without_checkpoints: list[float] = []
     arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit, "keras_io": keras_io}
-    rates: dict[str, list[float]] = {name: [] for name in arms}
-    drawn: list[list[str]] = []
-    for r in range(rounds):
-        order = list(arms)
-        orders.shuffle(order)  # its own generator: every run re-seeds the global one
-        drawn.append(order)
-        for name in order:
-            rates[name].append(arms[name]())
-        print(
-            f"  {kind.kind} round {r + 1}/{rounds} ({', '.join(order)}): "
-            + ", ".join(f"{n} {rates[n][-1]:.3g}" for n in arms)
-            + " steps/s",
-            flush=True,
-        )
+    rates, drawn = _rounds(kind.kind, arms, rounds, orders)
     shutil.rmtree(scratch, ignore_errors=True)
     vs_fit = Paired.of([a / b for a, b in zip(rates["runtime"], rates["fit"], strict=True)])
     bare_loop = Paired.of([a / b for a, b in zip(without_checkpoints, rates["fit"], strict=True)])
@@ -646,6 +694,69 @@ def measure(
         without_checkpoints=without_checkpoints, loop_vs_fit=bare_loop.__dict__,
     )  # fmt: skip
     return extra
+
+
+def measure_small_step(
+    *, warmup: int, steps: int, rounds: int, root: Path, orders: random.Random
+) -> dict[str, Any]:
+    """The runtime loop against model.fit on :data:`SMALL_STEP` (no keras.io arm: the row is
+    about the loop's host work, not the model)."""
+    import keras
+    from mlops_trainers.trainer import RunContext, get_trainer
+
+    kind = SMALL_STEP
+    config = dict(kind.config, steps_per_epoch=warmup + steps + 1)
+    probe = _run_config(kind.kind, config, kind.data, root, "probe", epochs=1)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    keras.utils.clear_session()
+    trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
+    trainer.prepare()
+    signature = _signature(next(iter(trainer.datasets().batches(0))))
+    model = trainer.build_model()
+    checkpoint_s: list[float] = []
+
+    def runtime() -> float:
+        rate, saving = _runtime_arm(kind, config, root, warmup, steps)
+        checkpoint_s.append(saving)
+        return rate
+
+    arms: dict[str, Callable[[], float]] = {
+        "runtime": runtime,
+        "fit": lambda: _fit_arm(trainer, model, signature, warmup, steps),
+    }
+    rates, drawn = _rounds("small step", arms, rounds, orders)
+    shutil.rmtree(scratch, ignore_errors=True)
+    vs_fit = Paired.of([a / b for a, b in zip(rates["runtime"], rates["fit"], strict=True)])
+    return dict(
+        kind="small_step", config=config, warmup=warmup, steps=steps, rounds=rounds,
+        orders=drawn, rates=rates, vs_fit=vs_fit.__dict__, checkpoint_s=checkpoint_s,
+    )  # fmt: skip
+
+
+def small_step_row(m: dict[str, Any]) -> Row:
+    import statistics
+
+    med = {name: statistics.median(v) for name, v in m["rates"].items()}
+    vs_fit = Paired(**m["vs_fit"])
+    extra_ms = statistics.median(
+        1e3 / r - 1e3 / f for r, f in zip(m["rates"]["runtime"], m["rates"]["fit"], strict=True)
+    )
+    c = m["config"]
+    checkpoint = statistics.median(m["checkpoint_s"])
+    return Row(
+        "train_small_step: runtime loop vs the same model in model.fit",
+        med["runtime"],
+        med["runtime"] / vs_fit.mean,
+        "steps/s",
+        "plain model.fit of build_model() on the trainer's own data pipeline, same batches",
+        f"{vs_fit.text()}; VQ-VAE at {c['image_size']} px, batch {c['batch_size']}, "
+        f"{c['base_filters']} filters: {1e3 / med['fit']:.1f} ms a step in model.fit, so the "
+        f"loop's host work per step shows as it would beside a GPU step; the runtime's extra "
+        f"time per step (median of rounds): {extra_ms:.2f} ms; {m['steps']} timed steps after "
+        f"{m['warmup']} per round; checkpoint_every {SMALL_STEP.checkpoint_every} (the spec's "
+        f"default: the timed steps hold one, {checkpoint:.2f} s a round), metrics, TensorBoard "
+        "and the spike guard on",
+    )
 
 
 def rows_of(m: dict[str, Any], peak: float) -> list[Row]:
@@ -721,7 +832,8 @@ def _checkpoint_share(m: dict[str, Any], every: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=sorted(KINDS))
+    every = [*sorted(KINDS), "small_step"]
+    parser.add_argument("--kinds", nargs="+", choices=every, default=every)
     parser.add_argument("--steps", type=int, default=50, help="timed steps per round and arm")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--rounds", type=int, default=5)
@@ -736,6 +848,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     try:
         for i, name in enumerate(args.kinds, 1):
             print(f"[{i}/{len(args.kinds)}] train_{name} ...", flush=True)
+            if name == "small_step":
+                # Many more steps: each takes a few ms, and the rounds' noise is in ms too.
+                measured.append(
+                    measure_small_step(
+                        warmup=20,
+                        steps=10 * args.steps,
+                        rounds=2 * args.rounds,
+                        root=root,
+                        orders=orders,
+                    )
+                )
+                continue
             measured.append(
                 measure(
                     KINDS[name],
@@ -749,7 +873,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     after = roofline()  # the machine may have changed under the run: both are kept
-    rows = list(itertools.chain.from_iterable(rows_of(m, peak["peak"]) for m in measured))
+    rows = list(
+        itertools.chain.from_iterable(
+            [small_step_row(m)] if m["kind"] == "small_step" else rows_of(m, peak["peak"])
+            for m in measured
+        )
+    )
     write_rows(
         args.out, rows, extra={"roofline": peak, "roofline_after": after, "detail": measured}
     )
