@@ -24,6 +24,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,14 +250,32 @@ def read_metrics(run: Run) -> list[dict[str, str]]:
 
 
 class PodWatch:
-    """Follows one pod until it is gone, keeping every state it was seen in."""
+    """Follows one pod until it is gone, keeping every state it was seen in, and its trainer's
+    log (``kubectl logs -f`` with timestamps): the pod's own log dies with it, and a trainer
+    that misses its grace period may not have copied its log to the bucket."""
 
-    def __init__(self, cluster: Cluster, namespace: str, name: str) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, name: str, log: Path) -> None:
         self.seen: list[client.V1Pod] = []
         self.gone = threading.Event()
+        self.log = log
         self._api = cluster.api_client()
         self._thread = threading.Thread(target=self._run, args=(namespace, name), daemon=True)
         self._thread.start()
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            self._logs = subprocess.Popen(
+                [str(cluster.kubectl_path), "logs", "-f", "--timestamps", name, "-c", "main",
+                 f"--namespace={namespace}"],
+                stdout=out, stderr=subprocess.STDOUT, env=cluster.env(),
+            )  # fmt: skip
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the trainer's log as followed (it ends when the container does)."""
+        try:
+            self._logs.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._logs.terminate()
+            self._logs.wait(timeout=10)
+        return self.log.read_text(errors="replace")[-chars:]
 
     def _run(self, namespace: str, name: str) -> None:
         core = client.CoreV1Api(self._api)
@@ -421,13 +441,18 @@ class Preemption:
         return self.grace or 30
 
 
-# Each preempted run checkpoints every this many steps.
+# Each preempted run checkpoints every this many steps, in two epochs of this many.
 PREEMPT_CHECKPOINT_EVERY = 10
+PREEMPT_STEPS_PER_EPOCH = 40
 
 
 @pytest.fixture(scope="module")
 def preempted(
-    cluster: Cluster, release: Release, bucket: Bucket, real_node: RealNode
+    cluster: Cluster,
+    release: Release,
+    bucket: Bucket,
+    real_node: RealNode,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> list[Preemption]:
     """Spot preemptions for real, with the pod's default grace period and with GKE Spot's 15 s:
     two runs of the example, each trainer pod deleted mid-epoch (both runs at once: their pod
@@ -442,7 +467,7 @@ def preempted(
                 release,
                 bucket,
                 f"spot-{grace or 'default'}-{suffix}",
-                steps_per_epoch=40,
+                steps_per_epoch=PREEMPT_STEPS_PER_EPOCH,
                 epochs=2,
                 checkpoint_every=checkpoint_every,
                 retries={"preemption": 3, "error": 0},
@@ -452,25 +477,36 @@ def preempted(
         )
         for grace in (None, 15)
     ]
-    for case in cases:
-        run = case.run
-        # Mid-epoch: after the first periodic checkpoint of epoch 1 (step 10 of 40).
-        case.before = wait_for(
-            f"{run.name}'s first periodic checkpoint",
-            lambda run=run: (s := run.status_file()) and s["global_step"] >= checkpoint_every and s,
-            timeout=RUN_TIMEOUT_S,
-            every=1,
-        )
-        case.pod = run.running_pod()
-        assert case.pod is not None, run.diagnostics()
-        assert case.pod.spec.node_name == real_node.name
-        assert case.pod.spec.termination_grace_period_seconds == 30  # Kubernetes' default
-        case.watch = PodWatch(cluster, run.namespace, case.pod.metadata.name)
-        args = ["delete", "pod", case.pod.metadata.name, f"--namespace={run.namespace}"]
-        if case.grace is not None:
-            args.append(f"--grace-period={case.grace}")
-        case.deleted_at = time.time()
-        cluster.kubectl(*args, "--wait=false")
+
+    def delete_when_checkpointed() -> bool:
+        """Delete the pod of every run that has reached its first periodic checkpoint (mid
+        epoch 1: step 10 of 40) since the last look; True once all are deleted. Both runs are
+        watched at once: one after the other, the second could finish before its turn."""
+        for case in cases:
+            if case.watch is not None:
+                continue
+            run = case.run
+            status = run.status_file()
+            if not status or status["global_step"] < checkpoint_every:
+                continue
+            assert status["global_step"] < 2 * PREEMPT_STEPS_PER_EPOCH, status  # not done yet
+            case.before = status
+            case.pod = run.running_pod()
+            assert case.pod is not None, run.diagnostics()
+            assert case.pod.spec.node_name == real_node.name
+            assert case.pod.spec.termination_grace_period_seconds == 30  # Kubernetes' default
+            name = case.pod.metadata.name
+            case.watch = PodWatch(cluster, run.namespace, name, logs / f"{name}.log")
+            args = ["delete", "pod", name, f"--namespace={run.namespace}"]
+            if case.grace is not None:
+                args.append(f"--grace-period={case.grace}")
+            case.deleted_at = time.time()
+            cluster.kubectl(*args, "--wait=false")
+        return all(case.watch is not None for case in cases)
+
+    logs = tmp_path_factory.mktemp("preempted-logs")
+    wait_for("each run's first periodic checkpoint", delete_when_checkpointed,
+             timeout=RUN_TIMEOUT_S, every=1)  # fmt: skip
     return cases
 
 
@@ -490,9 +526,14 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert terminated is not None, [p.status for p in follow.seen[-2:]]
         # The trainer's "preempted, checkpointed". When it is not, say which run, how long it
         # had, and how far its own log (copied to the bucket at each checkpoint) got.
+        # Where the grace period went, from the trainer's own log as followed (timestamped by
+        # the kubelet): printed for every deleted pod, asserted on below.
+        deleted = datetime.fromtimestamp(case.deleted_at, UTC).isoformat()
+        tail = follow.log_tail()
+        print(f"{run.name}: deleted at {deleted}, grace {case.budget} s; {terminated}\n{tail}")
         assert terminated.exit_code == 143, (
-            f"{run.name} (grace {case.budget} s, deleted at {case.deleted_at:.1f}): {terminated}\n"
-            f"{attempt_log_tail(run, 1)}"
+            f"{run.name} (grace {case.budget} s, deleted at {deleted}): {terminated}\n"
+            f"followed log:\n{tail}\nbucket log:\n{attempt_log_tail(run, 1)}"
         )
         took = terminated.finished_at.timestamp() - case.deleted_at
         assert took < case.budget, f"{run.name}: {took:.1f}s of a {case.budget}s grace period"
@@ -529,10 +570,12 @@ def test_deleted_pods_checkpoint_and_the_retries_resume(
         assert record["resumed_from"]["step"] == stopped_at, record["resumed_from"]
         assert record["resumed_from"]["checkpoint"].endswith(f"step-{stopped_at:010d}")
         assert 0 <= stopped_at - int(record["resumed_from"]["step"]) <= checkpoint_every
-        assert record["global_step"] == 80
+        assert record["global_step"] == 2 * PREEMPT_STEPS_PER_EPOCH
         rows = read_metrics(run)
         assert [int(r["epoch"]) for r in rows] == [1, 2]
-        assert [int(r["global_step"]) for r in rows] == [40, 80]
+        assert [int(r["global_step"]) for r in rows] == [
+            PREEMPT_STEPS_PER_EPOCH, 2 * PREEMPT_STEPS_PER_EPOCH
+        ]  # fmt: skip
         assert storage.read_json(run.url("attempts.json"))["attempts"] == 2
 
 
