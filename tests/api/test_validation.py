@@ -74,6 +74,10 @@ CASES = [
     Case("pixelcnn-vqvae-bad-scheme", "pixelcnn", {"vqvae": "ftp://host/runs/v"}, {}, "spec.trainer.config.vqvae", "scheme 'ftp'"),
     Case("pixelcnn-vqvae-not-a-name", "pixelcnn", {"vqvae": "My_VQVAE"}, {}, "spec.trainer.config.vqvae", "neither a run name"),
     Case("gpu-type-without-gpu", "vqvae", {}, {"resources": {"gpu": {"count": 0, "type": "nvidia-l4"}}}, "spec.resources.gpu.type", "count is 0"),
+    # The API server refuses an upper-case K and non-ASCII digits; the Kubernetes Python client's
+    # parser, used before, took both, and the run failed only when Argo made its pod.
+    Case("cpu-upper-case-k", "vqvae", {}, {"resources": {"cpu": "1K"}}, "spec.resources.cpu", "is not a Kubernetes quantity"),
+    Case("memory-arabic-digits", "vqvae", {}, {"resources": {"memory": "\u0661\u0666Gi"}}, "spec.resources.memory", "is not a Kubernetes quantity"),
     Case("resume-from-a-sample", "vqvae", {}, {"resume": {"from": "sample://skimage"}}, "spec.resume.from", "scheme 'sample'"),
     # --- cluster-only: a pod cannot reach this machine ---
     Case("output-local-path", "vqvae", {}, {"output": "./mlops-runs"}, "spec.output", "local path", True),

@@ -24,7 +24,7 @@ can read (PixelCNN: the VQ-VAE run's code grid) are not estimated.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,17 +60,11 @@ GPU_USABLE = 0.9
 
 
 def parse_quantity(value: str) -> int:
-    """Bytes of a Kubernetes quantity (``16Gi``, ``500M``, ``2e9``): the Kubernetes client's own
-    parser, the one the api validates ``resources.memory`` with, so both agree on every value."""
-    from decimal import Decimal
+    """Bytes of a Kubernetes quantity (``16Gi``, ``500M``, ``2e9``), by the grammar the api
+    validates ``resources.memory`` with (:mod:`mlops_trainers.quantity`), so both agree."""
+    from mlops_trainers.quantity import parse_quantity as amount
 
-    from kubernetes.utils.quantity import parse_quantity as untyped
-
-    kubernetes_quantity: Callable[[str], Decimal] = untyped  # the client ships no type hints
-    try:
-        return int(kubernetes_quantity(value.strip()))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a Kubernetes quantity") from None
+    return int(amount(value.strip()))
 
 
 def gib(value: float) -> str:
