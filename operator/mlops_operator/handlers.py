@@ -27,7 +27,7 @@ import kopf
 from mlops_api.naming import LABEL_MANAGED_BY, MANAGED_BY, queue_key
 from mlops_api.spec import GROUP, PLURAL, VERSION, MLOpsSpec
 
-from mlops_operator import kube, metrics, service
+from mlops_operator import credentials, kube, metrics, service
 from mlops_operator.queueing import QueueView, Waiting, queue_view
 from mlops_operator.reconcile import FINAL_PHASES, Event, handled, now, parse_status
 from mlops_operator.settings import OperatorSettings
@@ -126,9 +126,11 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
 
 
 @kopf.on.login()
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-    """kopf's own credentials (``login_via_client``: in-cluster, else the kubeconfig), in a
-    session of our own that holds at most ``MLOPS_API_CONCURRENCY`` of kopf's requests in flight.
+async def login(**_: Any) -> kopf.AiohttpSession:
+    """kopf's credentials, from the loader the handlers' own calls use
+    (:mod:`mlops_operator.credentials`: in-cluster, else the kubeconfig), in a session of our
+    own that holds at most ``MLOPS_API_CONCURRENCY`` of kopf's requests in flight. kopf logs in
+    again on a 401 and when the token's expiry passes.
 
     kopf's session allows any number of connections: a thousand new objects made a thousand
     finalizer PATCHes at once, each on a TLS connection of its own with asyncio's 256 KiB read
@@ -136,15 +138,32 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     connector instead would be simpler, but kopf's watch streams hold their connections for
     good, one per resource and namespace: with many watched namespaces they would take every
     connection and starve the requests. So the bound is on requests, and watches pass."""
-    info = kopf.login_via_client(**kwargs)
-    if info is None:
-        return None
+    info = await asyncio.to_thread(connection_info)
     return kopf.AiohttpSession(
         aiohttp_session=bounded_session(info, SETTINGS.api_concurrency),
         server=info.server,
         default_namespace=info.default_namespace,
         expiration=info.expiration,
         priority=info.priority,
+    )
+
+
+def connection_info(creds: credentials.Credentials | None = None) -> kopf.ConnectionInfo:
+    """kopf's view of the credentials (read now: a rotated token file, a renewed exec token)."""
+    creds = creds or credentials.load()
+    creds.invalidate()
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=creds.ca_path,
+        ca_data=creds.ca_data,
+        insecure=creds.insecure or None,
+        certificate_path=creds.cert_path,
+        certificate_data=creds.cert_data,
+        private_key_path=creds.key_path,
+        private_key_data=creds.key_data,
+        token=creds.token(),
+        default_namespace=creds.default_namespace,
+        expiration=creds.expiration(),
     )
 
 

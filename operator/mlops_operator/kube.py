@@ -9,14 +9,17 @@ can cure it.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from datetime import datetime
+from typing import Any, Literal, cast
+from urllib.parse import urlencode
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+import urllib3
 from mlops_api.naming import (
     ANNOTATION_ENDED_BEFORE_STOP,
     ANNOTATION_NUDGED_AT,
@@ -28,11 +31,12 @@ from mlops_api.naming import (
 from mlops_api.spec import GROUP, PLURAL, VERSION
 from urllib3.exceptions import HTTPError
 
-from mlops_operator import metrics
+from mlops_operator import credentials, metrics
 from mlops_operator.views import PodState
 
 ARGO_GROUP, ARGO_VERSION, WORKFLOWS = "argoproj.io", "v1alpha1", "workflows"
-T = TypeVar("T")
+RBAC = "rbac.authorization.k8s.io"
+USER_AGENT = "mlops-operator"
 
 
 @dataclass
@@ -54,9 +58,11 @@ HEALTH = _Health()
 
 @dataclass
 class _Client:
-    """The one shared API client (urllib3 pools are thread-safe) and the default timeout."""
+    """The one shared connection pool (urllib3's is thread-safe: kopf runs synchronous handlers
+    in threads), the credentials and the default timeout."""
 
-    api: client.ApiClient | None = None
+    pool: urllib3.PoolManager | None = None
+    creds: credentials.Credentials | None = None
     timeout: tuple[float, float] = (10.0, 30.0)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,56 +85,83 @@ class ApiError(Exception):
         return self.status not in (400, 422)
 
 
-def load_config(timeout_s: float = 30.0) -> None:
-    """Load in-cluster (else local kubeconfig) credentials; make the one shared client."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+def load_config(timeout_s: float = 30.0, creds: credentials.Credentials | None = None) -> None:
+    """Load in-cluster (else local kubeconfig) credentials; make the one shared pool."""
+    creds = creds or credentials.load()
+    pool = urllib3.PoolManager(
+        # As many connections as kopf has handler threads at once, kept for reuse.
+        maxsize=min(32, (os.cpu_count() or 1) * 5),
+        ssl_context=creds.ssl_context() if creds.server.startswith("https:") else None,
+        retries=False,
+    )
     with _CLIENT.lock:
         _CLIENT.timeout = (min(10.0, timeout_s), timeout_s)
-        _CLIENT.api = client.ApiClient()
+        _CLIENT.creds, _CLIENT.pool = creds, pool
 
 
-def api() -> client.ApiClient:
+def _connection() -> tuple[urllib3.PoolManager, credentials.Credentials]:
     with _CLIENT.lock:
-        if _CLIENT.api is None:
-            _CLIENT.api = client.ApiClient()
-        return _CLIENT.api
+        if _CLIENT.pool is not None and _CLIENT.creds is not None:
+            return _CLIENT.pool, _CLIENT.creds
+    load_config(_CLIENT.timeout[1])
+    assert _CLIENT.pool is not None and _CLIENT.creds is not None
+    return _CLIENT.pool, _CLIENT.creds
 
 
 def call(
     what: str,
-    fn: Callable[..., T],
-    *args: Any,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    query: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
     timeout: tuple[float, float] | None = None,
-    **kwargs: Any,
-) -> T:
-    """``fn(*args, **kwargs)`` with the timeout; errors become :class:`ApiError`."""
-    try:
-        result = fn(*args, _request_timeout=timeout or _CLIENT.timeout, **kwargs)
-    except ApiException as exc:
+) -> Any:
+    """One API request (``path`` from ``/api`` or ``/apis``), with the timeout; its JSON answer.
+    Errors become :class:`ApiError`; a 401 fetches the token again and retries once (a rotated
+    ServiceAccount token, an expired exec-plugin token)."""
+    pool, creds = _connection()
+    url = creds.server + path + (f"?{urlencode(query)}" if query else "")
+    data = None if body is None else json.dumps(body).encode()
+    connect, read = timeout or _CLIENT.timeout
+    for attempt in range(2):
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        token = creds.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = pool.request(
+                method, url, body=data, headers=headers,
+                timeout=urllib3.Timeout(connect=connect, read=read),
+            )  # fmt: skip
+        except (HTTPError, OSError) as exc:
+            HEALTH.last_error = f"{what}: {exc}"
+            metrics.API_ERRORS.labels(code="network").inc()
+            raise ApiError(what, None, type(exc).__name__, str(exc)) from None
         HEALTH.ok()  # the server answered: the connection is fine
-        reason, message = _explain(exc)
-        error = ApiError(what, exc.status, reason, message)
-        metrics.API_ERRORS.labels(code=str(exc.status)).inc()
-        raise error from None
-    except (HTTPError, OSError) as exc:
-        HEALTH.last_error = f"{what}: {exc}"
-        metrics.API_ERRORS.labels(code="network").inc()
-        raise ApiError(what, None, type(exc).__name__, str(exc)) from None
-    HEALTH.ok()
-    return result
+        if response.status == 401 and attempt == 0 and token:
+            creds.invalidate()
+            continue
+        break
+    if response.status >= 400:
+        reason, message = _explain(response.status, response.reason, response.data)
+        metrics.API_ERRORS.labels(code=str(response.status)).inc()
+        raise ApiError(what, response.status, reason, message)
+    return json.loads(response.data) if response.data else None
 
 
-def _explain(exc: ApiException) -> tuple[str, str]:
+def _explain(status: int, http_reason: str | None, data: bytes) -> tuple[str, str]:
     """(reason, message) of a failed call: the API server's Status object says both, e.g.
     ("Forbidden", "... exceeded quota: ..."), ("Invalid", "... denied by policy ...")."""
-    import json
-
-    fallback = (str(exc.reason or "Error").replace(" ", ""), f"{exc.status} {exc.reason}")
+    fallback = (
+        str(http_reason or "Error").replace(" ", ""),
+        f"{status} {http_reason or ''}".strip(),
+    )
     try:
-        body = json.loads(exc.body or "{}")
+        body = json.loads(data or b"{}")
     except (TypeError, ValueError):
         return fallback
     if not isinstance(body, dict):
@@ -137,35 +170,37 @@ def _explain(exc: ApiException) -> tuple[str, str]:
     return reason, str(body.get("message") or fallback[1])[:2000]
 
 
-def _core() -> client.CoreV1Api:
-    return client.CoreV1Api(api())
+def _namespaced(group: str, version: str, namespace: str, plural: str, name: str = "") -> str:
+    """The path of a namespaced collection or object (the core group is ``/api/v1``)."""
+    root = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    return f"{root}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
 
 
-def _custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api())
+def _core(namespace: str, plural: str, name: str = "") -> str:
+    return _namespaced("", "v1", namespace, plural, name)
 
 
-def _rbac() -> client.RbacAuthorizationV1Api:
-    return client.RbacAuthorizationV1Api(api())
+def _argo(namespace: str, name: str = "") -> str:
+    return _namespaced(ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, name)
 
 
 def ping() -> None:
     """A cheap authenticated call (the server's version), to prove the connection works."""
-    call("GET /version", client.VersionApi(api()).get_code, timeout=(3.0, 5.0))
+    call("GET /version", "GET", "/version", timeout=(3.0, 5.0))
 
 
 def api_served(group: str, version: str, plural: str) -> bool:
     """Whether the API server serves ``plural`` in ``group/version`` (a CRD installed)."""
     try:
         found = call(
-            f"GET /apis/{group}/{version}", _custom().get_api_resources, group, version,
+            f"GET /apis/{group}/{version}", "GET", f"/apis/{group}/{version}",
             timeout=(3.0, 10.0),
         )  # fmt: skip
     except ApiError as exc:
         if exc.status == 404:
             return False
         raise
-    return any(r.name == plural for r in found.resources or [])
+    return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
 
 
 # === Children ===
@@ -208,17 +243,9 @@ def create_child(obj: dict[str, Any], owner_uid: str) -> Literal["created", "exi
     namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     try:
         if kind == "ConfigMap":
-            call(f"create ConfigMap {name}", _core().create_namespaced_config_map, namespace, obj)
+            call(f"create ConfigMap {name}", "POST", _core(namespace, "configmaps"), body=obj)
         elif kind == "Workflow":
-            call(
-                f"create Workflow {name}",
-                _custom().create_namespaced_custom_object,
-                ARGO_GROUP,
-                ARGO_VERSION,
-                namespace,
-                WORKFLOWS,
-                obj,
-            )
+            call(f"create Workflow {name}", "POST", _argo(namespace), body=obj)
         else:
             raise ValueError(f"unexpected kind {kind}")
     except ApiError as exc:
@@ -236,20 +263,10 @@ def create_child(obj: dict[str, Any], owner_uid: str) -> Literal["created", "exi
 def get_child(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         if kind == "ConfigMap":
-            cm = call(f"get ConfigMap {name}", _core().read_namespaced_config_map, name, namespace)
-            return cast(dict[str, Any], api().sanitize_for_serialization(cm))  # type: ignore[no-untyped-call]
-        return cast(
-            dict[str, Any],
-            call(
-                f"get Workflow {name}",
-                _custom().get_namespaced_custom_object,
-                ARGO_GROUP,
-                ARGO_VERSION,
-                namespace,
-                WORKFLOWS,
-                name,
-            ),
-        )
+            path = _core(namespace, "configmaps", name)
+        else:
+            path = _argo(namespace, name)
+        return cast(dict[str, Any], call(f"get {kind} {name}", "GET", path))
     except ApiError as exc:
         if exc.status == 404:
             return None
@@ -260,15 +277,9 @@ def _patch_workflow(what: str, namespace: str, name: str, patch: Mapping[str, An
     """A merge patch of a Workflow; one already gone is no error."""
     try:
         call(
-            f"{what} Workflow {name}",
-            _custom().patch_namespaced_custom_object,
-            ARGO_GROUP,
-            ARGO_VERSION,
-            namespace,
-            WORKFLOWS,
-            name,
-            patch,
-        )
+            f"{what} Workflow {name}", "PATCH", _argo(namespace, name), body=patch,
+            content_type="application/merge-patch+json",
+        )  # fmt: skip
     except ApiError as exc:
         if exc.status != 404:
             raise
@@ -293,15 +304,13 @@ def live_pods(namespace: str, owner_uid: str, *, run: str | None = None) -> list
     Workflow is marked finished at once; its trainer is still checkpointing until its pod ends."""
     selector = f"{LABEL_OWNER_UID}={owner_uid}" + (f",{LABEL_RUN_ID}={run}" if run else "")
     pods = call(
-        f"list pods of {owner_uid}",
-        _core().list_namespaced_pod,
-        namespace,
-        label_selector=selector,
-    )
+        f"list pods of {owner_uid}", "GET", _core(namespace, "pods"),
+        query={"labelSelector": selector},
+    )  # fmt: skip
     return sorted(
-        str(p.metadata.name if p.metadata else "")
-        for p in pods.items
-        if (p.status.phase if p.status else None) not in ("Succeeded", "Failed")
+        str((p.get("metadata") or {}).get("name") or "")
+        for p in pods.get("items") or []
+        if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     )
 
 
@@ -309,20 +318,19 @@ def workflow_pods(namespace: str, workflow: str) -> dict[str, PodState]:
     """The pods of one Workflow by name: their phase and, once ended, when their last
     container ended."""
     pods = call(
-        f"list pods of Workflow {workflow}",
-        _core().list_namespaced_pod,
-        namespace,
-        label_selector=f"workflows.argoproj.io/workflow={workflow}",
-    )
+        f"list pods of Workflow {workflow}", "GET", _core(namespace, "pods"),
+        query={"labelSelector": f"workflows.argoproj.io/workflow={workflow}"},
+    )  # fmt: skip
     states: dict[str, PodState] = {}
-    for pod in pods.items:
+    for pod in pods.get("items") or []:
+        status = pod.get("status") or {}
         ended = [
-            c.state.terminated.finished_at
-            for c in (pod.status.container_statuses or [] if pod.status else [])
-            if c.state and c.state.terminated and c.state.terminated.finished_at
+            datetime.fromisoformat(finished)
+            for c in status.get("containerStatuses") or []
+            if (finished := ((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
         ]
-        states[str(pod.metadata.name if pod.metadata else "")] = PodState(
-            phase=str(pod.status.phase if pod.status else ""),
+        states[str((pod.get("metadata") or {}).get("name") or "")] = PodState(
+            phase=str(status.get("phase") or ""),
             ended_at=max(ended).isoformat() if ended else None,
         )
     return states
@@ -337,20 +345,12 @@ def nudge_workflow(namespace: str, name: str, at: str) -> None:
 
 
 def delete_run(namespace: str, workflow: str, config_map: str) -> None:
-    for what, fn, args in (
-        (
-            f"delete Workflow {workflow}",
-            _custom().delete_namespaced_custom_object,
-            (ARGO_GROUP, ARGO_VERSION, namespace, WORKFLOWS, workflow),
-        ),
-        (
-            f"delete ConfigMap {config_map}",
-            _core().delete_namespaced_config_map,
-            (config_map, namespace),
-        ),
+    for what, path in (
+        (f"delete Workflow {workflow}", _argo(namespace, workflow)),
+        (f"delete ConfigMap {config_map}", _core(namespace, "configmaps", config_map)),
     ):
         try:
-            call(what, fn, *args)
+            call(what, "DELETE", path)
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -361,18 +361,8 @@ def delete_run(namespace: str, workflow: str, config_map: str) -> None:
 
 def get_mlops(namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return cast(
-            dict[str, Any],
-            call(
-                f"get MLOps {name}",
-                _custom().get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-            ),
-        )
+        path = _namespaced(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], call(f"get MLOps {name}", "GET", path))
     except ApiError as exc:
         if exc.status == 404:
             return None
@@ -406,13 +396,9 @@ def replace_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> dict[s
             dict[str, Any],
             call(
                 f"update MLOps {meta['name']} status",
-                _custom().replace_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                PLURAL,
-                meta["name"],
-                obj,
+                "PUT",
+                _namespaced(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"]) + "/status",
+                body=obj,
             ),
         )
     except ApiError as exc:
@@ -434,12 +420,10 @@ def queue_capacity(namespace: str, config_map: str, key: str) -> int | None:
     if cached is None or time.monotonic() - cached[0] > CAPACITY_TTL_S:
         try:
             cm = call(
-                f"get ConfigMap {namespace}/{config_map}",
-                _core().read_namespaced_config_map,
-                config_map,
-                namespace,
-            )
-            data = dict(cm.data or {})
+                f"get ConfigMap {namespace}/{config_map}", "GET",
+                _core(namespace, "configmaps", config_map),
+            )  # fmt: skip
+            data = dict(cm.get("data") or {})
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -462,9 +446,9 @@ EXECUTOR_RULES = [
 ]
 
 
-def _create_if_absent(what: str, fn: Callable[..., Any], *args: Any) -> None:
+def _create_if_absent(what: str, path: str, body: Mapping[str, Any]) -> None:
     try:
-        call(what, fn, *args)
+        call(what, "POST", path, body=body)
     except ApiError as exc:
         if exc.status != 409:
             raise
@@ -479,8 +463,7 @@ def provision_namespace(
     role = f"{service_account}-executor"
     _create_if_absent(
         f"create ServiceAccount {namespace}/{service_account}",
-        _core().create_namespaced_service_account,
-        namespace,
+        _core(namespace, "serviceaccounts"),
         {
             "metadata": {
                 "name": service_account,
@@ -491,14 +474,12 @@ def provision_namespace(
     )
     _create_if_absent(
         f"create Role {namespace}/{role}",
-        _rbac().create_namespaced_role,
-        namespace,
+        _namespaced(RBAC, "v1", namespace, "roles"),
         {"metadata": {"name": role, "labels": labels}, "rules": EXECUTOR_RULES},
     )
     _create_if_absent(
         f"create RoleBinding {namespace}/{role}",
-        _rbac().create_namespaced_role_binding,
-        namespace,
+        _namespaced(RBAC, "v1", namespace, "rolebindings"),
         {
             "metadata": {"name": role, "labels": labels},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
@@ -512,11 +493,9 @@ def provision_namespace(
 def service_account_exists(namespace: str, name: str) -> bool:
     try:
         call(
-            f"get ServiceAccount {namespace}/{name}",
-            _core().read_namespaced_service_account,
-            name,
-            namespace,
-        )
+            f"get ServiceAccount {namespace}/{name}", "GET",
+            _core(namespace, "serviceaccounts", name),
+        )  # fmt: skip
     except ApiError as exc:
         if exc.status == 404:
             return False

@@ -37,6 +37,12 @@ E2E_OPERATOR_ENV = {
     "MLOPS_REPORT_SUMMARY": "false",
     "MLOPS_DEFAULT_IMAGE": "docker.io/local/mlops-trainer:e2e",
 }
+# ``python -c WITHOUT_CLIENT kopf run ...`` is ``python -m kopf run ...`` with the ``kubernetes``
+# package unimportable (None in sys.modules makes every import of it raise ImportError).
+WITHOUT_CLIENT = (
+    "import runpy, sys; sys.modules['kubernetes'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_module('kopf', run_name='__main__', alter_sys=True)"
+)
 # The e2e suite against another version of the operator (a checkout of an older commit, to show
 # that a new test fails there): its source tree's packages come first on the operator's path.
 OPERATOR_SRC_ENV = "MLOPS_E2E_OPERATOR_SRC"
@@ -142,12 +148,15 @@ class Operator:
         if src:
             paths = [str(Path(src) / d) for d in PACKAGE_DIRS]
             env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
+        # The operator image installs no Kubernetes client (kopf would import it if present):
+        # this venv has one for the tests, so the operator runs with it unimportable, as there.
+        # An older checkout's operator (OPERATOR_SRC_ENV) may still need it.
+        launch = ["-m", "kopf"] if src else ["-c", WITHOUT_CLIENT, "kopf"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "kopf",
+                    *launch,
                     "run",
                     "--module=mlops_operator",
                     *self.args,
