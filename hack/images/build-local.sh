@@ -133,9 +133,11 @@ smoke_operator() {
 import importlib.util, os
 import kopf, mlops_operator, mlops_workflows, mlops_trainers.config
 assert os.getuid() == 1000 and os.getgid() == 1000, (os.getuid(), os.getgid())
-for absent in ("tensorflow", "keras"):
+# No Kubernetes client either: the operator makes its calls itself (mlops_operator.kube).
+for absent in ("tensorflow", "keras", "kubernetes"):
     assert importlib.util.find_spec(absent) is None, absent + " is installed"
-print("operator image: uid", os.getuid(), "| mlops_operator imports | no tensorflow, no keras")'
+import mlops_operator.handlers
+print("operator image: uid", os.getuid(), "| mlops_operator imports | no tensorflow, keras, kubernetes")'
 }
 
 smoke_trainer() {
