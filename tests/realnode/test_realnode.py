@@ -270,12 +270,16 @@ class PodWatch:
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the trainer's log as followed (it ends when the container does)."""
+        self.close()
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def close(self) -> None:
+        """Stop following (by its PID) once the container has ended, or after 10 s."""
         try:
             self._logs.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._logs.terminate()
             self._logs.wait(timeout=10)
-        return self.log.read_text(errors="replace")[-chars:]
 
     def _run(self, namespace: str, name: str) -> None:
         core = client.CoreV1Api(self._api)
@@ -456,7 +460,7 @@ def preempted(
     bucket: Bucket,
     real_node: RealNode,
     tmp_path_factory: pytest.TempPathFactory,
-) -> list[Preemption]:
+) -> Iterator[list[Preemption]]:
     """Spot preemptions for real, with the pod's default grace period and with GKE Spot's 15 s:
     two runs of the example, each trainer pod deleted mid-epoch (both runs at once: their pod
     starts and Argo's 30 s retry backoff overlap). The test below checks what followed; the
@@ -508,9 +512,15 @@ def preempted(
         return all(case.watch is not None for case in cases)
 
     logs = tmp_path_factory.mktemp("preempted-logs")
-    wait_for("each run's first periodic checkpoint", delete_when_checkpointed,
-             timeout=RUN_TIMEOUT_S, every=1)  # fmt: skip
-    return cases
+    try:
+        wait_for("each run's first periodic checkpoint", delete_when_checkpointed,
+                 timeout=RUN_TIMEOUT_S, every=1)  # fmt: skip
+        yield cases
+    finally:
+        # A failed assertion on one case leaves the others' log followers running.
+        for case in cases:
+            if case.watch is not None:
+                case.watch.close()
 
 
 def test_deleted_pods_checkpoint_and_the_retries_resume(
