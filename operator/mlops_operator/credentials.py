@@ -87,7 +87,10 @@ class Credentials:
 
     def _refresh(self) -> None:
         if self.token_path:
-            self._token = Path(self.token_path).read_text().strip() or None
+            try:
+                self._token = Path(self.token_path).read_text().strip() or None
+            except OSError as exc:
+                raise CredentialsError(f"token file {self.token_path}: {exc}") from None
             self._token_until = time.monotonic() + TOKEN_FILE_TTL_S
             return
         assert self.exec_config is not None

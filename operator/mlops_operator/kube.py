@@ -119,8 +119,9 @@ def call(
     timeout: tuple[float, float] | None = None,
 ) -> Any:
     """One API request (``path`` from ``/api`` or ``/apis``), with the timeout; its JSON answer.
-    Errors become :class:`ApiError`; a 401 fetches the token again and retries once (a rotated
-    ServiceAccount token, an expired exec-plugin token)."""
+    Errors become :class:`ApiError` (credentials that cannot be had too: transient, like the
+    network); a 401 fetches the token again and retries once (a rotated ServiceAccount token, an
+    expired exec-plugin token)."""
     pool, creds = _connection()
     url = creds.server + path + (f"?{urlencode(query)}" if query else "")
     data = None if body is None else json.dumps(body).encode()
@@ -129,7 +130,14 @@ def call(
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if data is not None:
             headers["Content-Type"] = content_type
-        token = creds.token()
+        try:
+            token = creds.token()
+        except credentials.CredentialsError as exc:
+            # A plugin that stopped working or a token file between swaps: waited out and
+            # retried like an unreachable server, and liveness sees it (nothing succeeds).
+            HEALTH.last_error = f"{what}: {exc}"
+            metrics.API_ERRORS.labels(code="credentials").inc()
+            raise ApiError(what, None, "CredentialsError", str(exc)) from None
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:

@@ -15,7 +15,9 @@ ERRORS = Counter(
     ["handler", "reason"],
 )
 API_ERRORS = Counter(
-    "mlops_api_errors_total", "Failed Kubernetes API calls, by HTTP code (or 'network').", ["code"]
+    "mlops_api_errors_total",
+    "Failed Kubernetes API calls, by HTTP code (or 'network', 'credentials').",
+    ["code"],
 )
 RUNS = Gauge("mlops_runs", "MLOps objects by phase, as this operator last wrote them.", ["phase"])
 STATUS_UPDATES = Counter("mlops_status_updates_total", "Status writes.")

@@ -278,3 +278,25 @@ def test_the_operator_runs_without_the_kubernetes_client() -> None:
         "assert 'kubernetes' not in {m.split('.')[0] for m in sys.modules if sys.modules[m]}\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_credentials_that_fail_during_a_run_are_a_transient_error(
+    server: Any, tmp_path: Path
+) -> None:
+    # An exec plugin that stops working (a gcloud login expired) and a token file that is gone
+    # (between the kubelet's swaps): both are waited out like an unreachable server (the
+    # handlers retry ApiErrors with backoff), never a raw exception out of a handler.
+    failing = {"command": sys.executable, "args": ["-c", "import sys; sys.exit('no login')"]}
+    _use(server, exec_config=failing)
+    with pytest.raises(kube.ApiError) as info:
+        kube.ping()
+    assert info.value.status is None and info.value.transient
+    assert info.value.reason == "CredentialsError"
+    assert "exited 1: no login" in info.value.message
+    assert kube.HEALTH.last_error.startswith("GET /version: exec credential plugin")
+    _use(server, token_path=str(tmp_path / "gone"))
+    with pytest.raises(kube.ApiError) as info:
+        kube.ping()
+    assert info.value.transient and info.value.reason == "CredentialsError"
+    assert str(tmp_path / "gone") in info.value.message
+    assert server.seen == []  # nothing was sent without its credentials
