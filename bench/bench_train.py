@@ -697,13 +697,23 @@ def measure(
 
 
 def measure_small_step(
-    *, warmup: int, steps: int, rounds: int, root: Path, orders: random.Random
+    *, warmup: int, steps: int, rounds: int, root: Path, orders: random.Random, replicas: int = 1
 ) -> dict[str, Any]:
     """The runtime loop against model.fit on :data:`SMALL_STEP` (no keras.io arm: the row is
-    about the loop's host work, not the model)."""
+    about the loop's host work, not the model). ``replicas`` > 1: both on that many replicas of
+    a MirroredStrategy (``bench_replicas.py``, whose process has split the CPU into them)."""
+    import contextlib
+
     import keras
+    from mlops_trainers import distribute
     from mlops_trainers.trainer import RunContext, get_trainer
 
+    # The runtime makes its own strategy (distribute.strategy_for); fit's model is built and
+    # trained under one over the same devices (fit splits each global batch over them). First:
+    # the devices are split before TensorFlow initialises.
+    strategy = distribute.strategy_for([]) if replicas > 1 else None
+    if replicas > 1 and (strategy is None or strategy.num_replicas_in_sync != replicas):
+        raise SystemExit(f"{replicas} replicas wanted: set {distribute.CPU_REPLICAS_ENV}")
     kind = SMALL_STEP
     config = dict(kind.config, steps_per_epoch=warmup + steps + 1)
     probe = _run_config(kind.kind, config, kind.data, root, "probe", epochs=1)
@@ -712,7 +722,12 @@ def measure_small_step(
     trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
     trainer.prepare()
     signature = _signature(next(iter(trainer.datasets().batches(0))))
-    model = trainer.build_model()
+
+    def scope() -> Any:
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    with scope():
+        model = trainer.build_model()
     checkpoint_s: list[float] = []
 
     def runtime() -> float:
@@ -720,16 +735,19 @@ def measure_small_step(
         checkpoint_s.append(saving)
         return rate
 
-    arms: dict[str, Callable[[], float]] = {
-        "runtime": runtime,
-        "fit": lambda: _fit_arm(trainer, model, signature, warmup, steps),
-    }
-    rates, drawn = _rounds("small step", arms, rounds, orders)
+    def fit() -> float:
+        with scope():
+            return _fit_arm(trainer, model, signature, warmup, steps)
+
+    arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit}
+    label = "small step" + (f", {replicas} replicas" if replicas > 1 else "")
+    rates, drawn = _rounds(label, arms, rounds, orders)
     shutil.rmtree(scratch, ignore_errors=True)
     vs_fit = Paired.of([a / b for a, b in zip(rates["runtime"], rates["fit"], strict=True)])
     return dict(
         kind="small_step", config=config, warmup=warmup, steps=steps, rounds=rounds,
         orders=drawn, rates=rates, vs_fit=vs_fit.__dict__, checkpoint_s=checkpoint_s,
+        replicas=replicas,
     )  # fmt: skip
 
 
@@ -743,13 +761,21 @@ def small_step_row(m: dict[str, Any]) -> Row:
     )
     c = m["config"]
     checkpoint = statistics.median(m["checkpoint_s"])
+    replicas = int(m.get("replicas", 1))
+    name, where = "train_small_step", ""
+    if replicas > 1:
+        name = f"train_small_step_{replicas}replicas"
+        where = (
+            f"; both on {replicas} data-parallel replicas (MirroredStrategy over {replicas} "
+            "logical CPU devices), the global batch split over them"
+        )
     return Row(
-        "train_small_step: runtime loop vs the same model in model.fit",
+        f"{name}: runtime loop vs the same model in model.fit",
         med["runtime"],
         med["runtime"] / vs_fit.mean,
         "steps/s",
         "plain model.fit of build_model() on the trainer's own data pipeline, same batches",
-        f"{vs_fit.text()}; VQ-VAE at {c['image_size']} px, batch {c['batch_size']}, "
+        f"{vs_fit.text()}{where}; VQ-VAE at {c['image_size']} px, batch {c['batch_size']}, "
         f"{c['base_filters']} filters: {1e3 / med['fit']:.1f} ms a step in model.fit, so the "
         f"loop's host work per step shows as it would beside a GPU step; the runtime's extra "
         f"time per step (median of rounds): {extra_ms:.2f} ms; {m['steps']} timed steps after "

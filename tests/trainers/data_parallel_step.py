@@ -6,8 +6,10 @@ environment: the logical CPU devices must be made before TensorFlow initialises,
 this runs in its own process. CASES.json is a list of ``{"run": run file, "steps": n}``. Each run
 file is built twice with the same seed, once as the runtime builds it on one device and once
 under the 2-replica strategy; each takes the first batch of epoch 0 through the trainer's
-``train_step``, and the 2-replica model ``n - 1`` more, then a spike-guard snapshot, one step
-and the snapshot's restore. OUT.json gets, per case, both first steps' logs, the largest
+``train_step``, then the first batch of step 1 (the compiled step's first call), and the
+2-replica model ``n - 2`` more, then a spike-guard snapshot, one step and the snapshot's
+restore. OUT.json gets, per case, both models' logs of their first two steps, how many times the
+2-replica compiled step was traced (None: it did not run), the largest
 difference between the two models' states (weights and optimizer) after that step, the largest
 difference between the two replicas' copies of any variable after the steps, and between every
 copy and the restored snapshot.
@@ -41,14 +43,15 @@ def _build(config: Any, scratch: Path) -> tuple[Any, Any, Any]:
 def _compare(strategy: Any, config: Any, steps: int, scratch: Path) -> dict[str, Any]:
     import numpy as np
     from mlops_trainers import optim
+    from mlops_trainers import trainer as trainer_module
     from mlops_trainers.spike_guard import Snapshot, model_state_variables
 
-    trainer, model, data = _build(config, scratch)
-    batches = data.batches(0, 0)
-    batch = next(iter(batches))
-    one_logs = dict(trainer.train_step(model, batch))
-    one_logs["grad_norm"] = optim.gradient_norm(model.optimizer) or 0.0
-    one = [np.asarray(v.numpy()) for v in model_state_variables(model)]
+    one_trainer, one_model, data = _build(config, scratch)
+    batch = next(iter(data.batches(0, 0)))
+    second = next(iter(data.batches(0, 1)))
+    one_logs = dict(one_trainer.train_step(one_model, batch))
+    one_logs["grad_norm"] = optim.gradient_norm(one_model.optimizer) or 0.0
+    one = [np.asarray(v.numpy()) for v in model_state_variables(one_model)]
 
     with strategy.scope():
         trainer, model, data = _build(config, scratch)
@@ -56,10 +59,22 @@ def _compare(strategy: Any, config: Any, steps: int, scratch: Path) -> dict[str,
         two_logs["grad_norm"] = optim.gradient_norm(model.optimizer) or 0.0
         variables = model_state_variables(model)
         two = [np.asarray(v.numpy()) for v in variables]
+
+    # The second step is the compiled one (train_on_batch's first call builds it). Both start
+    # from the 2-replica model's state, so that they compute the same thing exactly (the states
+    # after one step differ by float roundoff, which a second step's logs would show).
+    for variable, value in zip(model_state_variables(one_model), two, strict=True):
+        variable.assign(value)
+    one_next = dict(one_trainer.train_step(one_model, second))
+    with strategy.scope():
         # More steps on 2 replicas only: do the replicas' copies stay equal?
         more = list(data.batches(0, 1))[:steps]
-        for batch in more[:-1]:
+        two_next = dict(trainer.train_step(model, second))
+        for batch in more[1:-1]:
             trainer.train_step(model, batch)
+        # Whether those steps were the one compiled call (trainer._FUSED), and its traces.
+        fused = trainer_module._FUSED.get(model)
+        traces = None if fused is None else fused[1].experimental_get_tracing_count()
         # The spike guard's rollback: a snapshot, one more step, the snapshot restored on
         # every replica's copy.
         snapshot = Snapshot.take(model, {}, [])
@@ -85,6 +100,9 @@ def _compare(strategy: Any, config: Any, steps: int, scratch: Path) -> dict[str,
         "kind": config.trainer.kind,
         "one": one_logs,
         "two": two_logs,
+        "one_next": one_next,
+        "two_next": two_next,
+        "fused_traces": traces,
         "state_diffs": diffs,
         "max_state_diff": diffs[worst],
         "worst_state": worst,

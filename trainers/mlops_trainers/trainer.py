@@ -238,8 +238,9 @@ def train_on_batch(
     Why one call: each eager call costs the host about 0.3-0.5 ms, and the runtime made four per
     step (reset, learning rate, step, norm). On a CPU step of 100 ms that is noise; on a GPU step
     of a few ms it is a large share, and Keras' ``fit`` makes one. The first step goes through
-    Keras' ``train_on_batch``, which builds what is missing (``compile`` drops the train function
-    again, and the next step traces anew).
+    Keras' ``train_on_batch`` (under a multi-replica strategy, :func:`_train_distributed`), which
+    builds what is missing (``compile`` drops the train function again, and the next step traces
+    anew). Under a strategy every step's batch is split over the replicas.
     A tuple batch is ``(x, y[, sample_weight])``, anything else is ``x``.
     """
     from mlops_trainers import optim
@@ -250,14 +251,19 @@ def train_on_batch(
     strategy = getattr(model, "_distribute_strategy", None)  # set when built under a scope
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
     fused = None
-    if function is not None and replicas == 1:
-        fused = _fused_step(model, function, learning_rate is not None)
+    if function is not None:
+        fused = _fused_step(model, function, learning_rate is not None, replicas > 1)
     if fused is not None:
         import tensorflow as tf
 
         rate = tf.constant(0.0 if learning_rate is None else learning_rate, tf.float32)
-        return {k: float(v) for k, v in fused((x, y, weight), rate).items()}
-    # The first step, a multi-replica strategy, or another backend: one call per part.
+        data = (x, y, weight)
+        if replicas > 1:
+            from mlops_trainers.distribute import distribute_batch
+
+            data = distribute_batch(strategy, data)
+        return {k: float(v) for k, v in fused(data, rate).items()}
+    # The first step, or another backend: one call per part.
     reset_metrics(model)
     if learning_rate is not None:
         model.optimizer.learning_rate = learning_rate
@@ -275,10 +281,15 @@ def train_on_batch(
     return logs
 
 
-def _fused_step(model: keras.Model, function: Any, with_rate: bool) -> Any:
+def _fused_step(model: keras.Model, function: Any, with_rate: bool, distributed: bool) -> Any:
     """The compiled reset + learning rate + ``function`` (Keras' train function: its step keeps
-    its own ``jit_compile``) + norm read, traced once per train function; None off TensorFlow."""
-    key = (function, with_rate)
+    its own ``jit_compile``) + norm read, traced once per train function; None off TensorFlow.
+
+    ``distributed`` (a model built under a multi-replica strategy): the step takes the batch as
+    per-replica values (:func:`mlops_trainers.distribute.distribute_batch`) and returns the
+    metrics read across the replicas, as the first step's :func:`_train_distributed` does in five
+    host calls (reset, learning rate, step, metrics, norm)."""
+    key = (function, with_rate, distributed)
     cached = _FUSED.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -301,6 +312,10 @@ def _fused_step(model: keras.Model, function: Any, with_rate: bool) -> Any:
         # Keras' train function takes an iterator; a Python one is read at trace time, and its
         # step (a tf.function of its own) is called on this function's tensors.
         logs = dict(function(iter([data])))
+        if distributed:
+            # Keras' step logs are each replica's own results, averaged: a ratio (IoU) of a
+            # slice is not the batch's. The metric variables summed across the replicas are.
+            logs = dict(model.get_metrics_result())
         if norm is not None:
             # Read after the step: TensorFlow orders it after the step's assign of the norm.
             logs["grad_norm"] = tf.convert_to_tensor(norm)
@@ -310,8 +325,10 @@ def _fused_step(model: keras.Model, function: Any, with_rate: bool) -> Any:
     return step
 
 
-# model -> ((the train function it calls, sets the learning rate), the compiled step)
-_FUSED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, bool], Any]] = weakref.WeakKeyDictionary()
+# model -> ((the train function it calls, sets the learning rate, distributed), the compiled step)
+_FUSED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, bool, bool], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _train_distributed(
