@@ -218,3 +218,39 @@ def test_detector_calls_spikes_against_the_running_median() -> None:
         detector.spike(0.1)
     assert detector.median == pytest.approx(0.1)
     assert np.isfinite(detector.median or np.nan)
+
+
+def test_a_snapshot_is_every_state_variable_read_in_one_compiled_call() -> None:
+    """Snapshot.take reads the weights, optimizer slots and iteration count in one graph call
+    (traced once), as copies: what it holds is what eager reads give, and a later step changes
+    the model, not the snapshot; its restore brings the model back."""
+    import keras
+    from mlops_trainers import spike_guard
+    from mlops_trainers.spike_guard import Snapshot, model_state_variables
+    from mlops_trainers.trainer import train_on_batch
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(8)(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rng = np.random.default_rng(0)
+    batch = (rng.normal(size=(8, 4)).astype("float32"), rng.normal(size=(8, 2)).astype("float32"))
+    train_on_batch(model, batch)
+    variables = model_state_variables(model)
+    eager = [np.array(v.numpy()) for v in variables]
+    snapshot = Snapshot.take(model, {"step": 1}, [0.5])
+    assert len(snapshot.values) == len(variables) > 4  # the optimizer's slots are in it
+    for value, expected in zip(snapshot.values, eager, strict=True):
+        np.testing.assert_array_equal(value, expected)
+    train_on_batch(model, batch)
+    again = Snapshot.take(model, {}, [])
+    reader = spike_guard._READERS[model][1]
+    assert reader.experimental_get_tracing_count() == 1  # both snapshots: one trace
+    changed = [not np.array_equal(a, b) for a, b in zip(again.values, eager, strict=True)]
+    assert any(changed) and all(
+        np.array_equal(value, expected)
+        for value, expected in zip(snapshot.values, eager, strict=True)
+    )
+    snapshot.restore(model)
+    for variable, expected in zip(variables, eager, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), expected)

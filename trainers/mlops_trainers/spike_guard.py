@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import numpy as np
 
 from mlops_trainers.config_base import SpikeGuardConfig
 
-__all__ = ["Snapshot", "SpikeDetector", "model_state_variables"]
+__all__ = ["Snapshot", "SpikeDetector", "model_state_variables", "read_state"]
 
 
 @dataclass
@@ -76,6 +77,38 @@ def model_state_variables(model: Any) -> list[Any]:
     return out
 
 
+def read_state(model: Any) -> list[Any]:
+    """The values of :func:`model_state_variables`, in host memory, read in one compiled call
+    (traced once per model and variable list). One eager read per variable cost about 40 us on
+    one CPU device and 100-180 us on two replicas (a 49-variable model: 2 ms and 5-9 ms a
+    snapshot, where the compiled read took 0.6 ms); on a GPU each is a device-to-host copy
+    waited for. Off TensorFlow, the eager reads."""
+    variables = model_state_variables(model)
+    key = tuple(id(v) for v in variables)
+    cached = _READERS.get(model)
+    if cached is None or cached[0] != key:
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError:
+            return [v.numpy() for v in variables]
+        if keras.backend.backend() != "tensorflow":
+            return [v.numpy() for v in variables]
+
+        @tf.function  # type: ignore[untyped-decorator]
+        def read() -> list[Any]:
+            # On the host: the copies come back in this call, not one transfer per variable.
+            with tf.device("/cpu:0"):
+                return [tf.identity(getattr(v, "value", v)) for v in variables]
+
+        cached = _READERS[model] = (key, read)
+    return [t.numpy() for t in cached[1]()]
+
+
+# model -> (the ids of the variables read, the compiled read)
+_READERS: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+
+
 @dataclass
 class Snapshot:
     """A copy, in host memory, of a model's state and of the run's position at a good step."""
@@ -86,7 +119,7 @@ class Snapshot:
 
     @classmethod
     def take(cls, model: Any, state: Mapping[str, Any], history: Iterable[float]) -> Snapshot:
-        values = [np.array(v.numpy(), copy=True) for v in model_state_variables(model)]
+        values = [np.array(v, copy=True) for v in read_state(model)]
         return cls(values, dict(state), list(history))
 
     def restore(self, model: Any) -> None:
