@@ -24,7 +24,7 @@ One more row, ``train_small_step``, runs the runtime and ``model.fit`` arms alon
 small that a step takes a few ms on CPU (10 x ``--steps`` timed steps after 20, 2 x ``--rounds``
 rounds): at that size the loop's own host work per step (its calls into TensorFlow, logs,
 TensorBoard, the spike guard) is as large a share as it would be beside a GPU step, which the
-trainers' CPU steps of 100 ms hide.
+trainers' CPU steps of 100 ms hide. It is written to ``bench/results/<out>_small_step.json``.
 
 Each round times ``--steps`` steps after ``--warmup`` untimed ones; ratios are paired per round
 and reported as a geometric mean with a 95% interval. The conv/GEMM roofline (a large float32
@@ -899,15 +899,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     after = roofline()  # the machine may have changed under the run: both are kept
-    rows = list(
-        itertools.chain.from_iterable(
-            [small_step_row(m)] if m["kind"] == "small_step" else rows_of(m, peak["peak"])
-            for m in measured
+    trainers = [m for m in measured if m["kind"] != "small_step"]
+    small = [m for m in measured if m["kind"] == "small_step"]
+    # The small-step row in a file of its own (<out>_small_step.json): it can be run alone
+    # (--kinds small_step) without the trainers' rows losing their date and commit.
+    if trainers:
+        rows = list(itertools.chain.from_iterable(rows_of(m, peak["peak"]) for m in trainers))
+        write_rows(
+            args.out, rows, extra={"roofline": peak, "roofline_after": after, "detail": trainers}
         )
-    )
-    write_rows(
-        args.out, rows, extra={"roofline": peak, "roofline_after": after, "detail": measured}
-    )
+    if small:
+        write_rows(f"{args.out}_small_step", [small_step_row(small[0])], extra={"detail": small})
     return measured
 
 
