@@ -395,43 +395,80 @@ def _run_config(
 
 class _StepClock:
     """Records when each :meth:`Trainer.train_step` starts (the runtime's loop, per step), and
-    when each of the runtime's checkpoints begins and ends."""
+    when each of the runtime's checkpoints, spike-guard snapshots, TensorBoard calls and train
+    steps begins and ends (:meth:`parts`: where a step's time goes)."""
 
     def __init__(self) -> None:
         from mlops_trainers.runtime import _Run
+        from mlops_trainers.tensorboard import TensorBoardWriter
         from mlops_trainers.trainer import Trainer
 
         self.starts: list[float] = []
         self.checkpoints: list[tuple[float, float]] = []
-        self._real = Trainer.train_step
-        self._real_checkpoint = _Run._checkpoint
+        self.spans: dict[str, list[tuple[float, float]]] = {
+            "step": [], "tensorboard": [], "snapshot": [],
+        }  # fmt: skip
+        self._patched: list[tuple[Any, str, Any]] = []
         clock = self
 
         def timed(trainer: Any, model: Any, batch: Any, *args: Any) -> Any:
-            clock.starts.append(time.perf_counter())
-            return clock._real(trainer, model, batch, *args)
+            began = time.perf_counter()
+            clock.starts.append(began)
+            try:
+                return real_step(trainer, model, batch, *args)
+            finally:
+                clock.spans["step"].append((began, time.perf_counter()))
 
         def checkpoint(run: Any, trainer: Any, model: Any) -> None:
             began = time.perf_counter()
             try:
-                clock._real_checkpoint(run, trainer, model)
+                real_checkpoint(run, trainer, model)
             finally:
                 clock.checkpoints.append((began, time.perf_counter()))
 
-        Trainer.train_step = timed  # type: ignore[method-assign,assignment]
-        _Run._checkpoint = checkpoint  # type: ignore[method-assign]
+        def spanned(name: str, real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                began = time.perf_counter()
+                try:
+                    return real(*args, **kwargs)
+                finally:
+                    clock.spans[name].append((began, time.perf_counter()))
+
+            return call
+
+        real_step, real_checkpoint = Trainer.train_step, _Run._checkpoint
+        for owner, name, replacement in (
+            (Trainer, "train_step", timed),
+            (_Run, "_checkpoint", checkpoint),
+            (_Run, "_snapshot", spanned("snapshot", _Run._snapshot)),
+            (TensorBoardWriter, "scalars", spanned("tensorboard", TensorBoardWriter.scalars)),
+            (TensorBoardWriter, "maybe_upload", spanned("tensorboard", TensorBoardWriter.maybe_upload)),
+        ):  # fmt: skip
+            self._patched.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, replacement)
 
     def close(self) -> None:
-        from mlops_trainers.runtime import _Run
-        from mlops_trainers.trainer import Trainer
+        for owner, name, real in reversed(self._patched):
+            setattr(owner, name, real)
 
-        Trainer.train_step = self._real  # type: ignore[method-assign]
-        _Run._checkpoint = self._real_checkpoint  # type: ignore[method-assign]
+    def _within(self, spans: Sequence[tuple[float, float]], warmup: int, steps: int) -> float:
+        first, last = self.starts[warmup], self.starts[warmup + steps]
+        return sum(end - began for began, end in spans if first <= began < last)
 
     def checkpoint_seconds(self, warmup: int, steps: int) -> float:
         """Seconds of checkpointing inside the timed steps ``warmup..warmup+steps``."""
-        first, last = self.starts[warmup], self.starts[warmup + steps]
-        return sum(end - began for began, end in self.checkpoints if first <= began < last)
+        return self._within(self.checkpoints, warmup, steps)
+
+    def parts(self, warmup: int, steps: int) -> dict[str, float]:
+        """Milliseconds a step of the timed steps spent in the train step
+        (:meth:`Trainer.train_step`: the compiled call), TensorBoard, the spike guard's
+        snapshots and checkpoints; ``other``: the rest (the input iterator, the runtime's
+        bookkeeping: the learning rate, the spike check, the epoch sums, the progress line)."""
+        total = self.starts[warmup + steps] - self.starts[warmup]
+        parts = {name: self._within(spans, warmup, steps) for name, spans in self.spans.items()}
+        parts["checkpoint"] = self.checkpoint_seconds(warmup, steps)
+        parts["other"] = total - sum(parts.values())
+        return {name: 1e3 * seconds / steps for name, seconds in parts.items()}
 
 
 def _rate(starts: Sequence[float], warmup: int, steps: int) -> float:
@@ -592,9 +629,10 @@ def _fit_arm(trainer: Any, model: Any, signature: Any, warmup: int, steps: int) 
 
 def _runtime_arm(
     kind: Kind, config: dict[str, Any], root: Path, warmup: int, steps: int
-) -> tuple[float, float]:
-    """The runtime loop's steps/s (a whole ``mlops run`` of one epoch, in this process), and the
-    seconds its checkpoints took inside the timed steps."""
+) -> tuple[float, float, dict[str, float]]:
+    """The runtime loop's steps/s (a whole ``mlops run`` of one epoch, in this process), the
+    seconds its checkpoints took inside the timed steps, and where a step's time went
+    (:meth:`_StepClock.parts`)."""
     from mlops_trainers.runtime import run
 
     cfg = _run_config(
@@ -608,7 +646,8 @@ def _runtime_arm(
     finally:
         clock.close()
     shutil.rmtree(cfg.output, ignore_errors=True)
-    return _rate(clock.starts, warmup, steps), clock.checkpoint_seconds(warmup, steps)
+    rate = _rate(clock.starts, warmup, steps)
+    return rate, clock.checkpoint_seconds(warmup, steps), clock.parts(warmup, steps)
 
 
 def _signature(batch: Any) -> Any:
@@ -665,7 +704,7 @@ def measure(
         return _fit_arm(trainer, model, signature, warmup, steps)
 
     def runtime() -> float:
-        rate, saving = _runtime_arm(kind, config, root, warmup, steps)
+        rate, saving, _ = _runtime_arm(kind, config, root, warmup, steps)
         checkpoint_s.append(saving)
         # The same steps with the checkpoint's seconds taken out: the loop's own overhead.
         without_checkpoints.append(steps / (steps / rate - saving))
@@ -729,10 +768,12 @@ def measure_small_step(
     with scope():
         model = trainer.build_model()
     checkpoint_s: list[float] = []
+    parts: list[dict[str, float]] = []
 
     def runtime() -> float:
-        rate, saving = _runtime_arm(kind, config, root, warmup, steps)
+        rate, saving, split = _runtime_arm(kind, config, root, warmup, steps)
         checkpoint_s.append(saving)
+        parts.append(split)
         return rate
 
     def fit() -> float:
@@ -747,7 +788,7 @@ def measure_small_step(
     return dict(
         kind="small_step", config=config, warmup=warmup, steps=steps, rounds=rounds,
         orders=drawn, rates=rates, vs_fit=vs_fit.__dict__, checkpoint_s=checkpoint_s,
-        replicas=replicas,
+        replicas=replicas, parts=parts,
     )  # fmt: skip
 
 
@@ -781,7 +822,24 @@ def small_step_row(m: dict[str, Any]) -> Row:
         f"time per step (median of rounds): {extra_ms:.2f} ms; {m['steps']} timed steps after "
         f"{m['warmup']} per round; checkpoint_every {SMALL_STEP.checkpoint_every} (the spec's "
         f"default: the timed steps hold one, {checkpoint:.2f} s a round), metrics, TensorBoard "
-        "and the spike guard on",
+        f"and the spike guard on{_parts_text(m)}",
+    )
+
+
+def _parts_text(m: dict[str, Any]) -> str:
+    """Where the runtime's step went, medians over the rounds (runs before 2026-12-01's
+    breakdown have none)."""
+    import statistics
+
+    if not m.get("parts"):
+        return ""
+    med = {k: statistics.median(p[k] for p in m["parts"]) for k in m["parts"][0]}
+    fit_ms = statistics.median(1e3 / f for f in m["rates"]["fit"])
+    return (
+        f"; the runtime's step, ms (medians of rounds): the train step {med['step']:.2f} "
+        f"(fit's whole step {fit_ms:.2f}), TensorBoard {med['tensorboard']:.2f}, the spike "
+        f"guard's snapshots {med['snapshot']:.2f}, the checkpoint {med['checkpoint']:.2f}, the "
+        f"rest (input iterator, bookkeeping, progress) {med['other']:.2f}"
     )
 
 
