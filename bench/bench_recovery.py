@@ -67,6 +67,9 @@ class Trainer:
             "PYTHONUNBUFFERED": "1",
             "KERAS_BACKEND": "tensorflow",
             "ARGO_PROGRESS_FILE": str(self.progress),
+            # Every step: the file is the exact step the process reached (the kill's moment,
+            # the first step after the restart, the steps lost).
+            "MLOPS_PROGRESS_EVERY_S": "0",
         }
         self.started = time.perf_counter()
         self.started_wall = time.time()

@@ -6,8 +6,9 @@ other in each round, in an order drawn at random per round:
 
 - **runtime**: the real ``mlops run`` loop (:func:`mlops_trainers.runtime.run`, in this process)
   on a local output folder, with its periodic checkpoints, metrics, TensorBoard and spike guard
-  on. Its step times come from a hook on :meth:`Trainer.train_step` (the time between the starts
-  of two steps is everything the loop does per step).
+  on, and Argo's progress file, as in a pod. Its step times come from a hook on
+  :meth:`Trainer.train_step` (the time between the starts of two steps is everything the loop
+  does per step).
 - **model.fit**: the same trainer's model (``build_model()``: same architecture, losses and
   optimizer) in a plain ``model.fit`` over the trainer's own data, made anew each round as the
   runtime's is (a ``tf.data`` pipeline as is, a generator through ``from_generator``, prefetched):
@@ -632,7 +633,12 @@ def _runtime_arm(
 ) -> tuple[float, float, dict[str, float]]:
     """The runtime loop's steps/s (a whole ``mlops run`` of one epoch, in this process), the
     seconds its checkpoints took inside the timed steps, and where a step's time went
-    (:meth:`_StepClock.parts`)."""
+    (:meth:`_StepClock.parts`). With ``ARGO_PROGRESS_FILE`` set, as Argo sets it in every pod
+    (before 2026-12-01 it was not, and the runtime then skipped the file's rewrite every step
+    that pods paid for)."""
+    import os
+
+    from mlops_trainers.run_record import PROGRESS_ENV
     from mlops_trainers.runtime import run
 
     cfg = _run_config(
@@ -640,11 +646,17 @@ def _runtime_arm(
         checkpoint_every=kind.checkpoint_every,
     )  # fmt: skip
     clock = _StepClock()
+    before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = str(root / f"{Path(cfg.output).name}.progress")
     try:
         if run(cfg) != 0:
             raise SystemExit(f"{kind.kind}: the runtime run failed ({cfg.output})")
     finally:
         clock.close()
+        if before is None:
+            del os.environ[PROGRESS_ENV]
+        else:
+            os.environ[PROGRESS_ENV] = before
     shutil.rmtree(cfg.output, ignore_errors=True)
     rate = _rate(clock.starts, warmup, steps)
     return rate, clock.checkpoint_seconds(warmup, steps), clock.parts(warmup, steps)

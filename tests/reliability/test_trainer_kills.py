@@ -110,6 +110,8 @@ class Trainer:
             "PYTHONUNBUFFERED": "1",
             "KERAS_BACKEND": "tensorflow",
             "ARGO_PROGRESS_FILE": str(self.progress),
+            # Every step: the file is the exact step the process reached (the steps lost).
+            "MLOPS_PROGRESS_EVERY_S": "0",
         }
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(

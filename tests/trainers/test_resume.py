@@ -4,7 +4,8 @@ state) of an uninterrupted run; the VQ-VAE on a local folder and on the GCS emul
 trainer kind with randomness of its own (drawn per step) on a local folder.
 
 The trainers run as real subprocesses (``python -m mlops_trainers --config FILE``), as in a pod.
-Progress is read from ``ARGO_PROGRESS_FILE``, which the runtime rewrites after every step.
+Progress is read from ``ARGO_PROGRESS_FILE``, which the runtime rewrites after every step here
+(``MLOPS_PROGRESS_EVERY_S=0``; by default at most every second).
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class Trainer:
         env = {
             **env,
             "ARGO_PROGRESS_FILE": str(self.progress),
+            "MLOPS_PROGRESS_EVERY_S": "0",  # every step: the kills land at the steps aimed at
             "MLOPS_SUMMARY_FILE": str(self.summary),
         }
         with self.log.open("wb") as out:
