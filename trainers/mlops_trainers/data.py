@@ -382,14 +382,19 @@ class ImageData:
             # epoch only the order is new: a dataset of batch indices, mapped by the gather
             # traced once. (Slicing the cache per image in this order and batching again copied
             # it twice, and a new map function was traced every epoch: bench/bench_input.py's
-            # epoch 2 measures what that cost.)
+            # epoch 2 measures what that cost.) Without tf.data's default graph rewrites: they
+            # run again at every epoch's iterator, and had nothing to fuse here (no map+batch, no
+            # shuffle+repeat); an epoch of 33 scikit-image batches ran 1.2-1.3x faster without them.
             self._cache()
             steps = len(index) // self.batch_size
             by_batch = index[: steps * self.batch_size].reshape(steps, self.batch_size)
+            options = tf.data.Options()
+            options.experimental_optimization.apply_default_optimizations = False
             cached: Iterable[Any] = (
                 tf.data.Dataset.from_tensor_slices(by_batch.astype(np.int64))
                 .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(tf.data.AUTOTUNE)
+                .with_options(options)
             )
             return cached
         files = np.asarray(self.files, dtype=object)[index].astype(str)
