@@ -488,7 +488,11 @@ def _fit_rate(model: Any, dataset: Any, warmup: int, steps: int) -> float:
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
             starts.append(time.perf_counter())
 
-    model.fit(dataset, epochs=1, steps_per_epoch=warmup + steps + 1, verbose=0, callbacks=[Clock()])
+    # shuffle=False: a dataset is read as it comes (Keras ignores shuffle for one, with a warning).
+    model.fit(
+        dataset, epochs=1, steps_per_epoch=warmup + steps + 1, verbose=0, callbacks=[Clock()],
+        shuffle=False,
+    )  # fmt: skip
     return _rate(starts, warmup, steps)
 
 

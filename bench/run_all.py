@@ -50,13 +50,36 @@ def _cause(benchmark: str) -> str:
     return f"; cause, {path.name} of {_measured(path, profile)}: {profile_cause(profile)}"
 
 
+def _payloads() -> list[tuple[Any, dict[str, Any]]]:
+    return [
+        (path, json.loads(path.read_text()))
+        for path in sorted(RESULTS.glob("*.json"))
+        if path.name != "results.json"
+    ]
+
+
+def not_measured() -> list[dict[str, str]]:
+    """What a script could not measure on this machine, and why (``bench_gpu.py`` without a GPU):
+    said under the tables, so that rows missing for that reason do not just go unmentioned."""
+    return [
+        {**payload["not_measured"], "source": f"bench/results/{path.name}",
+         "measured": _measured(path, payload)}
+        for path, payload in _payloads()
+        if payload.get("not_measured")
+    ]  # fmt: skip
+
+
+def _not_measured_text(missing: list[dict[str, str]]) -> str:
+    return "".join(
+        f"\n\nNot measured: {m['what']} ({m['source']}, {m['measured']}): {m['why']}."
+        for m in missing
+    )
+
+
 def collect() -> list[dict[str, Any]]:
     """Every row of every ``bench/results/<name>.json``, with its target and whether it is met."""
     rows: list[dict[str, Any]] = []
-    for path in sorted(RESULTS.glob("*.json")):
-        if path.name == "results.json":
-            continue
-        payload = json.loads(path.read_text())
+    for path, payload in _payloads():
         measured = _measured(path, payload)
         for row in payload.get("rows", []):
             target = target_of(str(row["benchmark"]))
@@ -102,7 +125,7 @@ def readme_table(rows: list[dict[str, Any]]) -> str:
             f"{target.text if target else 'none'} | {met} | {r['reference_name']} | "
             f"{r['measured']} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + _not_measured_text(not_measured())
 
 
 def _readme_with(table: str) -> str:
@@ -116,13 +139,17 @@ def _readme_with(table: str) -> str:
 
 def write_results() -> list[dict[str, Any]]:
     rows = collect()
-    (RESULTS / "results.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    missing = not_measured()
+    (RESULTS / "results.json").write_text(
+        json.dumps({"rows": rows, "not_measured": missing}, indent=2) + "\n"
+    )
     (RESULTS / "README.md").write_text(
         "# Benchmark results\n\n"
         f"Written by `make bench` ({machine()}). Each ratio is ours / reference, both measured in "
         "the same process run, one after the other; the absolute numbers move with the machine's "
         "load, the ratios much less. `results.json` has every row with its target.\n\n"
-        f"{markdown([{**r, 'benchmark': r['name']} for r in rows])}\n"
+        f"{markdown([{**r, 'benchmark': r['name']} for r in rows])}"
+        f"{_not_measured_text(missing)}\n"
     )
     README.write_text(_readme_with(readme_table(rows)))
     return rows
