@@ -31,7 +31,6 @@ its rows and writes nothing, its figures being no GPU's (``tests/bench/test_benc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import shutil
 import sys
@@ -52,7 +51,8 @@ from bench_train import (
     _rounds,
     _run_config,
     _runtime_arm,
-    _signature,
+    probe_trainer,
+    scope,
 )
 from common import Paired, Row
 
@@ -78,10 +78,8 @@ def measure(
     root: Path, orders: random.Random,
 ) -> dict[str, Any]:  # fmt: skip
     """The runtime at ``fast`` and at float32 without XLA, and ``fit`` at ``fast``, paired."""
-    import keras
     from mlops_trainers import distribute, precision
     from mlops_trainers.runtime import run
-    from mlops_trainers.trainer import RunContext, get_trainer
 
     base = dict(kind.config, steps_per_epoch=warmup + steps + 1)
     if kind.parent is not None:
@@ -97,17 +95,8 @@ def measure(
 
     # fit's model: the trainer's build_model() under the policy and XLA setting the runtime
     # resolves for the fast arm (mlops_trainers.runtime does the same before its first step).
-    probe = _run_config(kind.kind, fast_config, kind.data, root, "probe", epochs=1)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    keras.utils.clear_session()
-    trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
-    trainer.prepare()
-    signature = _signature(next(iter(trainer.datasets().batches(0))))
-
-    def scope() -> Any:
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
-    with scope(), precision.dtype_policy(accel.policy):
+    trainer, scratch, signature = probe_trainer(kind, fast_config, root)
+    with scope(strategy), precision.dtype_policy(accel.policy):
         model = trainer.build_model()
     jit = precision.apply_jit(model, accel.jit_compile)
 
@@ -118,7 +107,7 @@ def measure(
         return runtime
 
     def fit() -> float:
-        with scope():
+        with scope(strategy):
             return _fit_arm(trainer, model, signature, warmup, steps)
 
     arms: dict[str, Callable[[], float]] = {

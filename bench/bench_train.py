@@ -751,17 +751,35 @@ def measure(
     return extra
 
 
+def probe_trainer(kind: Kind, config: dict[str, Any], root: Path) -> tuple[Any, Path, Any]:
+    """A fresh trainer of ``kind`` on ``config``, prepared (its scratch folder, to remove), and
+    the signature of its batches: what the fit arm trains."""
+    import keras
+    from mlops_trainers.trainer import RunContext, get_trainer
+
+    probe = _run_config(kind.kind, config, kind.data, root, "probe", epochs=1)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    keras.utils.clear_session()
+    trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
+    trainer.prepare()
+    return trainer, scratch, _signature(next(iter(trainer.datasets().batches(0))))
+
+
+def scope(strategy: Any) -> Any:
+    """``strategy``'s scope, or none (one device)."""
+    import contextlib
+
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 def measure_small_step(
     *, warmup: int, steps: int, rounds: int, root: Path, orders: random.Random, replicas: int = 1
 ) -> dict[str, Any]:
     """The runtime loop against model.fit on :data:`SMALL_STEP` (no keras.io arm: the row is
     about the loop's host work, not the model). ``replicas`` > 1: both on that many replicas of
     a MirroredStrategy (``bench_replicas.py``, whose process has split the CPU into them)."""
-    import contextlib
 
-    import keras
     from mlops_trainers import distribute
-    from mlops_trainers.trainer import RunContext, get_trainer
 
     # The runtime makes its own strategy (distribute.strategy_for); fit's model is built and
     # trained under one over the same devices (fit splits each global batch over them). First:
@@ -771,17 +789,8 @@ def measure_small_step(
         raise SystemExit(f"{replicas} replicas wanted: set {distribute.CPU_REPLICAS_ENV}")
     kind = SMALL_STEP
     config = dict(kind.config, steps_per_epoch=warmup + steps + 1)
-    probe = _run_config(kind.kind, config, kind.data, root, "probe", epochs=1)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    keras.utils.clear_session()
-    trainer = get_trainer(kind.kind)(probe, RunContext(probe, scratch))
-    trainer.prepare()
-    signature = _signature(next(iter(trainer.datasets().batches(0))))
-
-    def scope() -> Any:
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
-    with scope():
+    trainer, scratch, signature = probe_trainer(kind, config, root)
+    with scope(strategy):
         model = trainer.build_model()
     checkpoint_s: list[float] = []
     parts: list[dict[str, float]] = []
@@ -793,7 +802,7 @@ def measure_small_step(
         return rate
 
     def fit() -> float:
-        with scope():
+        with scope(strategy):
             return _fit_arm(trainer, model, signature, warmup, steps)
 
     arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit}
