@@ -720,8 +720,9 @@ def measure(
         return _fit_arm(trainer, model, signature, warmup, steps)
 
     def runtime() -> float:
-        rate, saving, _ = _runtime_arm(kind, config, root, warmup, steps)
+        rate, saving, split = _runtime_arm(kind, config, root, warmup, steps)
         checkpoint_s.append(saving)
+        parts.append(split)
         # The same steps with the checkpoint's seconds taken out: the loop's own overhead.
         without_checkpoints.append(steps / (steps / rate - saving))
         return rate
@@ -733,6 +734,7 @@ def measure(
 
     checkpoint_s: list[float] = []
     without_checkpoints: list[float] = []
+    parts: list[dict[str, float]] = []
     arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit, "keras_io": keras_io}
     rates, drawn = _rounds(kind.kind, arms, rounds, orders)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -746,7 +748,7 @@ def measure(
         reference_flops=ref_work.flops, ours_by_op=ours_work.by_op,
         reference_by_op=ref_work.by_op, uncounted=[ours_work.uncounted, ref_work.uncounted],
         vs_fit=vs_fit.__dict__, vs_reference=vs_ref.__dict__, checkpoint_s=checkpoint_s,
-        without_checkpoints=without_checkpoints, loop_vs_fit=bare_loop.__dict__,
+        without_checkpoints=without_checkpoints, loop_vs_fit=bare_loop.__dict__, parts=parts,
     )  # fmt: skip
     return extra
 
@@ -894,7 +896,8 @@ def rows_of(m: dict[str, Any], peak: float) -> list[Row]:
             "steps/s",
             "plain model.fit of build_model() on the trainer's own data pipeline, same batches",
             f"{vs_fit.text()}; {sizes}; checkpoints every {kind.checkpoint_every} steps, metrics,"
-            f" TensorBoard and the spike guard on{_checkpoint_share(m, kind.checkpoint_every)}",
+            f" TensorBoard and the spike guard on{_checkpoint_share(m, kind.checkpoint_every)}"
+            f"{_parts_text(m)}",
         ),
         Row(
             f"{name}: vs keras.io at the same multiply-adds",
