@@ -30,7 +30,6 @@ its rows and writes nothing, its figures being no GPU's (``tests/bench/test_benc
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 import sys
@@ -49,10 +48,10 @@ from bench_train import (
     Kind,
     _fit_arm,
     _rounds,
-    _run_config,
     _runtime_arm,
     probe_trainer,
     scope,
+    with_parent,
 )
 from common import Paired, Row
 
@@ -79,14 +78,8 @@ def measure(
 ) -> dict[str, Any]:  # fmt: skip
     """The runtime at ``fast`` and at float32 without XLA, and ``fit`` at ``fast``, paired."""
     from mlops_trainers import distribute, precision
-    from mlops_trainers.runtime import run
 
-    base = dict(kind.config, steps_per_epoch=warmup + steps + 1)
-    if kind.parent is not None:
-        parent = _run_config("vqvae", kind.parent, kind.data, root, "parent", epochs=1)
-        if run(parent) != 0:
-            raise SystemExit(f"{label}: its VQ-VAE run failed ({parent.output})")
-        base["vqvae"] = parent.output
+    base = with_parent(kind, dict(kind.config, steps_per_epoch=warmup + steps + 1), root)
     fast_config, plain_config = dict(base, **fast), dict(base, **PLAIN)
     gpus = precision.visible_gpus()
     strategy = distribute.strategy_for(gpus)
@@ -159,14 +152,9 @@ def rows_of(m: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    every = [*sorted(KINDS), "small_step"]
-    parser.add_argument("--kinds", nargs="+", choices=every, default=every)
-    parser.add_argument("--steps", type=int, default=200, help="timed steps per round and arm")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before them")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0, help="of the rounds' random orders")
-    parser.add_argument("--out", default="gpu", help="bench/results/<out>.json")
+    parser = common.rounds_parser(
+        __doc__, out="gpu", steps=200, warmup=20, kinds=[*sorted(KINDS), "small_step"]
+    )
     parser.add_argument(
         "--cpu",
         action="store_true",

@@ -12,7 +12,6 @@ guard) shows as it would beside a GPU step. Row: ``train_small_step_2replicas``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -28,12 +27,9 @@ REPLICAS = 2
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--steps", type=int, default=500, help="timed steps per round and arm")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before them")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0, help="of the rounds' random orders")
-    parser.add_argument("--out", default="replicas", help="bench/results/<out>.json")
+    from common import rounds_parser  # no TensorFlow: the replicas are set below, before it
+
+    parser = rounds_parser(__doc__, out="replicas", steps=500, warmup=20, rounds=10)
     args = parser.parse_args(None if argv is None else list(argv))
 
     from mlops_trainers import distribute

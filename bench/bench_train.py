@@ -37,7 +37,6 @@ GEMM and 3x3 convolution) is measured in the same process, and each trainer's ac
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
 import shutil
@@ -52,7 +51,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also when imported
 
-from common import Paired, Row, StepWork, roofline, train_step_work, write_rows
+from common import (
+    Paired,
+    Row,
+    StepWork,
+    roofline,
+    rounds_parser,
+    train_step_work,
+    write_rows,
+)
 
 MATCH = 0.10  # the keras.io port's multiply-adds per example must be within 10% of ours
 
@@ -587,19 +594,26 @@ class Matched:
     ref_work: StepWork
 
 
+def with_parent(kind: Kind, config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``config``, with the output of a run of ``kind``'s parent (the PixelCNN's VQ-VAE) made
+    first when it has one."""
+    from mlops_trainers.runtime import run
+
+    if kind.parent is None:
+        return config
+    parent = _run_config("vqvae", kind.parent, kind.data, root, "parent", epochs=1)
+    if run(parent) != 0:
+        raise SystemExit(f"{kind.kind}: its VQ-VAE run failed ({parent.output})")
+    return dict(config, vqvae=parent.output)
+
+
 def match(kind: Kind, *, warmup: int, steps: int, root: Path) -> Matched:
     """Our trainer's model and batches, and the keras.io port scaled to its multiply-adds."""
     import itertools as it
 
-    from mlops_trainers.runtime import run
     from mlops_trainers.trainer import RunContext, get_trainer
 
-    config = dict(kind.config, steps_per_epoch=warmup + steps + 1)
-    if kind.parent is not None:
-        parent = _run_config("vqvae", kind.parent, kind.data, root, "parent", epochs=1)
-        if run(parent) != 0:
-            raise SystemExit(f"{kind.kind}: its VQ-VAE run failed ({parent.output})")
-        config["vqvae"] = parent.output
+    config = with_parent(kind, dict(kind.config, steps_per_epoch=warmup + steps + 1), root)
     # Our model and batches, once, for model.fit and the counts.
     probe = _run_config(kind.kind, config, kind.data, root, "probe", epochs=1)
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -943,14 +957,9 @@ def _checkpoint_share(m: dict[str, Any], every: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    every = [*sorted(KINDS), "small_step"]
-    parser.add_argument("--kinds", nargs="+", choices=every, default=every)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per round and arm")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0, help="of the rounds' random orders")
-    parser.add_argument("--out", default="train", help="bench/results/<out>.json")
+    parser = rounds_parser(
+        __doc__, out="train", steps=50, warmup=5, kinds=[*sorted(KINDS), "small_step"]
+    )
     args = parser.parse_args(None if argv is None else list(argv))
     orders = random.Random(args.seed)
     peak = roofline()

@@ -8,6 +8,7 @@ and assembles ``bench/results/README.md`` from those files.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,23 @@ def write_rows(name: str, rows: list[Row], extra: dict[str, object] | None = Non
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(markdown(payload["rows"]))  # type: ignore[arg-type]
     return path
+
+
+def rounds_parser(
+    doc: str | None, *, out: str, steps: int, warmup: int, rounds: int = 5,
+    kinds: Sequence[str] = (),
+) -> argparse.ArgumentParser:  # fmt: skip
+    """The arguments every paired-rounds training bench takes (``--kinds`` where it has kinds),
+    with that bench's defaults."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    if kinds:
+        parser.add_argument("--kinds", nargs="+", choices=list(kinds), default=list(kinds))
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per round and arm")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps before them")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seed", type=int, default=0, help="of the rounds' random orders")
+    parser.add_argument("--out", default=out, help="bench/results/<out>.json")
+    return parser
 
 
 def today() -> str:
