@@ -14,6 +14,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from mlops_trainers.trainers.tokenizer.group_normalization import GroupNormalization
+
 
 @keras.saving.register_keras_serializable(package="mlops_trainers")
 class GroupNormResidualBlock(keras.layers.Layer):  # type: ignore[misc,unused-ignore]
@@ -35,15 +37,15 @@ class GroupNormResidualBlock(keras.layers.Layer):  # type: ignore[misc,unused-ig
         self.conv2 = keras.layers.Conv2D(
             filters, 3, padding="same", dtype=self.dtype_policy, name="conv2"
         )
-        self.norm2 = keras.layers.GroupNormalization(
+        self.norm2 = GroupNormalization(
             _groups(groups, filters), dtype=self.dtype_policy, name="norm2"
         )
-        self.norm1: keras.layers.GroupNormalization | None = None
+        self.norm1: GroupNormalization | None = None
         self.skip: keras.layers.Conv2D | None = None
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = int(input_shape[-1])  # type: ignore[arg-type]
-        self.norm1 = keras.layers.GroupNormalization(
+        self.norm1 = GroupNormalization(
             _groups(self.groups, channels), dtype=self.dtype_policy, name="norm1"
         )
         self.norm1.build(input_shape)

@@ -38,6 +38,7 @@ from mlops_trainers.trainers.tokenizer.group_norm_residual_block import (
     GroupNormResidualBlock,
     _groups,
 )
+from mlops_trainers.trainers.tokenizer.group_normalization import GroupNormalization
 from mlops_trainers.trainers.tokenizer.residual_upsample_block import ResidualUpsampleBlock
 
 
@@ -102,7 +103,7 @@ class Tokenizer(keras.Model):  # type: ignore[misc,unused-ignore]
                     filters, 3, strides=2, padding="same", name=f"down{i}_stride2"
                 )(x)
         x = GroupNormResidualBlock(top, groups, name="enc_mid_res")(x)
-        x = keras.layers.GroupNormalization(_groups(groups, top), name="enc_out_norm")(x)
+        x = GroupNormalization(_groups(groups, top), name="enc_out_norm")(x)
         x = keras.layers.Activation("silu", name="enc_out_swish")(x)
         latent = keras.layers.Conv2D(latent_dim, 1, name="to_latent")(x)
         self.encoder = keras.Model(image, latent, name="encoder")
@@ -124,7 +125,7 @@ class Tokenizer(keras.Model):  # type: ignore[misc,unused-ignore]
                 y = GroupNormResidualBlock(stages[i], groups, name=f"up{i}_res{j}")(y)
             if i > 0:
                 y = ResidualUpsampleBlock(stages[i - 1], groups, name=f"up{i}_upsample")(y)
-        y = keras.layers.GroupNormalization(_groups(groups, stages[0]), name="dec_out_norm")(y)
+        y = GroupNormalization(_groups(groups, stages[0]), name="dec_out_norm")(y)
         y = keras.layers.Activation("silu", name="dec_out_swish")(y)
         # Linear output: images live in [0, 1] but an L2 loss on a sigmoid saturates at the sky's
         # bright clouds and dark night; decode() clips instead.
