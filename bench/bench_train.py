@@ -401,6 +401,37 @@ def _run_config(
     )
 
 
+class _GcClock:
+    """Records when each of Python's garbage collections began and ended (``gc.callbacks``)
+    while open: a collection's pause lands inside whatever step allocated last."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.spans: list[tuple[float, float]] = []
+        self._began = 0.0
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                self._began = time.perf_counter()
+            else:
+                self.spans.append((self._began, time.perf_counter()))
+
+        self._callback = callback
+        gc.callbacks.append(callback)
+
+    def close(self) -> None:
+        import gc
+
+        gc.callbacks.remove(self._callback)
+
+    def ms_per_step(self, starts: Sequence[float], warmup: int, steps: int) -> float:
+        """Milliseconds of collection per step within the timed steps."""
+        first, last = starts[warmup], starts[warmup + steps]
+        inside = sum(end - began for began, end in self.spans if first <= began < last)
+        return 1e3 * inside / steps
+
+
 class _StepClock:
     """Records when each :meth:`Trainer.train_step` starts (the runtime's loop, per step), and
     when each of the runtime's checkpoints, spike-guard snapshots, TensorBoard calls and train
@@ -417,6 +448,7 @@ class _StepClock:
             "step": [], "tensorboard": [], "snapshot": [],
         }  # fmt: skip
         self._patched: list[tuple[Any, str, Any]] = []
+        self.gc = _GcClock()
         clock = self
 
         def timed(trainer: Any, model: Any, batch: Any, *args: Any) -> Any:
@@ -456,6 +488,7 @@ class _StepClock:
             setattr(owner, name, replacement)
 
     def close(self) -> None:
+        self.gc.close()
         for owner, name, real in reversed(self._patched):
             setattr(owner, name, real)
 
@@ -471,11 +504,13 @@ class _StepClock:
         """Milliseconds a step of the timed steps spent in the train step
         (:meth:`Trainer.train_step`: the compiled call), TensorBoard, the spike guard's
         snapshots and checkpoints; ``other``: the rest (the input iterator, the runtime's
-        bookkeeping: the learning rate, the spike check, the epoch sums, the progress line)."""
+        bookkeeping: the learning rate, the spike check, the epoch sums, the progress line).
+        ``gc``: Python's garbage collections, inside whichever of those they fell in."""
         total = self.starts[warmup + steps] - self.starts[warmup]
         parts = {name: self._within(spans, warmup, steps) for name, spans in self.spans.items()}
         parts["checkpoint"] = self.checkpoint_seconds(warmup, steps)
         parts["other"] = total - sum(parts.values())
+        parts["gc"] = self._within(self.gc.spans, warmup, steps)
         return {name: 1e3 * seconds / steps for name, seconds in parts.items()}
 
 
@@ -485,8 +520,11 @@ def _rate(starts: Sequence[float], warmup: int, steps: int) -> float:
     return steps / (starts[warmup + steps] - starts[warmup])
 
 
-def _fit_rate(model: Any, dataset: Any, warmup: int, steps: int) -> float:
-    """Steps/s of ``model.fit`` over ``dataset``'s batches, steps ``warmup..warmup+steps``."""
+def _fit_rate(
+    model: Any, dataset: Any, warmup: int, steps: int, gc_ms: list[float] | None = None
+) -> float:
+    """Steps/s of ``model.fit`` over ``dataset``'s batches, steps ``warmup..warmup+steps``;
+    appends to ``gc_ms`` the milliseconds per step Python's garbage collections took in them."""
     import keras
 
     starts: list[float] = []
@@ -496,11 +534,18 @@ def _fit_rate(model: Any, dataset: Any, warmup: int, steps: int) -> float:
             starts.append(time.perf_counter())
 
     # shuffle=False: a dataset is read as it comes (Keras ignores shuffle for one, with a warning).
-    model.fit(
-        dataset, epochs=1, steps_per_epoch=warmup + steps + 1, verbose=0, callbacks=[Clock()],
-        shuffle=False,
-    )  # fmt: skip
-    return _rate(starts, warmup, steps)
+    collections = _GcClock()
+    try:
+        model.fit(
+            dataset, epochs=1, steps_per_epoch=warmup + steps + 1, verbose=0, callbacks=[Clock()],
+            shuffle=False,
+        )  # fmt: skip
+    finally:
+        collections.close()
+    rate = _rate(starts, warmup, steps)
+    if gc_ms is not None:
+        gc_ms.append(collections.ms_per_step(starts, warmup, steps))
+    return rate
 
 
 def _dataset(batches: list[Any]) -> Any:
@@ -630,7 +675,10 @@ def match(kind: Kind, *, warmup: int, steps: int, root: Path) -> Matched:
     )
 
 
-def _fit_arm(trainer: Any, model: Any, signature: Any, warmup: int, steps: int) -> float:
+def _fit_arm(
+    trainer: Any, model: Any, signature: Any, warmup: int, steps: int, *,
+    gc_ms: list[float] | None = None,
+) -> float:  # fmt: skip
     """``model.fit``'s steps/s over the trainer's own data, made fresh each round as the
     runtime's is (its caches cold): the same input work on both sides. A tf.data pipeline as
     is; a generator through from_generator, prefetched (a thread ahead of the step: fit at its
@@ -643,7 +691,7 @@ def _fit_arm(trainer: Any, model: Any, signature: Any, warmup: int, steps: int) 
         data = tf.data.Dataset.from_generator(
             lambda: source.batches(0), output_signature=signature
         ).prefetch(tf.data.AUTOTUNE)
-    return _fit_rate(model, data, warmup, steps)
+    return _fit_rate(model, data, warmup, steps, gc_ms)
 
 
 def _runtime_arm(
@@ -731,7 +779,7 @@ def measure(
     signature = _signature(batches[0])
 
     def fit() -> float:
-        return _fit_arm(trainer, model, signature, warmup, steps)
+        return _fit_arm(trainer, model, signature, warmup, steps, gc_ms=fit_gc)
 
     def runtime() -> float:
         rate, saving, split = _runtime_arm(kind, config, root, warmup, steps)
@@ -749,6 +797,7 @@ def measure(
     checkpoint_s: list[float] = []
     without_checkpoints: list[float] = []
     parts: list[dict[str, float]] = []
+    fit_gc: list[float] = []
     arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit, "keras_io": keras_io}
     rates, drawn = _rounds(kind.kind, arms, rounds, orders)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -763,6 +812,7 @@ def measure(
         reference_by_op=ref_work.by_op, uncounted=[ours_work.uncounted, ref_work.uncounted],
         vs_fit=vs_fit.__dict__, vs_reference=vs_ref.__dict__, checkpoint_s=checkpoint_s,
         without_checkpoints=without_checkpoints, loop_vs_fit=bare_loop.__dict__, parts=parts,
+        fit_gc_ms=fit_gc,
     )  # fmt: skip
     return extra
 
@@ -810,6 +860,7 @@ def measure_small_step(
         model = trainer.build_model()
     checkpoint_s: list[float] = []
     parts: list[dict[str, float]] = []
+    fit_gc: list[float] = []
 
     def runtime() -> float:
         rate, saving, split = _runtime_arm(kind, config, root, warmup, steps)
@@ -819,7 +870,7 @@ def measure_small_step(
 
     def fit() -> float:
         with scope(strategy):
-            return _fit_arm(trainer, model, signature, warmup, steps)
+            return _fit_arm(trainer, model, signature, warmup, steps, gc_ms=fit_gc)
 
     arms: dict[str, Callable[[], float]] = {"runtime": runtime, "fit": fit}
     label = "small step" + (f", {replicas} replicas" if replicas > 1 else "")
@@ -829,7 +880,7 @@ def measure_small_step(
     return dict(
         kind="small_step", config=config, warmup=warmup, steps=steps, rounds=rounds,
         orders=drawn, rates=rates, vs_fit=vs_fit.__dict__, checkpoint_s=checkpoint_s,
-        replicas=replicas, parts=parts,
+        replicas=replicas, parts=parts, fit_gc_ms=fit_gc,
     )  # fmt: skip
 
 
@@ -880,7 +931,20 @@ def _parts_text(m: dict[str, Any]) -> str:
         f"; the runtime's step, ms (medians of rounds): the train step {med['step']:.2f} "
         f"(fit's whole step {fit_ms:.2f}), TensorBoard {med['tensorboard']:.2f}, the spike "
         f"guard's snapshots {med['snapshot']:.2f}, the checkpoint {med['checkpoint']:.2f}, the "
-        f"rest (input iterator, bookkeeping, progress) {med['other']:.2f}"
+        f"rest (input iterator, bookkeeping, progress) {med['other']:.2f}{_gc_text(m, med)}"
+    )
+
+
+def _gc_text(m: dict[str, Any], med: dict[str, float]) -> str:
+    """Python's garbage collections inside the timed steps, both sides (runs before
+    2026-12-02's afternoon did not time them: nothing)."""
+    import statistics
+
+    if "gc" not in med or not m.get("fit_gc_ms"):
+        return ""
+    return (
+        f"; of all that, Python's garbage collections {med['gc']:.2f} (fit's "
+        f"{statistics.median(m['fit_gc_ms']):.2f})"
     )
 
 
