@@ -427,9 +427,15 @@ class _GcClock:
 
     def ms_per_step(self, starts: Sequence[float], warmup: int, steps: int) -> float:
         """Milliseconds of collection per step within the timed steps."""
-        first, last = starts[warmup], starts[warmup + steps]
-        inside = sum(end - began for began, end in self.spans if first <= began < last)
-        return 1e3 * inside / steps
+        return 1e3 * _seconds_within(self.spans, starts, warmup, steps) / steps
+
+
+def _seconds_within(
+    spans: Sequence[tuple[float, float]], starts: Sequence[float], warmup: int, steps: int
+) -> float:
+    """Seconds of the ``spans`` that began within the timed steps ``warmup..warmup+steps``."""
+    first, last = starts[warmup], starts[warmup + steps]
+    return sum(end - began for began, end in spans if first <= began < last)
 
 
 class _StepClock:
@@ -493,8 +499,7 @@ class _StepClock:
             setattr(owner, name, real)
 
     def _within(self, spans: Sequence[tuple[float, float]], warmup: int, steps: int) -> float:
-        first, last = self.starts[warmup], self.starts[warmup + steps]
-        return sum(end - began for began, end in spans if first <= began < last)
+        return _seconds_within(spans, self.starts, warmup, steps)
 
     def checkpoint_seconds(self, warmup: int, steps: int) -> float:
         """Seconds of checkpointing inside the timed steps ``warmup..warmup+steps``."""
@@ -936,8 +941,8 @@ def _parts_text(m: dict[str, Any]) -> str:
 
 
 def _gc_text(m: dict[str, Any], med: dict[str, float]) -> str:
-    """Python's garbage collections inside the timed steps, both sides (runs before
-    2026-12-02's afternoon did not time them: nothing)."""
+    """Python's garbage collections inside the timed steps, both sides (runs before 21613b5
+    did not time them: nothing)."""
     import statistics
 
     if "gc" not in med or not m.get("fit_gc_ms"):

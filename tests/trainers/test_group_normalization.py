@@ -8,7 +8,7 @@ Its speed is measured in ``bench/`` (``train_tokenizer``, ``profile_tokenizer``)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,7 @@ def test_round_trips_as_our_class() -> None:
 
 
 @pytest.fixture()
-def keras_layer_tokenizer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def keras_layer_tokenizer(monkeypatch: pytest.MonkeyPatch) -> Callable[[], Tokenizer]:
     """Builds a Tokenizer as it was before this layer: with Keras' GroupNormalization."""
 
     def build() -> Tokenizer:
@@ -182,11 +182,11 @@ def keras_layer_tokenizer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
                 patch.setattr(module, "GroupNormalization", keras.layers.GroupNormalization)
             return Tokenizer(channels=3, **TINY, name="tokenizer")
 
-    yield build
+    return build
 
 
 def test_checkpoints_of_keras_layer_load_and_back(
-    keras_layer_tokenizer: Any, tmp_path: Path
+    keras_layer_tokenizer: Callable[[], Tokenizer], tmp_path: Path
 ) -> None:
     # Keras addresses a layer in a weights file by its class name: ours keeps Keras' name, so
     # a run's checkpoint written before this layer resumes with it (and the other way round).
