@@ -257,11 +257,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def gcs_emulator(bucket: str = "bench") -> Iterator[str]:
-    """A real GCS JSON-API emulator (PyPI ``gcp-storage-emulator``) in memory, with ``bucket``;
-    sets the environment gcsfs reads. Yields ``gs://<bucket>``."""
+    """A real GCS JSON-API emulator (PyPI ``gcp-storage-emulator``, through hack/gcs_emulator.py)
+    in memory, with ``bucket``; sets the environment gcsfs reads. Yields ``gs://<bucket>``."""
     port = free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
-    cmd = [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"]
+    launcher = Path(__file__).parents[1] / "hack" / "gcs_emulator.py"
+    cmd = [sys.executable, str(launcher), "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--in-memory", "-q"]
     cmd += ["--default-bucket", bucket]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     host = f"http://127.0.0.1:{port}"

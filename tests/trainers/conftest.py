@@ -1,7 +1,7 @@
 """Shared fixtures of the trainer tests: a real GCS emulator, run files, storage roots.
 
 ``gcs_emulator`` starts PyPI's ``gcp-storage-emulator`` (a real HTTP server speaking the GCS
-JSON API) as a subprocess on a free port, once per session, with one bucket. Code under test
+JSON API; through ``hack/gcs_emulator.py``) as a subprocess on a free port, once per session, with one bucket. Code under test
 reaches it through gcsfs, as in a cluster, because ``STORAGE_EMULATOR_HOST`` is set for the
 session (:mod:`mlops_trainers.storage` then points gcsfs at it with anonymous credentials) and
 ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` (otherwise gcsfs asks for the bucket type over gRPC
@@ -13,8 +13,8 @@ test runs against both.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,13 +39,11 @@ def free_port() -> int:
 
 
 def _emulator_command() -> list[str]:
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("gcp-storage-emulator")
-    if found is None:
+    """PyPI's emulator through hack/gcs_emulator.py (the same, less a write cost that grows with
+    the bucket)."""
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
         pytest.skip("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
-    return [found]
+    return [sys.executable, str(Path(__file__).parents[2] / "hack" / "gcs_emulator.py")]
 
 
 @pytest.fixture(scope="session")

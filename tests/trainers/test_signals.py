@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
+
+import pytest
 
 SCRIPT = """
 import os, signal, sys, time
@@ -42,3 +46,34 @@ def test_a_prompt_stop_dumps_nothing() -> None:
     assert "received signal 15" in done.stderr
     assert "Timeout" not in done.stderr and "stuck_in_the_checkpoint" not in done.stderr
     assert done.stdout.strip() == "exited"
+
+
+def test_within_gives_up_on_a_stuck_call_in_time() -> None:
+    from mlops_trainers.signals import within
+
+    release = threading.Event()
+    began = time.monotonic()
+    assert within(0.3, release.wait, "a stuck upload") is False
+    assert time.monotonic() - began < 5.0  # not the call's own (endless) time
+    release.set()
+    done: list[int] = []
+    assert within(5.0, lambda: done.append(1), "a quick upload") is True and done == [1]
+
+    def broken() -> None:
+        raise OSError("no route to the bucket")
+
+    assert within(5.0, broken, "a failing upload") is False  # logged, not raised
+    with pytest.raises(OSError):
+        within(None, broken, "no signal: a plain call")
+
+
+def test_what_is_left_of_the_grace_period() -> None:
+    from mlops_trainers.signals import GRACE_S, StopFlag
+
+    flag = StopFlag()
+    assert flag.left(keep=5.0) is None  # no signal: no limit
+    flag.at = time.monotonic() - 4.0  # signalled 4 s ago
+    left = flag.left(keep=5.0)
+    assert left is not None and GRACE_S - 9.5 < left <= GRACE_S - 9.0
+    flag.at = time.monotonic() - GRACE_S
+    assert flag.left(keep=1.0) == 0.0

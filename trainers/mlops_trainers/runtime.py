@@ -65,7 +65,7 @@ from mlops_trainers.contract import (
 from mlops_trainers.errors import ConfigError, DataError, TrainingDivergedError
 from mlops_trainers.run_log import FORMAT, AttemptLog
 from mlops_trainers.run_record import RunRecord, RunState
-from mlops_trainers.signals import StopFlag, Stopped, stop_on_signals
+from mlops_trainers.signals import StopFlag, Stopped, stop_on_signals, within
 from mlops_trainers.spike_guard import Snapshot, SpikeDetector
 from mlops_trainers.tensorboard import TensorBoardWriter
 
@@ -79,6 +79,12 @@ __all__ = ["describe_devices", "load_run_config", "main", "run"]
 log = logging.getLogger("mlops_trainers")
 
 LOG_EVERY_S = 10.0  # seconds between progress lines
+# After a stop's checkpoint, the best-effort work in order: TensorBoard's last events, the run's
+# status, the attempt's log. Each may take what is left of the grace period (signals.GRACE_S)
+# but these seconds, kept for what follows it (the last: Python's and TensorFlow's exit).
+KEEP_AFTER_TENSORBOARD_S = 5.0
+KEEP_AFTER_STATUS_S = 3.0
+KEEP_AFTER_LOG_S = 1.5
 # A log record's attribute marking a periodic progress line (hidden on a terminal with a bar).
 PROGRESS_LINE = "mlops_progress_line"
 
@@ -190,7 +196,9 @@ class _Run:
             log.info("run %s done: %s -> %s", config.run_id, _fmt(metrics), model_url)
             return EXIT_OK
         finally:
-            tb.close()
+            # After a stop's checkpoint, TensorBoard's last events are best effort: keep the
+            # grace period's end for the run's status, the attempt's log and the exit.
+            within(self.stop.left(KEEP_AFTER_TENSORBOARD_S), tb.close, "the TensorBoard upload")
 
     def _training_left(self) -> bool:
         return self.state.epoch < self.config.epochs and not self.state.stopped_early
@@ -717,6 +725,7 @@ def run(config: RunConfig, *, progress: bool = False) -> int:
     scratch = new_scratch(config.run_id)
     record = RunRecord(config)
     attempt_log: AttemptLog | None = None
+    stop = StopFlag()
     try:
         with stop_on_signals() as stop:
             try:
@@ -727,7 +736,7 @@ def run(config: RunConfig, *, progress: bool = False) -> int:
                 return _Run(config, stop, record, scratch, progress=progress).execute(trainer)
             except Stopped as stopped:
                 code = EXIT_PREEMPTED if stopped.signum == signal.SIGTERM else EXIT_INTERRUPTED
-                record.preempted()
+                within(stop.left(KEEP_AFTER_STATUS_S), record.preempted, "the run's status")
                 log.warning("stopped at global step %d: exit %d", record.state.global_step, code)
                 return code
             except (ConfigError, DataError, ValidationError, TrainingDivergedError) as err:
@@ -756,7 +765,7 @@ def run(config: RunConfig, *, progress: bool = False) -> int:
                 raise
     finally:
         if attempt_log is not None:
-            attempt_log.close()
+            within(stop.left(KEEP_AFTER_LOG_S), attempt_log.close, "the attempt's log upload")
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -109,8 +109,9 @@ def write_bytes(url: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
         return
-    with fs.open(path, "wb") as f:
-        f.write(data)
+    # One request for an object under gcsfs' 50 MiB chunk (a multipart upload) where a file
+    # opened for writing makes two (a resumable upload's start, then its data).
+    fs.pipe_file(path, data)
 
 
 def write_text(url: str, text: str) -> None:
