@@ -163,8 +163,8 @@ def bucket(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """PyPI's gcp-storage-emulator on the node's address (the host, on the pods' bridge), one
     bucket; this process's gcsfs points at it too (``mlops_trainers.storage`` reads it)."""
     port = free_port()
-    # Through hack/gcs_emulator.py: without it, each write took longer as the session's objects
-    # grew (the server answers one request at a time), and a stopping trainer ran out of grace.
+    # Through hack/gcs_emulator.py: PyPI's server answers one connection at a time, and a pod
+    # that went away mid-request held up a stopping trainer's checkpoint past its grace period.
     launcher = Path(__file__).parents[2] / "hack" / "gcs_emulator.py"
     logs = tmp_path_factory.mktemp("gcs") / "emulator.log"
     with logs.open("wb") as out:

@@ -1,11 +1,12 @@
 """Shared fixtures of the trainer tests: a real GCS emulator, run files, storage roots.
 
 ``gcs_emulator`` starts PyPI's ``gcp-storage-emulator`` (a real HTTP server speaking the GCS
-JSON API; through ``hack/gcs_emulator.py``) as a subprocess on a free port, once per session, with one bucket. Code under test
-reaches it through gcsfs, as in a cluster, because ``STORAGE_EMULATOR_HOST`` is set for the
-session (:mod:`mlops_trainers.storage` then points gcsfs at it with anonymous credentials) and
-``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` (otherwise gcsfs asks for the bucket type over gRPC
-and stalls about a minute). Subprocesses inherit both.
+JSON API; through ``hack/gcs_emulator.py``) as a subprocess on a free port, once per session,
+with one bucket. Code under test reaches it through gcsfs, as in a cluster, because
+``STORAGE_EMULATOR_HOST`` is set for the session (:mod:`mlops_trainers.storage` then points
+gcsfs at it with anonymous credentials) and ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``
+(otherwise gcsfs asks for the bucket type over gRPC and stalls about a minute). Subprocesses
+inherit both.
 
 ``storage_root`` is parametrised over a local folder and ``gs://`` on the emulator, so the same
 test runs against both.
@@ -39,8 +40,7 @@ def free_port() -> int:
 
 
 def _emulator_command() -> list[str]:
-    """PyPI's emulator through hack/gcs_emulator.py (the same, less a write cost that grows with
-    the bucket)."""
+    """PyPI's emulator through hack/gcs_emulator.py (the same, with a thread per connection)."""
     if importlib.util.find_spec("gcp_storage_emulator") is None:
         pytest.skip("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
     return [sys.executable, str(Path(__file__).parents[2] / "hack" / "gcs_emulator.py")]
@@ -173,3 +173,14 @@ def make_run_file() -> Any:
 def subprocess_env() -> Any:
     """:func:`trainer_env` as a fixture."""
     return trainer_env
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A file list of 64 real Fashion-MNIST images (decoding all 10,000 would dominate); a test
+    module that needs more defines its own ``images``."""
+    from mlops_trainers.data import list_images
+
+    listing = tmp_path_factory.mktemp("data") / "images.txt"
+    listing.write_text("\n".join(list_images("sample://fashion-mnist")[:64]) + "\n")
+    return str(listing)

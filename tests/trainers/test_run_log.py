@@ -18,32 +18,12 @@ from mlops_trainers.config import RunConfig
 from mlops_trainers.contract import attempt_log
 from mlops_trainers.runtime import run
 from mlops_trainers.trainers.vqvae.trainer import VQVAETrainer
+from tiny_vqvae import TINY_VQVAE
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "image_size": 16,
-    "channels": 1,
-    "batch_size": 8,
-    "learning_rate": 2e-3,
-    "base_filters": 8,
-    "downsample": 2,
-    "residual_blocks": 0,
-    "latent_dim": 4,
-    "num_embeddings": 8,
-    "steps_per_epoch": 40,
-    "reconstructions": 0,
-}
+TINY = {**TINY_VQVAE, "steps_per_epoch": 40, "reconstructions": 0}
 DEADLINE_S = 240.0
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from mlops_trainers.data import list_images
-
-    listing = tmp_path_factory.mktemp("data") / "images.txt"
-    listing.write_text("\n".join(list_images("sample://fashion-mnist")[:64]) + "\n")
-    return str(listing)
 
 
 def _lines(output: str, attempt: int) -> list[str]:

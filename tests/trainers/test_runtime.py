@@ -14,30 +14,9 @@ from mlops_trainers.checkpoints import latest_checkpoint, list_checkpoints
 from mlops_trainers.config import RunConfig
 from mlops_trainers.runtime import main, run
 from mlops_trainers.trainers.vqvae.trainer import VQVAETrainer
+from tiny_vqvae import TINY_VQVAE
 
-TINY = {
-    "image_size": 16,
-    "channels": 1,
-    "batch_size": 8,
-    "learning_rate": 2e-3,
-    "base_filters": 8,
-    "downsample": 2,
-    "residual_blocks": 0,
-    "latent_dim": 4,
-    "num_embeddings": 8,
-    "steps_per_epoch": 4,
-    "reconstructions": 2,
-}
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A file list of 64 real Fashion-MNIST images (decoding all 10,000 would dominate)."""
-    from mlops_trainers.data import list_images
-
-    listing = tmp_path_factory.mktemp("data") / "images.txt"
-    listing.write_text("\n".join(list_images("sample://fashion-mnist")[:64]) + "\n")
-    return str(listing)
+TINY = {**TINY_VQVAE}
 
 
 @pytest.fixture

@@ -28,22 +28,11 @@ import yaml
 from mlops_trainers import storage
 from mlops_trainers.contract import attempt_log
 from mlops_trainers.signals import GRACE_S
+from tiny_vqvae import TINY_VQVAE
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "image_size": 16,
-    "channels": 1,
-    "batch_size": 8,
-    "learning_rate": 2e-3,
-    "base_filters": 8,
-    "downsample": 2,
-    "residual_blocks": 0,
-    "latent_dim": 4,
-    "num_embeddings": 8,
-    "steps_per_epoch": 40,
-    "reconstructions": 0,
-}
+TINY = {**TINY_VQVAE, "steps_per_epoch": 40, "reconstructions": 0}
 START_S = 240.0  # import, data and model on a shared 2-core machine
 
 
@@ -118,15 +107,6 @@ def proxy(gcs_emulator: str) -> Iterator[StallingProxy]:
         server.released.set()
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from mlops_trainers.data import list_images
-
-    listing = tmp_path_factory.mktemp("data") / "images.txt"
-    listing.write_text("\n".join(list_images("sample://fashion-mnist")[:64]) + "\n")
-    return str(listing)
 
 
 def test_a_hung_tensorboard_upload_does_not_outlast_the_grace_period(
