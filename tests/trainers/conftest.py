@@ -184,3 +184,37 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> str:
     listing = tmp_path_factory.mktemp("data") / "images.txt"
     listing.write_text("\n".join(list_images("sample://fashion-mnist")[:64]) + "\n")
     return str(listing)
+
+
+def start_trainer(
+    config: dict[str, Any], workdir: Path, *, timeout: float, until_step: int = 3, **env: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A trainer subprocess on ``config`` (``python -m mlops_trainers --config``, as in a pod),
+    returned once it has finished ``until_step`` steps (its Argo progress file says so), with
+    the file of its output; ``env`` is added to :func:`trainer_env`."""
+    path = write_run_file(workdir / "run.yaml", config)
+    progress = workdir / "progress"
+    out = workdir / "attempt-1.out"
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlops_trainers", "--config", str(path)],
+            env=trainer_env(ARGO_PROGRESS_FILE=str(progress), **env),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if int(progress.read_text().split("/")[0]) >= until_step:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert process.poll() is None, out.read_text()
+    return process, out
+
+
+@pytest.fixture(scope="session")
+def trainer_process() -> Any:
+    """:func:`start_trainer` as a fixture."""
+    return start_trainer

@@ -5,14 +5,10 @@ the GCS emulator. The SIGTERM'd attempt runs as a real subprocess, as in a pod."
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mlops_trainers import storage
 from mlops_trainers.config import RunConfig
 from mlops_trainers.contract import attempt_log
@@ -35,34 +31,15 @@ def test_each_attempt_leaves_its_log(
     tmp_path: Path,
     images: str,
     make_run_file: Any,
-    subprocess_env: Any,
+    trainer_process: Any,
 ) -> None:
     config = make_run_file(
         storage_root, "logged-g1-0123abcd", "vqvae", TINY, data=images, epochs=2, checkpoint_every=5
     )
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
     output = config["output"]
 
     # 1. Attempt 1, a pod preempted mid-epoch: SIGTERM, checkpoint, exit 143.
-    progress = tmp_path / "progress"
-    env = subprocess_env(ARGO_PROGRESS_FILE=str(progress))
-    with (tmp_path / "attempt-1.out").open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_trainers", "--config", str(path)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if int(progress.read_text().split("/")[0]) >= 3:
-                break
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.05)
-    assert process.poll() is None, (tmp_path / "attempt-1.out").read_text()
+    process, _ = trainer_process(config, tmp_path, timeout=DEADLINE_S)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=DEADLINE_S) == 143
     lines = _lines(output, 1)

@@ -14,7 +14,6 @@ import http.client
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mlops_trainers import storage
 from mlops_trainers.contract import attempt_log
 from mlops_trainers.signals import GRACE_S
@@ -114,34 +112,16 @@ def test_a_hung_tensorboard_upload_does_not_outlast_the_grace_period(
     tmp_path: Path,
     images: str,
     make_run_file: Any,
-    subprocess_env: Any,
+    trainer_process: Any,
 ) -> None:
     root = f"gs://mlops-test/stop-{time.time_ns()}"
     config = make_run_file(
         root, "stalled-g1-0123abcd", "vqvae", TINY, data=images, epochs=2, checkpoint_every=5
     )
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    progress = tmp_path / "progress"
-    out = tmp_path / "attempt-1.out"
-    env = subprocess_env(ARGO_PROGRESS_FILE=str(progress), STORAGE_EMULATOR_HOST=proxy.url)
-    with out.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_trainers", "--config", str(path)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    process, out = trainer_process(
+        config, tmp_path, timeout=START_S, STORAGE_EMULATOR_HOST=proxy.url
+    )
     try:
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if int(progress.read_text().split("/")[0]) >= 3:
-                    break
-            except (FileNotFoundError, ValueError):
-                pass
-            time.sleep(0.05)
-        assert process.poll() is None, out.read_text()
         proxy.stalling.set()
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
