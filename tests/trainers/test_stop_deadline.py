@@ -10,15 +10,11 @@ this test's trainer never exits.
 
 from __future__ import annotations
 
-import http.client
 import re
 import signal
 import subprocess
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ import pytest
 from mlops_trainers import storage
 from mlops_trainers.contract import attempt_log
 from mlops_trainers.signals import GRACE_S
+from stalling_proxy import StallingProxy, stalling_proxy
 from tiny_vqvae import TINY_VQVAE
 
 pytestmark = pytest.mark.slow
@@ -34,77 +31,16 @@ TINY = {**TINY_VQVAE, "steps_per_epoch": 40, "reconstructions": 0}
 START_S = 240.0  # import, data and model on a shared 2-core machine
 
 
-class StallingProxy(ThreadingHTTPServer):
-    """Forwards each request to the emulator, except, while :attr:`stalling` is set, those that
-    upload an object under a ``/tb/`` folder (its name is in the query of a resumable upload and
-    in the JSON part of a multipart one): those get no answer until :attr:`released` is set."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        parsed = urllib.parse.urlsplit(upstream)
-        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
-        self.stalling = threading.Event()
-        self.released = threading.Event()
-        self.held: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Forward(BaseHTTPRequestHandler):
-    server: StallingProxy
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        assert "chunked" not in (self.headers.get("Transfer-Encoding") or ""), self.headers
-        body = self.rfile.read(length) if length else b""
-        target = urllib.parse.unquote(self.path)
-        is_tb = "/tb/" in target or b"/tb/" in body
-        if self.server.stalling.is_set() and self.command in ("POST", "PUT") and is_tb:
-            self.server.held.append(f"{self.command} {target}")
-            self.server.released.wait()
-            self.close_connection = True
-            return  # no answer: the client sees its connection closed, much later
-        upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
-            upstream.request(self.command, self.path, body=body or None, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-        finally:
-            upstream.close()
-        try:
-            self.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away (a trainer that exited, or was killed, mid-request)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815 - the base's names
-
-    def log_message(self, format: str, *args: Any) -> None:
-        del format, args
+def _tb_upload(method: str, target: str, body: bytes) -> bool:
+    """An upload of an object under a ``/tb/`` folder: its name is in the query of a resumable
+    upload and in the JSON part of a multipart one."""
+    return method in ("POST", "PUT") and ("/tb/" in target or b"/tb/" in body)
 
 
 @pytest.fixture
 def proxy(gcs_emulator: str) -> Iterator[StallingProxy]:
-    server = StallingProxy(gcs_emulator)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with stalling_proxy(gcs_emulator, _tb_upload) as server:
         yield server
-    finally:
-        server.released.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_hung_tensorboard_upload_does_not_outlast_the_grace_period(

@@ -54,16 +54,36 @@ def is_local(url: str) -> bool:
     return split_protocol(url)[0] == "file"
 
 
+# How long a GCS request may wait for the server: to connect, and for its next bytes once the
+# request is sent (aiohttp's sock_connect and sock_read, which restart with every chunk, so a slow
+# but moving download or a large upload is not cut). gcsfs passes no timeout at all by default, so
+# one stalled connection held a trainer for ever; a request that times out is retried by gcsfs
+# (up to 6 tries, backing off to 32 s) and then fails the attempt, which Argo retries.
+# MLOPS_STORAGE_READ_TIMEOUT_S overrides the read timeout (the tests use seconds).
+STORAGE_CONNECT_TIMEOUT_S = 30.0
+STORAGE_READ_TIMEOUT_S = 60.0
+
+
+def request_timeout() -> Any:
+    """gcsfs' ``requests_timeout``: an ``aiohttp.ClientTimeout`` with no total, so only a
+    silent server times out."""
+    import aiohttp
+
+    read = float(os.environ.get("MLOPS_STORAGE_READ_TIMEOUT_S") or STORAGE_READ_TIMEOUT_S)
+    return aiohttp.ClientTimeout(sock_connect=STORAGE_CONNECT_TIMEOUT_S, sock_read=read)
+
+
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """The filesystem for ``url`` and the path inside it."""
     protocol, path = split_protocol(url)
     options: dict[str, Any] = {}
     if protocol in ("gs", "gcs"):
+        options["requests_timeout"] = request_timeout()
         emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
         if emulator not in ("", "default"):
             if not emulator.startswith(("http://", "https://")):
                 emulator = f"http://{emulator}"
-            options = {"endpoint_url": emulator, "token": "anon"}
+            options.update(endpoint_url=emulator, token="anon")
     return fsspec.filesystem(protocol, **options), path
 
 
