@@ -68,7 +68,7 @@ main() {
     done
   fi
   rm -rf "${KUEUE_STATE}"
-  rm -f "${PIDS}/kueue.pid"
+  rm -f "${PIDS}/kueue.pid" "${PIDS}/kueue.start"
   log "Kueue removed"
 }
 

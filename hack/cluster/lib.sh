@@ -204,23 +204,35 @@ deb_installed() {
   [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
 }
 
+# proc_start PID -> the process's start time (clock ticks after boot: field 22 of /proc/PID/stat,
+# counted after the command name, which may hold spaces); fails when it is gone or a zombie.
+proc_start() {
+  local stat
+  { stat="$(<"/proc/$1/stat")"; } 2>/dev/null || return 1
+  local -a fields
+  read -ra fields <<<"${stat##*) }"
+  [[ "${fields[0]}" != [ZX] && "${fields[19]}" =~ ^[0-9]+$ ]] || return 1
+  echo "${fields[19]}"
+}
+
 # our_pid NAME -> prints NAME's recorded PID when that process still runs and is ours.
+# Ours: it started when `start` recorded (NAME.start, the start time, which exec keeps and a
+# recycled PID does not share). Not the command line: /proc/PID/cmdline reads empty while a
+# process execs, and a kube-controller-manager that ran was once taken for gone from it.
 our_pid() {
-  local f="${PIDS}/$1.pid" pid
+  local f="${PIDS}/$1.pid" pid started
   [[ -s "${f}" ]] || return 1
   pid="$(<"${f}")"
   [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
-  # A recycled PID must not pass for ours: all our processes name the state dir in their args.
-  # A process in the middle of exec (setsid -> env -> the program) briefly shows an empty
-  # cmdline, so an empty one is read again before the process counts as gone.
-  local cmdline i
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    [[ -d "/proc/${pid}" ]] || return 1
+  started="$(proc_start "${pid}")" || return 1
+  if [[ -s "${PIDS}/$1.start" ]]; then
+    [[ "${started}" == "$(<"${PIDS}/$1.start")" ]] || return 1
+  else
+    # Recorded by an older lib.sh: its processes name the state dir in their args.
+    local cmdline
     cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
-    [[ -n "${cmdline}" ]] && break
-    sleep 0.1
-  done
-  [[ "${cmdline}" == *"${STATE}"* ]] || return 1
+    [[ "${cmdline}" == *"${STATE}"* ]] || return 1
+  fi
   echo "${pid}"
 }
 pid_alive() { our_pid "$1" >/dev/null; }
@@ -268,15 +280,12 @@ start() {
   # In a non-interactive shell a background job is not a process-group leader, so setsid
   # execs in place and $! is the component's own PID.
   setsid "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null &
-  local pid=$! i
+  local pid=$!
+  rm -f "${PIDS}/${name}.start"
+  # Its start time, read while it surely runs: a child that already failed leaves none, and
+  # our_pid then takes it for gone.
+  proc_start "${pid}" >"${PIDS}/${name}.start" || rm -f "${PIDS}/${name}.start"
   echo "${pid}" >"${PIDS}/${name}.pid"
-  # Until it execs, the child is a copy of this shell, whose arguments do not name the state
-  # dir, so our_pid would not own it yet (and a loaded machine may take a while to get there).
-  for ((i = 0; i < 300; i++)); do
-    pid_alive "${name}" && break
-    kill -0 "${pid}" 2>/dev/null || break
-    sleep 0.1
-  done
   log "started ${name} (pid ${pid})"
 }
 

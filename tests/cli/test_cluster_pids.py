@@ -1,0 +1,60 @@
+"""hack/cluster/lib.sh knows its own processes by their start time, not their command line.
+
+``our_pid`` decides whether a cluster component runs (``up.sh`` fails fast when one "exited", and
+``down.sh`` stops only ours). It read ``/proc/PID/cmdline`` and wanted the state dir in it; once
+a kube-controller-manager that ran was taken for gone ("exited while waiting for /healthz", yet
+found running 4 s later). Now ``start`` records the process's start time, which exec keeps and a
+recycled PID does not share.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LIB = ROOT / "hack" / "cluster" / "lib.sh"
+
+
+def _bash(state: Path, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f'source "{LIB}" && mkdir -p "$PIDS" "$LOGS" && {script}'],
+        env={**os.environ, "MLOPS_CLUSTER_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_started_process_is_ours_whatever_its_command_line(tmp_path: Path) -> None:
+    # `sleep 30` does not name the state dir: the old check took it for another's (or gone).
+    out = _bash(
+        tmp_path,
+        'start napper sleep 30; pid="$(our_pid napper)" || { echo none; exit 3; }; '
+        'echo "$pid"; kill "$pid"',
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().isdigit(), out.stdout
+
+
+def test_a_process_that_exited_or_a_recycled_pid_is_not_ours(tmp_path: Path) -> None:
+    script = (
+        "start brief sleep 0.2; sleep 1; "
+        'our_pid brief && echo "exited: still ours"; '
+        # A live process of someone else under the recorded PID: another start time.
+        'sleep 30 & other=$!; echo "$other" >"$PIDS/brief.pid"; '
+        'our_pid brief && echo "recycled: ours"; '
+        'proc_start "$other" >/dev/null || echo "no start time for a live process"; '
+        'kill "$other"'
+    )
+    out = _bash(tmp_path, script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "", out.stdout
+
+
+def test_a_process_that_failed_before_its_start_time_was_read_is_gone(tmp_path: Path) -> None:
+    # `false` may be gone before `start` reads its start time: no record, and our_pid says gone.
+    out = _bash(tmp_path, 'start failing false; sleep 0.5; our_pid failing && echo "ours"')
+    assert out.stdout == "", out.stdout
