@@ -69,6 +69,16 @@ def run_script(name: str, timeout: float, **kwargs: Any) -> subprocess.Completed
     return subprocess.run([str(HACK / name)], text=True, timeout=timeout, check=False, **kwargs)
 
 
+def record_pid(state_dir: Path, component: str, pid: int) -> None:
+    """Record a cluster process that a test (re)started as lib.sh's ``start`` does: its PID and
+    its start time (field 22 of /proc/PID/stat, after the command name), which ``our_pid``
+    checks; with only the PID, down.sh would take the process for another's and leave it."""
+    started = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    pids = state_dir / "pids"
+    (pids / f"{component}.start").write_text(f"{started}\n")
+    (pids / f"{component}.pid").write_text(f"{pid}\n")
+
+
 def is_up() -> bool:
     """Whether the cluster of ``$MLOPS_CLUSTER_DIR`` runs (``hack/cluster/status.sh``)."""
     return run_script("status.sh", 60, capture_output=True).returncode == 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cluster import record_pid
 from kubernetes import client
 from operator_harness import CRD, GROUP, PLURAL, VERSION, Env, Operator, wait_for
 
@@ -158,7 +159,7 @@ def _restart(cluster: Any, component: str) -> None:
         check=True,
         timeout=30,
     )
-    pid_file.write_text(started.stdout.strip() + "\n")
+    record_pid(cluster.state_dir, component, int(started.stdout.strip()))
 
 
 def test_api_server_restart_operator_catches_up(
