@@ -13,6 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from cluster import record_pid
+
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "hack" / "cluster" / "lib.sh"
 
@@ -58,3 +60,19 @@ def test_a_process_that_failed_before_its_start_time_was_read_is_gone(tmp_path: 
     # `false` may be gone before `start` reads its start time: no record, and our_pid says gone.
     out = _bash(tmp_path, 'start failing false; sleep 0.5; our_pid failing && echo "ours"')
     assert out.stdout == "", out.stdout
+
+
+def test_a_process_a_test_restarted_is_one_down_sh_stops(tmp_path: Path) -> None:
+    """The API-server restart test records the new process with ``record_pid``; ``our_pid``
+    (which down.sh stops by) must take it for ours. With only the PID written, the CI of 89d238e
+    left that kube-apiserver running after the cluster was down."""
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "napper.start").write_text("1\n")  # the process it replaced
+    napper = subprocess.Popen(["sleep", "30"])
+    try:
+        record_pid(tmp_path, "napper", napper.pid)
+        found = _bash(tmp_path, "our_pid napper")
+    finally:
+        napper.kill()
+        napper.wait()
+    assert found.stdout.strip() == str(napper.pid), found.stderr
