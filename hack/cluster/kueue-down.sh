@@ -68,7 +68,7 @@ main() {
     done
   fi
   rm -rf "${KUEUE_STATE}"
-  rm -f "${PIDS}/kueue.pid" "${PIDS}/kueue.start"
+  rm -f "${PIDS}/kueue.pid" "${PIDS}/kueue.start" "${PIDS}/kueue.cmd"
   log "Kueue removed"
 }
 

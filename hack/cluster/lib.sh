@@ -272,6 +272,35 @@ wait_for() {
   done
 }
 
+# wait_for_restarting DESC TIMEOUT NAME PATTERN READY_COMMAND...: as wait_for, but when NAME exits
+# with PATTERN in its log (a start that only came too early), it is started again with the
+# command start recorded for it, until READY_COMMAND succeeds or TIMEOUT seconds have passed.
+wait_for_restarting() {
+  local desc="$1" timeout="$2" comp="$3" pattern="$4"
+  shift 4
+  local deadline=$((SECONDS + timeout)) restarts=0 command
+  until "$@" >/dev/null 2>&1; do
+    if ! pid_alive "${comp}"; then
+      if ((SECONDS < deadline)) && grep -qF -- "${pattern}" "${LOGS}/${comp}.log" 2>/dev/null; then
+        restarts=$((restarts + 1))
+        log "${comp} exited (\"${pattern}\"): starting it again (${restarts})"
+        cp "${LOGS}/${comp}.log" "${LOGS}/${comp}.${restarts}.log"
+        command="$(<"${PIDS}/${comp}.cmd")"
+        eval "start ${comp} ${command}"
+        sleep 1
+        continue
+      fi
+      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
+      die "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
+      die "timed out after ${timeout} s waiting for ${desc}"
+    fi
+    sleep 0.5
+  done
+}
+
 # start NAME COMMAND...: runs COMMAND detached (its own session, so a Ctrl-C meant for pytest
 # or make does not take the cluster down half-way), logs to logs/NAME.log, records its PID.
 start() {
@@ -286,6 +315,7 @@ start() {
   # our_pid then takes it for gone.
   proc_start "${pid}" >"${PIDS}/${name}.start" || rm -f "${PIDS}/${name}.start"
   echo "${pid}" >"${PIDS}/${name}.pid"
+  printf '%q ' "$@" >"${PIDS}/${name}.cmd" # for wait_for_restarting
   log "started ${name} (pid ${pid})"
 }
 

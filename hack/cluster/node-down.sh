@@ -115,7 +115,7 @@ main() {
   remove_network
   ((failed == 0)) || die "the real node was not fully removed; ${NODE_STATE} kept"
   rm -rf "${NODE_STATE}"
-  rm -f "${PIDS}"/{kube-svc-proxy,containerd,kubelet}.{pid,start}
+  rm -f "${PIDS}"/{kube-svc-proxy,containerd,kubelet}.{pid,start,cmd}
   log "real node ${NODE_NAME} removed"
 }
 

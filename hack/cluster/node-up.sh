@@ -313,7 +313,11 @@ main() {
     --node-ip="${NODE_IP}" \
     --node-labels="${NODE_LABEL_KEY}=true" \
     --v=1
-  wait_for "kubelet healthz" 120 kubelet \
+  # kubelet checks containerd's CRI once, as it starts, and exits if the CRI is not serving yet.
+  # `ctr version` above only shows containerd's gRPC socket answering; its CRI plugin recovers
+  # its state after that (a CI run with the machine busy saw kubelet exit 14 s after containerd
+  # started: "server is not initialized yet"). Then kubelet is started again.
+  wait_for_restarting "kubelet healthz" 120 kubelet "server is not initialized yet" \
     curl -sf --max-time 2 "http://127.0.0.1:${MLOPS_KUBELET_HEALTHZ_PORT}/healthz"
   wait_for "node ${NODE_NAME} Ready" 180 kubelet \
     kubectl wait --for=condition=Ready "node/${NODE_NAME}" --timeout=2s

@@ -76,3 +76,44 @@ def test_a_process_a_test_restarted_is_one_down_sh_stops(tmp_path: Path) -> None
         napper.kill()
         napper.wait()
     assert found.stdout.strip() == str(napper.pid), found.stderr
+
+
+# A component that exits at once, saying it came too early, the first ``$1`` times it is run
+# (as kubelet does while containerd's CRI is not serving yet); then it stays up and is ready.
+_EARLY = """#!/bin/bash
+n=$(( $(cat "$0.runs" 2>/dev/null || echo 0) + 1 )); echo "$n" >"$0.runs"
+if (( n <= $1 )); then echo 'validate CRI: server is not initialized yet'; exit 1; fi
+touch "$0.ready"; exec sleep 30
+"""
+
+
+def _early(
+    tmp_path: Path, failures: int, pattern: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    fake = tmp_path / "fake-kubelet"
+    fake.write_text(_EARLY)
+    fake.chmod(0o755)
+    out = _bash(
+        tmp_path / "state",
+        f'start fake "{fake}" {failures}; '
+        f'wait_for_restarting "fake ready" 20 fake "{pattern}" test -f "{fake}.ready"; '
+        'pid="$(our_pid fake)" && kill "$pid"',
+    )
+    return out, fake
+
+
+def test_a_component_that_started_too_early_is_started_again(tmp_path: Path) -> None:
+    # The CI of d7a7428 lost its whole [realnode] suite when kubelet exited this way once.
+    out, fake = _early(tmp_path, 2, "server is not initialized yet")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert Path(f"{fake}.runs").read_text().strip() == "3"
+    assert out.stderr.count("fake exited (") == 2, out.stderr
+    logs = tmp_path / "state" / "logs"
+    assert "not initialized" in (logs / "fake.1.log").read_text()  # each early exit's log kept
+
+
+def test_a_component_that_failed_otherwise_is_not_started_again(tmp_path: Path) -> None:
+    out, fake = _early(tmp_path, 1, "some other message")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "fake exited while waiting for fake ready" in out.stderr
+    assert Path(f"{fake}.runs").read_text().strip() == "1"
