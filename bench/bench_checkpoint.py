@@ -132,10 +132,8 @@ def row(m: dict[str, Any]) -> Row:
     return Row(
         f"checkpoint_gcs_{m['kind']}, {latency:g} ms per request: the upload beside the next "
         "steps vs in line",
-        # ours: the median; reference: that over the paired mean, so the row's ratio is the
-        # paired one (as bench_train's rows), not a ratio of medians.
         statistics.median(m["rates"]["beside"]),
-        statistics.median(m["rates"]["beside"]) / paired.mean,
+        statistics.median(m["rates"]["in_line"]),
         "steps/s",
         "the same runs with each checkpoint's upload finished before the next step "
         "(the runtime before fd568ed)",
