@@ -1,13 +1,10 @@
 """An HTTP proxy in front of the GCS emulator that withholds its answer to chosen requests, as a
-stalled connection to a storage server would: the client has sent its request and hears nothing.
-It can also delay every request by a fixed time, as a distant server would (``bench/`` uses that
-to put a network round trip between a trainer and the emulator)."""
+stalled connection to a storage server would: the client has sent its request and hears nothing."""
 
 from __future__ import annotations
 
 import http.client
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,16 +17,15 @@ Hold = Callable[[str, str, bytes], bool]  # (method, unquoted path and query, bo
 class StallingProxy(ThreadingHTTPServer):
     """Forwards each request to the emulator, except those :attr:`hold` picks while
     :attr:`stalling` is set: those get no answer until :attr:`released` is set, then their
-    connection is closed. Every request waits :attr:`delay` seconds before it is forwarded."""
+    connection is closed."""
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, hold: Hold, delay: float = 0.0) -> None:
+    def __init__(self, upstream: str, hold: Hold) -> None:
         super().__init__(("127.0.0.1", 0), _Forward)
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.hold = hold
-        self.delay = delay
         self.stalling = threading.Event()
         self.released = threading.Event()
         self.held: list[str] = []
@@ -52,8 +48,6 @@ class _Forward(BaseHTTPRequestHandler):
             self.server.released.wait()
             self.close_connection = True
             return  # no answer: the client sees its connection closed, much later
-        if self.server.delay:
-            time.sleep(self.server.delay)
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
@@ -81,9 +75,9 @@ class _Forward(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def stalling_proxy(upstream: str, hold: Hold, delay: float = 0.0) -> Iterator[StallingProxy]:
+def stalling_proxy(upstream: str, hold: Hold) -> Iterator[StallingProxy]:
     """A running :class:`StallingProxy`; released and shut down on exit."""
-    server = StallingProxy(upstream, hold, delay)
+    server = StallingProxy(upstream, hold)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
