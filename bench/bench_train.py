@@ -1018,8 +1018,7 @@ def _checkpoint_share(m: dict[str, Any], every: int) -> str:
 
     default = int(MLOpsSpec.model_fields["checkpoint_every"].default)
     return (
-        f"; the checkpoint (one per {every} steps) took {saving:.2f} s a round on the training "
-        f"thread, {share:.1%} of "
+        f"; the checkpoint (one per {every} steps) took {saving:.2f} s a round, {share:.1%} of "
         f"the timed steps' time; with its seconds taken out the loop reaches {loop.mean:.3g} "
         f"(95% interval {loop.low:.3g}-{loop.high:.3g}); at the default checkpoint_every "
         f"({default} steps) the same checkpoint would be {share * every / default:.1%}"

@@ -150,56 +150,6 @@ def test_app_errors_are_retried_until_the_budget_is_spent(
     assert "out of device memory" in status["error"]
 
 
-def test_a_checkpoint_upload_that_fails_fails_the_attempt(
-    tmp_path: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The upload runs beside the steps; its error still fails the attempt (exit 1, retried:
-    the storage may be back), and no checkpoint of it is taken for complete."""
-    from mlops_trainers import checkpoints
-
-    def refused(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("bucket refused the upload")
-
-    monkeypatch.setattr(checkpoints, "publish_checkpoint", refused)
-    config = RunConfig.model_validate(
-        make_config(str(tmp_path / "runs"), "refused-g1-0123abcd", error_retries=1)
-    )
-    assert run(config) == 1
-    status = storage.read_json(storage.join(config.output, "status.json"))
-    assert "bucket refused the upload" in status["error"], status
-    assert status["latest_checkpoint"] is None, status
-    assert list_checkpoints(config.output) == []
-
-
-def test_an_attempt_that_fails_finishes_the_checkpoint_upload_under_way(
-    tmp_path: Path, make_config: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A step fails while the last checkpoint is still uploading: the attempt ends only after
-    that upload, so its retry resumes from it rather than from the one before."""
-    import time
-
-    from mlops_trainers import checkpoints
-
-    real_publish, real_step = checkpoints.publish_checkpoint, VQVAETrainer.train_step
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)
-        return real_publish(*args, **kwargs)
-
-    def failing(self: Any, model: Any, batch: Any, *rest: Any) -> Any:
-        if model.optimizer.iterations.numpy() == 3:  # the step after the checkpoint at 3
-            raise RuntimeError("out of device memory")
-        return real_step(self, model, batch, *rest)
-
-    monkeypatch.setattr(checkpoints, "publish_checkpoint", slow)
-    monkeypatch.setattr(VQVAETrainer, "train_step", failing)
-    config = RunConfig.model_validate(
-        make_config(str(tmp_path / "runs"), "failing-g1-0123abcd", error_retries=1)
-    )
-    assert run(config) == 1
-    assert [c.step for c in list_checkpoints(config.output)] == [3]
-
-
 @pytest.mark.slow
 def test_new_runs_start_from_a_parent_run_or_a_checkpoint_url(
     tmp_path: Path, make_config: Any

@@ -18,7 +18,6 @@ the model it belongs to (PixelCNN's ``vqvae``, ``resume.from_url``, ``resume.par
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -43,13 +42,11 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
-    "publish_checkpoint",
     "read_checkpoint",
     "resolve_checkpoint",
     "resolve_model_reference",
     "save_best",
     "save_checkpoint",
-    "write_weights",
 ]
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -168,36 +165,6 @@ def latest_checkpoint(run_url: str) -> CheckpointInfo | None:
     return found[-1] if found else None
 
 
-def write_weights(model: keras.Model, scratch: Path, step: int) -> Path:
-    """The part of a checkpoint that reads the model: its weights and optimizer state in a local
-    file of its own (per step, so an upload still reading an earlier one is not overwritten)."""
-    local = scratch / "checkpoint" / checkpoint_name(step) / WEIGHTS
-    local.parent.mkdir(parents=True, exist_ok=True)
-    _keras_skipsets()
-    model.save_weights(local)
-    return local
-
-
-def publish_checkpoint(
-    local: Path, run_url: str, state: dict[str, Any], *, keep: int = KEEP_CHECKPOINTS
-) -> CheckpointInfo:
-    """The part that touches only the storage: upload the weights :func:`write_weights` wrote,
-    then the manifest (``state`` + file sizes) last; prune old checkpoints; remove the local
-    copy. It never reads the model, so it may run while training goes on."""
-    step = int(state["global_step"])
-    url = storage.join(run_url, CHECKPOINTS_DIR, checkpoint_name(step))
-    data = local.read_bytes()
-    storage.write_bytes(storage.join(url, WEIGHTS), data)
-    manifest = {**state, "files": {WEIGHTS: len(data)}, "written": time.time()}
-    storage.write_json(storage.join(url, MANIFEST), manifest)
-    info = CheckpointInfo(url, manifest)
-    _prune(run_url, step, keep)
-    local.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        local.parent.rmdir()
-    return info
-
-
 def save_checkpoint(
     model: keras.Model,
     run_url: str,
@@ -207,8 +174,19 @@ def save_checkpoint(
     keep: int = KEEP_CHECKPOINTS,
 ) -> CheckpointInfo:
     """Write weights, then the manifest (``state`` + file sizes) last; prune old checkpoints."""
-    local = write_weights(model, scratch, int(state["global_step"]))
-    return publish_checkpoint(local, run_url, state, keep=keep)
+    step = int(state["global_step"])
+    url = storage.join(run_url, CHECKPOINTS_DIR, checkpoint_name(step))
+    local = scratch / "checkpoint" / WEIGHTS
+    local.parent.mkdir(parents=True, exist_ok=True)
+    _keras_skipsets()
+    model.save_weights(local)
+    data = local.read_bytes()
+    storage.write_bytes(storage.join(url, WEIGHTS), data)
+    manifest = {**state, "files": {WEIGHTS: len(data)}, "written": time.time()}
+    storage.write_json(storage.join(url, MANIFEST), manifest)
+    info = CheckpointInfo(url, manifest)
+    _prune(run_url, step, keep)
+    return info
 
 
 def save_best(

@@ -14,10 +14,8 @@
    resumed run sees exactly the batches it had not consumed), writing a checkpoint every
    ``checkpoint_every`` steps and at each epoch end, ``metrics.csv`` and TensorBoard scalars
    (``tb/``) per epoch, ``status.json`` at each checkpoint, and a progress line every few seconds.
-   A checkpoint's weights are written between two steps; their upload, the manifest and the
-   pruning go on beside the next steps (one at a time), so a slow bucket does not idle the GPU.
 4. On SIGTERM (a spot preemption: the kubelet sends it before killing the pod) it finishes the
-   current step, waits for a checkpoint still uploading, writes one and exits 143, which the workflow's retry expression treats
+   current step, writes a checkpoint and exits 143, which the workflow's retry expression treats
    as a preemption. SIGINT (Ctrl-C locally) does the same and exits 130.
 5. At the end: ``model.keras``, ``run.json`` with the final metrics, exit 0.
 
@@ -44,11 +42,10 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +72,6 @@ from mlops_trainers.tensorboard import TensorBoardWriter
 if TYPE_CHECKING:
     import keras
 
-    from mlops_trainers.checkpoints import CheckpointInfo
     from mlops_trainers.trainer import TrainData, Trainer
 
 __all__ = ["describe_devices", "load_run_config", "main", "run"]
@@ -95,30 +91,6 @@ PROGRESS_LINE = "mlops_progress_line"
 
 class _RolledBack(Exception):  # noqa: N818 - control flow: restart the epoch's batches
     """The spike guard restored a snapshot: iterate the epoch's batches again from there."""
-
-
-class _Upload:
-    """A checkpoint's storage half (:func:`~mlops_trainers.checkpoints.publish_checkpoint`) on a
-    daemon thread: a stalled bucket cannot keep the process from exiting (the next checkpoint,
-    the run's end or a stop waits for it; what a kill cuts short has no manifest, and readers
-    skip it)."""
-
-    def __init__(self, began: float, call: Callable[[], CheckpointInfo]) -> None:
-        self.began = began  # perf_counter() when the checkpoint's weights began to be written
-        self.done = threading.Event()
-        self.result: CheckpointInfo | None = None
-        self.error: BaseException | None = None
-        threading.Thread(
-            target=self._run, args=(call,), name="mlops-checkpoint-upload", daemon=True
-        ).start()
-
-    def _run(self, call: Callable[[], CheckpointInfo]) -> None:
-        try:
-            self.result = call()
-        except BaseException as exc:  # raised on the training thread by _Run._settle
-            self.error = exc
-        finally:
-            self.done.set()
 
 
 class _Run:
@@ -147,7 +119,6 @@ class _Run:
         self.bar: Any = None
         self.total_steps = 0
         self.stepped = False  # whether this attempt has trained a step
-        self.upload: _Upload | None = None  # the checkpoint whose upload is under way
         self.accel = precision.Acceleration("float32", False, "not resolved yet")
 
     @property
@@ -214,7 +185,6 @@ class _Run:
                 self._snapshot(model)
                 while self._training_left():
                     self._epoch(trainer, model, data, tb)
-            self._settle()
             self._restore_best(trainer, model)
             # save_final first: what it checks (e.g. the segmenter's ONNX export) can be a metric.
             model_url = trainer.save_final(model)
@@ -226,12 +196,6 @@ class _Run:
             log.info("run %s done: %s -> %s", config.run_id, _fmt(metrics), model_url)
             return EXIT_OK
         finally:
-            if self.upload is not None:  # an error left one uploading: the retry starts there
-                within(
-                    self.stop.left(KEEP_AFTER_TENSORBOARD_S),
-                    self._settle_quietly,
-                    "the checkpoint upload",
-                )
             # After a stop's checkpoint, TensorBoard's last events are best effort: keep the
             # grace period's end for the run's status, the attempt's log and the exit.
             within(self.stop.left(KEEP_AFTER_TENSORBOARD_S), tb.close, "the TensorBoard upload")
@@ -242,11 +206,8 @@ class _Run:
     # --- checkpoints ---
 
     def _checkpoint(self, trainer: Trainer[Any], model: keras.Model) -> None:
-        """Write the weights now (the model must not change meanwhile); upload them beside the
-        next steps (:meth:`_settle` waits for that, as a stop does before its exit)."""
-        from mlops_trainers.checkpoints import publish_checkpoint, write_weights
+        from mlops_trainers.checkpoints import save_checkpoint
 
-        self._settle()  # one upload at a time, and record.latest up to date for the check below
         latest = self.record.latest
         if (
             latest is not None
@@ -265,38 +226,17 @@ class _Run:
             # What "auto" resolved to: the optimizer state's layout depends on it.
             "precision": self.accel.policy,
         }
-        began, output = time.perf_counter(), self.config.output
-        local = write_weights(model, self.scratch, self.state.global_step)
-        self.upload = _Upload(began, lambda: publish_checkpoint(local, output, manifest))
-        self._snapshot(model)
-
-    def _settle_quietly(self) -> None:
-        """:meth:`_settle` on the way out of a failing attempt: its error is only logged."""
-        try:
-            self._settle()
-        except Exception as err:
-            log.warning("the checkpoint upload failed: %s", err)
-
-    def _settle(self, *, wait: bool = True) -> None:
-        """Record the checkpoint whose upload has ended (status.json names it from then on), or
-        raise its error; ``wait``: wait for it first, else only when it has ended already."""
-        upload = self.upload
-        if upload is None or not (wait or upload.done.is_set()):
-            return
-        upload.done.wait()
-        self.upload = None
-        if upload.error is not None:
-            raise upload.error
-        assert upload.result is not None
-        checkpoint = upload.result
+        began = time.perf_counter()
+        checkpoint = save_checkpoint(model, self.config.output, self.scratch, manifest)
         log.info(
             "checkpoint %s (epoch %d, step %d of the epoch) in %.1fs",
             checkpoint.url,
-            checkpoint.epoch,
-            checkpoint.step_in_epoch,
-            time.perf_counter() - upload.began,
+            self.state.epoch,
+            self.state.step_in_epoch,
+            time.perf_counter() - began,
         )
         self.record.checkpointed(checkpoint)
+        self._snapshot(model)
 
     def _find_start(self, trainer: Trainer[Any]) -> tuple[str, Any, dict[str, Any]] | None:
         """This run's newest checkpoint (``own``), or the configured resume source checked for
@@ -436,7 +376,6 @@ class _Run:
             self._save_best(trainer, model, epoch_logs)
         self._checkpoint(trainer, model)
         if self.stop.signum is not None:
-            self._settle()
             raise Stopped(self.stop.signum)
 
     def _steps(
@@ -476,12 +415,10 @@ class _Run:
                 self._progress_line(logs, steps)
                 if self.bar is not None:
                     self.bar.update(state.step_in_epoch, values=list(logs.items()))
-            self._settle(wait=False)
             if state.step_in_epoch < steps and state.global_step % config.checkpoint_every == 0:
                 self._checkpoint(trainer, model)
             if self.stop.signum is not None:
                 self._checkpoint(trainer, model)
-                self._settle()
                 raise Stopped(self.stop.signum)
         return done
 
