@@ -261,15 +261,17 @@ wait_for() {
   local deadline=$((SECONDS + timeout))
   until "$@" >/dev/null 2>&1; do
     if [[ -n "${comp}" ]] && ! pid_alive "${comp}"; then
-      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
-      die "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
+      give_up "${comp}" "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
     fi
-    if ((SECONDS >= deadline)); then
-      [[ -n "${comp}" ]] && { tail -n 30 "${LOGS}/${comp}.log" >&2 || true; }
-      die "timed out after ${timeout} s waiting for ${desc}"
-    fi
+    ((SECONDS < deadline)) || give_up "${comp}" "timed out after ${timeout} s waiting for ${desc}"
     sleep 0.5
   done
+}
+
+# give_up NAME MESSAGE: the end of NAME's log (none for an empty NAME), then die with MESSAGE.
+give_up() {
+  [[ -n "$1" ]] && { tail -n 30 "${LOGS}/$1.log" >&2 || true; }
+  die "$2"
 }
 
 # wait_for_restarting DESC TIMEOUT NAME PATTERN READY_COMMAND...: as wait_for, but when NAME exits
@@ -290,13 +292,9 @@ wait_for_restarting() {
         sleep 1
         continue
       fi
-      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
-      die "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
+      give_up "${comp}" "${comp} exited while waiting for ${desc} (log: ${LOGS}/${comp}.log)"
     fi
-    if ((SECONDS >= deadline)); then
-      tail -n 30 "${LOGS}/${comp}.log" >&2 || true
-      die "timed out after ${timeout} s waiting for ${desc}"
-    fi
+    ((SECONDS < deadline)) || give_up "${comp}" "timed out after ${timeout} s waiting for ${desc}"
     sleep 0.5
   done
 }
